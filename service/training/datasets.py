@@ -38,6 +38,8 @@ class PreferenceDataset:
     questions: list[Question]
     groups: list[str]
     dists: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # group -> qid -> [n_options]
+    # group -> the demographic attribute it belongs to (e.g. "Democrat" -> "POLPARTY"); optional
+    group_attributes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._by_id = {q.qid: q for q in self.questions}
@@ -64,4 +66,5 @@ class PreferenceDataset:
             questions=[q for q in self.questions if q.qid in keep],
             groups=list(self.groups),
             dists={g: {k: v for k, v in d.items() if k in keep} for g, d in self.dists.items()},
+            group_attributes=dict(self.group_attributes),
         )

@@ -1,0 +1,329 @@
+"""Texts -> pooled last-hidden-state vectors, batched, with an on-disk cache that needs no model to answer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from service.embedder.loading import BaseLM, LMIdentity, identify_base_lm, load_base_lm
+from service.embedder.pooling import check_method, pool, pooled_dim
+from service.embedder.prompts import TEMPLATE_VERSION
+
+if TYPE_CHECKING:
+    from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+_SQL_CHUNK = 500  # keys per IN (...) query; well under sqlite's bound-variable limit
+
+
+def make_key_prefix(identity: LMIdentity, pooling: str, template_version: str) -> str:
+    """What, besides the text, decides an embedding: the weights, the pooling and the prompt template."""
+    return f"{identity.model_id}@{identity.revision}|{pooling}|{template_version}"
+
+
+class EmbeddingCache:
+    """Embeddings on disk in one sqlite3 file: table (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB float32).
+
+    Keys come from `EmbeddingCache.key(key_prefix, text)` = sha256(key_prefix + "\\x00" + text). Safe to
+    share between threads (one connection behind a lock) and processes (sqlite WAL, busy timeout).
+    """
+
+    FILENAME = "embeddings.sqlite3"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / self.FILENAME
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def in_cache_dir(cls, cache_dir: Path) -> EmbeddingCache:
+        """The cache at `cache_dir/embeddings/` (the layout Settings.cache_dir implies)."""
+        return cls(Path(cache_dir) / "embeddings")
+
+    @staticmethod
+    def key(key_prefix: str, text: str) -> str:
+        return hashlib.sha256(f"{key_prefix}\x00{text}".encode()).hexdigest()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)"
+            )
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
+        """Vectors for `keys` in order (float32, read-only copies), None where absent."""
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._lock:
+            conn = self._connect()
+            for i in range(0, len(unique), _SQL_CHUNK):
+                chunk = unique[i : i + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(f"SELECT key, dim, vec FROM embeddings WHERE key IN ({marks})", chunk)
+                for key, dim, blob in rows:
+                    vec = np.frombuffer(blob, dtype="<f4")
+                    if vec.shape[0] == dim:  # a truncated blob is a miss, never a wrong vector
+                        found[key] = vec
+        return [found.get(k) for k in keys]
+
+    def put_many(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Store vectors [N, D] under `keys` (replacing any old value)."""
+        vectors = np.asarray(vectors, dtype="<f4")
+        assert vectors.ndim == 2 and vectors.shape[0] == len(keys), (
+            f"{len(keys)} keys for vectors of shape {vectors.shape}"
+        )
+        rows = [(k, int(v.shape[0]), v.tobytes()) for k, v in zip(keys, vectors, strict=True)]
+        with self._lock:
+            conn = self._connect()
+            with conn:  # one transaction
+                conn.executemany("INSERT OR REPLACE INTO embeddings (key, dim, vec) VALUES (?, ?, ?)", rows)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._connect().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def embed_with_cache(
+    texts: Sequence[str],
+    key_prefix: str,
+    cache: EmbeddingCache | None,
+    compute: Callable[[list[str]], np.ndarray],
+) -> np.ndarray:
+    """Vectors for `texts` [N, D]: cached ones from `cache`, the rest from `compute(missing_texts)`.
+
+    `compute` is called once, with each missing text once, and only if something is missing: a fully
+    cached call never touches (or loads) a model.
+    """
+    texts = list(texts)
+    keys = [EmbeddingCache.key(key_prefix, t) for t in texts] if cache is not None else []
+    cached: list[np.ndarray | None] = cache.get_many(keys) if cache is not None else [None] * len(texts)
+    missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
+    fresh: dict[str, np.ndarray] = {}
+    if missing:
+        vecs = np.asarray(compute(missing), dtype=np.float32)  # [M, D]
+        assert vecs.shape[0] == len(missing), f"compute returned {vecs.shape[0]} vectors for {len(missing)}"
+        fresh = dict(zip(missing, vecs, strict=True))
+        if cache is not None:
+            cache.put_many([EmbeddingCache.key(key_prefix, t) for t in missing], vecs)
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    rows = [v if v is not None else fresh[t] for t, v in zip(texts, cached, strict=True)]
+    return np.stack(rows).astype(np.float32, copy=False)
+
+
+class Embedder:
+    """Embeds texts with a base LLM: pooled last hidden states, float32, one row per text.
+
+    `lm` is a loaded `BaseLM` or a zero-argument factory returning one; with a factory, `identity` is
+    required (it names the cache keys) and the model is loaded on the first cache miss only.
+    Texts are batched by token length (less padding), right-padded (so positions of real tokens, hence
+    the vectors, do not depend on the batch), and returned in input order.
+    `max_length` truncates long texts; when set it becomes part of the cache key.
+    """
+
+    def __init__(
+        self,
+        lm: BaseLM | Callable[[], BaseLM],
+        *,
+        pooling: str = "mean",
+        batch_size: int = 16,
+        cache: EmbeddingCache | None = None,
+        template_version: str = TEMPLATE_VERSION,
+        identity: LMIdentity | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        check_method(pooling)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(lm, BaseLM):
+            self._lm: BaseLM | None = lm
+            self._factory: Callable[[], BaseLM] | None = None
+            identity = identity or lm.identity
+        else:
+            if identity is None:
+                raise ValueError(
+                    "an Embedder built from a factory needs the identity of the weights it loads"
+                )
+            self._lm, self._factory = None, lm
+        self.identity = identity
+        self.pooling = pooling
+        self.batch_size = batch_size
+        self.cache = cache
+        self.template_version = template_version
+        self.max_length = max_length
+        self.n_forward_batches = 0  # model calls made so far (for tests and metrics)
+        self._lock = threading.Lock()  # one forward pass (or load) at a time
+
+    # -- identity ------------------------------------------------------------------------------------
+
+    @property
+    def key_prefix(self) -> str:
+        prefix = make_key_prefix(self.identity, self.pooling, self.template_version)
+        return prefix if self.max_length is None else f"{prefix}|max{self.max_length}"
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._lm is not None
+
+    @property
+    def lm(self) -> BaseLM:
+        """The base LLM, loaded now if it was not yet."""
+        if self._lm is None:
+            with self._lock:
+                if self._lm is None:
+                    assert self._factory is not None
+                    lm = self._factory()
+                    if (lm.model_id, lm.revision) != (self.identity.model_id, self.identity.revision):
+                        raise ValueError(
+                            f"factory loaded {lm.model_id}@{lm.revision}, expected {self.identity}: "
+                            "cache keys would name the wrong weights"
+                        )
+                    self._lm = lm
+        return self._lm
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors (loads the model only if no config told the hidden size)."""
+        hidden = self._lm.hidden_size if self._lm is not None else self.identity.hidden_size
+        if hidden is None:
+            hidden = self.lm.hidden_size
+        return pooled_dim(hidden, self.pooling)
+
+    # -- embedding -----------------------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """[N, D] float32 vectors for `texts`, from the cache where possible."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return embed_with_cache(texts, self.key_prefix, self.cache, lambda m: self._compute(m, progress))
+
+    def _compute(self, texts: list[str], progress: bool) -> np.ndarray:
+        lm = self.lm
+        tok = lm.tokenizer
+        enc = tok(
+            texts,
+            add_special_tokens=True,
+            truncation=self.max_length is not None,
+            max_length=self.max_length,
+        )
+        ids: list[list[int]] = enc["input_ids"]
+        # Longest first: batches of similar length waste little on padding, and an out-of-memory batch
+        # fails at once rather than at the end.
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        out = np.empty((len(texts), pooled_dim(lm.hidden_size, self.pooling)), dtype=np.float32)
+        t0 = time.perf_counter()
+        with (
+            self._lock,
+            torch.inference_mode(),
+            tqdm(total=len(texts), disable=not progress, unit="text", desc="embedding") as bar,
+        ):
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                input_ids, mask = _right_pad([ids[i] for i in idx], tok.pad_token_id, lm.device)
+                hidden = last_hidden_state(lm, input_ids, mask)  # [b, T, H]
+                out[idx] = pool(hidden.float(), mask, self.pooling).cpu().numpy()
+                self.n_forward_batches += 1
+                bar.update(len(idx))
+        log.debug("embedded %d texts in %.2f s", len(texts), time.perf_counter() - t0)
+        return out
+
+
+def _right_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> input_ids [B, T] and attention_mask [B, T], padded on the right."""
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        input_ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def last_hidden_state(lm: BaseLM, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final-layer hidden states [B, T, H] (after the final norm, as `hidden_states[-1]` in the paper's code).
+
+    Runs the base model without the LM head where the architecture exposes one: the head's
+    [T, vocab] logits are most of the cost for a small model with a large vocabulary.
+    """
+    base = lm.model.base_model
+    if base is not lm.model:
+        out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+    out = lm.model(
+        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
+    )
+    return out.hidden_states[-1]
+
+
+def build_embedder(
+    settings: Settings,
+    *,
+    template_version: str = TEMPLATE_VERSION,
+    use_cache: bool = True,
+) -> Embedder:
+    """An Embedder for `settings` that loads the base LLM only on its first cache miss."""
+    identity = identify_base_lm(
+        settings.embedder, revision=settings.embedder_revision, cache_dir=settings.cache_dir
+    )
+
+    def load() -> BaseLM:
+        if settings.torch_threads is not None:
+            torch.set_num_threads(settings.torch_threads)
+        return load_base_lm(
+            settings.embedder,
+            revision=settings.embedder_revision,
+            device=settings.device,
+            load_in_8bit=settings.load_in_8bit,
+            cache_dir=settings.cache_dir,
+        )
+
+    return Embedder(
+        load,
+        pooling=settings.pooling,
+        batch_size=settings.embed_batch_size,
+        cache=EmbeddingCache.in_cache_dir(settings.cache_dir) if use_cache else None,
+        template_version=template_version,
+        identity=identity,
+    )
+
+
+def warm(texts: Sequence[str], settings: Settings, *, template_version: str = TEMPLATE_VERSION) -> int:
+    """Embed `texts` into the on-disk cache of `settings`; returns how many were not cached before."""
+    emb = build_embedder(settings, template_version=template_version)
+    assert emb.cache is not None
+    unique = list(dict.fromkeys(texts))
+    cached = emb.cache.get_many([EmbeddingCache.key(emb.key_prefix, t) for t in unique])
+    n_missing = sum(v is None for v in cached)
+    emb.embed(unique, progress=True)
+    log.info("warmed %d texts, %d computed", len(unique), n_missing)
+    return n_missing

@@ -1,0 +1,132 @@
+"""Generation with the base LLM: n sampled responses per prompt, and option-letter probabilities."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from service.embedder.loading import BaseLM
+from service.embedder.prompts import LETTERS
+
+
+def _chat_prompt_ids(lm: BaseLM, prompt: str, use_chat_template: bool | None) -> torch.Tensor:
+    """Prompt token ids [1, T]: through the chat template when the tokenizer has one (and it is wanted)."""
+    tok = lm.tokenizer
+    templated = bool(tok.chat_template) if use_chat_template is None else use_chat_template
+    if templated:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        # The template already holds the special tokens; adding them again would double the BOS.
+        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    else:
+        ids = tok(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"]
+    return ids.to(lm.device)
+
+
+def sample_responses(
+    lm: BaseLM,
+    prompt: str,
+    n: int,
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    seed: int | None = None,
+    *,
+    top_p: float | None = None,
+    use_chat_template: bool | None = None,
+) -> list[str]:
+    """n sampled continuations of `prompt` (new text only, special tokens dropped, stripped).
+
+    All n come from one batched `generate` call (num_return_sequences=n). With a seed the result is
+    deterministic and the global RNG state is left untouched (fork_rng); temperature <= 0 is greedy
+    (one decode, repeated n times).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    input_ids = _chat_prompt_ids(lm, prompt, use_chat_template)  # [1, T]
+    tok = lm.tokenizer
+    greedy = temperature <= 0
+    gen_kwargs: dict[str, object] = {"max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id}
+    if greedy:  # all n answers are the same: decode once
+        gen_kwargs["do_sample"] = False
+    else:
+        gen_kwargs.update(do_sample=True, temperature=temperature, num_return_sequences=n)
+        if top_p is not None:
+            gen_kwargs["top_p"] = top_p
+
+    cuda_devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices, enabled=seed is not None), torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = lm.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs
+        )  # [n, T + new]
+    new_tokens = out[:, input_ids.shape[1] :]
+    texts = [s.strip() for s in tok.batch_decode(new_tokens, skip_special_tokens=True)]
+    return texts * n if greedy else texts
+
+
+def option_letter_token_ids(lm: BaseLM, n_letters: int) -> list[list[int]]:
+    """Per option letter, the single-token ids that spell it as the next token: " A" and "A"."""
+    tok = lm.tokenizer
+    ids: list[list[int]] = []
+    for letter in LETTERS[:n_letters]:
+        variants = {tuple(tok.encode(v, add_special_tokens=False)) for v in (f" {letter}", letter)}
+        single = sorted({v[0] for v in variants if len(v) == 1})
+        if not single:
+            raise ValueError(f"the tokenizer has no single token for option letter {letter!r}")
+        ids.append(single)
+    return ids
+
+
+def option_letter_probs(
+    lm: BaseLM,
+    prompts: Sequence[str],
+    n_options: Sequence[int],
+    *,
+    batch_size: int = 16,
+) -> list[np.ndarray]:
+    """For each prompt (ending with "Answer:"), the next-token probabilities of its option letters,
+    renormalised over the first `n_options[i]` letters: the paper's "LM base" baseline.
+
+    A letter's probability is the sum over its spellings (" A", "A"). Batched with left padding and
+    explicit position ids, so a prompt's result does not depend on its batch.
+    """
+    if len(prompts) != len(n_options):
+        raise ValueError(f"{len(prompts)} prompts but {len(n_options)} option counts")
+    if not prompts:
+        return []
+    letter_ids = option_letter_token_ids(lm, max(n_options))
+    tok = lm.tokenizer
+    enc = tok(list(prompts), add_special_tokens=True)["input_ids"]
+    # Only the last position's logits are needed: skip the [T, vocab] head output where the model allows.
+    accepts_keep = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+    extra = {"logits_to_keep": 1} if accepts_keep else {}
+    results: list[np.ndarray] = []
+    with torch.inference_mode():
+        for start in range(0, len(enc), batch_size):
+            seqs = enc[start : start + batch_size]
+            T = max(len(s) for s in seqs)
+            input_ids = torch.full((len(seqs), T), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(seqs), T), dtype=torch.long)
+            for row, s in enumerate(seqs):
+                input_ids[row, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+                mask[row, T - len(s) :] = 1
+            # Left padding shifts real tokens right; position ids count real tokens only.
+            position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            logits = lm.model(
+                input_ids=input_ids.to(lm.device),
+                attention_mask=mask.to(lm.device),
+                position_ids=position_ids.to(lm.device),
+                use_cache=False,
+                **extra,
+            ).logits[:, -1, :]  # [b, V]
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # [b, V]
+            for row, k in enumerate(n_options[start : start + batch_size]):
+                p = np.array([probs[row, ids].sum() for ids in letter_ids[:k]], dtype=np.float64)
+                total = p.sum()
+                results.append(p / total if total > 0 else np.full(k, 1.0 / k))
+    return results

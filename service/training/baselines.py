@@ -1,0 +1,284 @@
+"""Non-neural baselines: predict a test group's answer distributions from its context answers alone.
+
+Every baseline has the signature of `Baseline`:
+
+    predict(dataset, train_groups, context, targets) -> {qid: predicted distribution}
+
+- `dataset` holds the meta-train groups' answers (it may hold other groups too: only `train_groups`
+  are used, never the test group's own answers);
+- `context` maps a context question id to the test group's distribution on it (`group_context` builds
+  it from a dataset; a new group passes what it told us);
+- `targets` are `Question`s or question ids of the dataset.
+
+Baselines (numbers from oqa_baselines.py, which `evaluate_baselines` reproduces):
+- `uniform`: 1/n per option. The only one that handles a *new* question (one no train group
+  answered: pass it as a `Question`);
+- `train_mean`: mean of the train groups' distributions for the question;
+- `nearest_group`: the train group with the smallest context fit distance;
+- `mixture`: train groups weighted by w = exp(-3 fit / max(min fit, 1e-6)).
+The last three raise `UnknownQuestionError` for a target no train group answered. When only some
+train groups answered a target they use those (mean over them, nearest among them, mixture weights
+computed among them); on a complete dataset this is exactly the reference.
+
+Context fit distance of a train group = mean over the context questions of (1 - question_alignment)
+between its distribution and the test group's, over the context questions every train group answered
+and whose score is defined (ordinal questions without ordinal spread are skipped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from service.training.datasets import PreferenceDataset, Question
+from service.training.metrics import AlignmentScore, question_alignments
+from service.training.splits import Split
+
+Baseline = Callable[
+    [PreferenceDataset, Sequence[str], Mapping[str, ArrayLike], Sequence[Question | str]],
+    dict[str, np.ndarray],
+]
+
+MIXTURE_SHARPNESS = 3.0  # w = exp(-SHARPNESS * fit / max(min fit, MIN_FIT)), as oqa_baselines.py
+MIN_FIT = 1e-6
+
+
+class UnknownQuestionError(ValueError):
+    """A target question that no train group answered (only `uniform` can predict it)."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def group_context(dataset: PreferenceDataset, group: str, qids: Sequence[str]) -> dict[str, np.ndarray]:
+    """The group's distributions on `qids` from the dataset (the `context` argument of a baseline)."""
+    missing = [q for q in qids if not dataset.has(group, q)]
+    if missing:
+        raise KeyError(f"group {group!r} has no answer for context questions {missing[:5]}")
+    return {q: dataset.dist(group, q) for q in qids}
+
+
+def _resolve(dataset: PreferenceDataset, target: Question | str) -> Question:
+    if isinstance(target, Question):
+        return target
+    try:
+        return dataset.question(target)
+    except KeyError:
+        raise UnknownQuestionError(
+            f"question {target!r} is not in the dataset; pass it as a Question (uniform can predict it)"
+        ) from None
+
+
+def _answers(
+    dataset: PreferenceDataset, train_groups: Sequence[str], q: Question
+) -> tuple[list[int], np.ndarray]:
+    """Indices (into train_groups) of the groups that answered q, and their distributions [k, n]."""
+    idx = [i for i, g in enumerate(train_groups) if dataset.has(g, q.qid)]
+    if not idx:
+        raise UnknownQuestionError(
+            f"no train group answered question {q.qid!r}: only the uniform baseline can predict it"
+        )
+    dists = np.stack([dataset.dist(train_groups[i], q.qid) for i in idx])  # [k, n]
+    if dists.shape[1] != q.n_options:
+        raise ValueError(
+            f"question {q.qid!r}: train answers have {dists.shape[1]} options, not {q.n_options}"
+        )
+    return idx, dists
+
+
+def context_fit(
+    dataset: PreferenceDataset, train_groups: Sequence[str], context: Mapping[str, ArrayLike]
+) -> np.ndarray:
+    """Fit distance of each train group to the test group on the context: [n_train], lower is closer.
+
+    Uses the context questions that are in the dataset, answered by every train group and scorable;
+    raises ValueError when none is left.
+    """
+    if not train_groups:
+        raise ValueError("no train groups")
+    total = np.zeros(len(train_groups))
+    used = 0
+    for qid, true in context.items():
+        if not _in_dataset(dataset, qid):
+            continue
+        if not all(dataset.has(g, qid) for g in train_groups):
+            continue
+        q = dataset.question(qid)
+        train = np.stack([dataset.dist(g, qid) for g in train_groups])  # [T, n]
+        align = question_alignments(q, train, np.asarray(true, dtype=np.float64))  # [T] or None
+        if align is None:
+            continue
+        total += 1.0 - align
+        used += 1
+    if used == 0:
+        raise ValueError(
+            f"none of the {len(context)} context questions is answered by every train group and scorable"
+        )
+    return total / used
+
+
+def _in_dataset(dataset: PreferenceDataset, qid: str) -> bool:
+    try:
+        dataset.question(qid)
+    except KeyError:
+        return False
+    return True
+
+
+def mixture_weights(fit: ArrayLike) -> np.ndarray:
+    """Softmin of fit distances relative to the best fit: exp(-3 fit / max(min fit, 1e-6)), summing to 1.
+
+    `fit` is [T] or [C, T] (one row per test group; each row is normalised on its own).
+    """
+    f = np.asarray(fit, dtype=np.float64)
+    best = np.maximum(f.min(axis=-1, keepdims=True), MIN_FIT)
+    w = np.exp(-f / best * MIXTURE_SHARPNESS)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------ baselines
+
+
+def predict_many(
+    name: str,
+    dataset: PreferenceDataset,
+    train_groups: Sequence[str],
+    contexts: Sequence[Mapping[str, ArrayLike]],
+    targets: Sequence[Question | str],
+) -> list[dict[str, np.ndarray]]:
+    """Baseline `name` for several test groups at once (one context each): one {qid: dist} per context.
+
+    Every baseline except uniform is a weighting of the train groups that answered the target,
+    W [C, k] @ answers [k, n]; computing it per target for all contexts at once is what makes
+    evaluation fast. Same results as calling the baseline once per context.
+    """
+    if name not in BASELINES:
+        raise KeyError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
+    questions = [_resolve(dataset, t) for t in targets]
+    out: list[dict[str, np.ndarray]] = [{} for _ in contexts]
+    if name == "uniform":
+        for q in questions:
+            for o in out:
+                o[q.qid] = np.full(q.n_options, 1.0 / q.n_options)
+        return out
+    if not contexts:
+        return out
+    train = list(train_groups)
+    fits = None
+    if name != "train_mean":
+        fits = np.stack([context_fit(dataset, train, c) for c in contexts])  # [C, T]
+    mix_all = mixture_weights(fits) if name == "mixture" else None  # [C, T], reused when all answered
+    for q in questions:
+        idx, dists = _answers(dataset, train, q)  # dists [k, n]
+        if name == "train_mean":
+            w = np.full((len(contexts), len(idx)), 1.0 / len(idx))
+        elif name == "nearest_group":
+            assert fits is not None
+            # the nearest among the train groups that answered q; ties: the first, as np.argmin
+            w = np.eye(len(idx))[np.argmin(fits[:, idx], axis=1)]
+        else:
+            assert fits is not None and mix_all is not None
+            # among the groups that answered q, relative to the best of them (no underflow to 0/0)
+            w = mix_all if len(idx) == len(train) else mixture_weights(fits[:, idx])
+        pred = w @ dists  # [C, k] @ [k, n] -> [C, n]
+        for o, row in zip(out, pred, strict=True):
+            o[q.qid] = row
+    return out
+
+
+def uniform(
+    dataset: PreferenceDataset,
+    train_groups: Sequence[str],
+    context: Mapping[str, ArrayLike],
+    targets: Sequence[Question | str],
+) -> dict[str, np.ndarray]:
+    """1/n on each of a question's n options; needs neither train answers nor context."""
+    return predict_many("uniform", dataset, train_groups, [context], targets)[0]
+
+
+def train_mean(
+    dataset: PreferenceDataset,
+    train_groups: Sequence[str],
+    context: Mapping[str, ArrayLike],
+    targets: Sequence[Question | str],
+) -> dict[str, np.ndarray]:
+    """Mean of the train groups' distributions for each target (ignores the context)."""
+    return predict_many("train_mean", dataset, train_groups, [context], targets)[0]
+
+
+def nearest_group(
+    dataset: PreferenceDataset,
+    train_groups: Sequence[str],
+    context: Mapping[str, ArrayLike],
+    targets: Sequence[Question | str],
+) -> dict[str, np.ndarray]:
+    """The distribution of the train group closest to the test group on the context questions."""
+    return predict_many("nearest_group", dataset, train_groups, [context], targets)[0]
+
+
+def mixture(
+    dataset: PreferenceDataset,
+    train_groups: Sequence[str],
+    context: Mapping[str, ArrayLike],
+    targets: Sequence[Question | str],
+) -> dict[str, np.ndarray]:
+    """Train groups' distributions weighted by `mixture_weights` of their context fit."""
+    return predict_many("mixture", dataset, train_groups, [context], targets)[0]
+
+
+BASELINES: dict[str, Baseline] = {
+    "uniform": uniform,
+    "train_mean": train_mean,
+    "nearest_group": nearest_group,
+    "mixture": mixture,
+}
+# Baselines that can predict a question no train group answered.
+NEW_QUESTION_BASELINES = frozenset({"uniform"})
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_baselines(
+    dataset: PreferenceDataset, split: Split, names: Sequence[str] | None = None
+) -> dict[str, AlignmentScore]:
+    """Score baselines on a split: each test group's context is its answers on `split.context_qids`.
+
+    The mean is pooled over every (test group, target question) pair the test group answered, as
+    oqa_baselines.py; targets without a defined score are skipped and counted. Targets that no train
+    group answered are left out for every baseline (so all baselines score the same pairs).
+    """
+    names = list(BASELINES) if names is None else list(names)
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise KeyError(f"unknown baselines {unknown}; known: {sorted(BASELINES)}")
+    train = list(split.train_groups)
+    test = list(split.test_groups)
+    contexts = [group_context(dataset, g, split.context_qids) for g in test]
+    # targets no train group answered are left out: only uniform could predict them
+    targets = [q for q in split.target_qids if any(dataset.has(t, q) for t in train)]
+    preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # name -> group -> qid -> [n]
+    for n in names:
+        preds[n] = dict(zip(test, predict_many(n, dataset, train, contexts, targets), strict=True))
+
+    scores = {}
+    for n in names:
+        total, n_scored, n_skipped = 0.0, 0, 0
+        for qid in targets:
+            groups = [g for g in test if dataset.has(g, qid)]
+            if not groups:
+                continue
+            pred = np.stack([preds[n][g][qid] for g in groups])  # [G, n]
+            true = np.stack([dataset.dist(g, qid) for g in groups])  # [G, n]
+            align = question_alignments(dataset.question(qid), pred, true)
+            if align is None:
+                n_skipped += len(groups)
+            else:
+                total += float(align.sum())
+                n_scored += len(groups)
+        if n_scored == 0:
+            raise ValueError(f"baseline {n!r}: no target could be scored ({n_skipped} skipped)")
+        scores[n] = AlignmentScore(mean=total / n_scored, n_scored=n_scored, n_skipped=n_skipped)
+    return scores

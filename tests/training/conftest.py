@@ -1,0 +1,29 @@
+"""Fixtures for the training tests: the shipped OpinionQA dataset and, when present, the shared raw data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.training.datasets import PreferenceDataset
+from service.training.opinionqa import load_opinionqa
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED = REPO_ROOT.parent / "shared"  # present in CI and on dev machines; the project must not need it
+SHARED_HUMAN_RESP = SHARED / "data" / "opinionqa" / "human_resp"
+SHARED_OQA_BASELINES = SHARED / "tools" / "oqa_baselines.py"
+
+
+@pytest.fixture(scope="session")
+def opinionqa() -> PreferenceDataset:
+    """The shipped OpinionQA dataset, read once per session (treat it as read-only)."""
+    return load_opinionqa()
+
+
+@pytest.fixture(scope="session")
+def human_resp() -> Path:
+    """The raw OpinionQA human_resp/ folder under ../shared; skips the test when it is absent."""
+    if not (SHARED_HUMAN_RESP / "American_Trends_Panel_W26").is_dir():
+        pytest.skip(f"raw OpinionQA data not found at {SHARED_HUMAN_RESP}")
+    return SHARED_HUMAN_RESP

@@ -1,0 +1,168 @@
+"""Alignment metrics: known values, agreement with scipy, NaN refusal, undefined (equal-ordinal) questions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
+
+from service.training.datasets import Question
+from service.training.metrics import (
+    AlignmentScore,
+    argmax_accuracies,
+    argmax_accuracy,
+    js_alignment,
+    js_alignments,
+    question_alignment,
+    question_alignments,
+    score_alignment,
+    wasserstein_alignment,
+    wasserstein_alignments,
+)
+
+
+@pytest.mark.parametrize(
+    ("pred", "true", "ordinals", "expected"),
+    [
+        ([1, 0, 0], [0, 0, 1], [1, 2, 3], 0.0),  # opposite ends: distance = whole span
+        ([1, 0, 0], [0, 1, 0], [1, 2, 3], 0.5),
+        ([0.5, 0.5, 0], [0.5, 0.5, 0], [1, 2, 3], 1.0),
+        ([1, 0, 0], [0, 0, 1], [1, 2, 1.5], 0.5),  # a neutral option placed between the others
+        ([0, 1, 0], [0, 0, 1], [1, 2, 1.5], 0.5),
+        ([1, 0], [0, 1], [0, 1], 0.0),
+        ([1, 0, 0, 0], [0, 0, 0, 1], [1, 2, 3, 2], 0.5),  # tied ordinals: options 2 and 4 coincide
+        ([0, 1, 0, 0], [0, 0, 0, 1], [1, 2, 3, 2], 1.0),
+    ],
+)
+def test_wasserstein_known_values(pred, true, ordinals, expected) -> None:
+    assert wasserstein_alignment(pred, true, ordinals) == pytest.approx(expected, abs=1e-12)
+
+
+def test_wasserstein_matches_scipy_and_reference_formula() -> None:
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 9):
+        ords = rng.permutation(n).astype(float) + rng.uniform(0, 0.5, n)
+        for _ in range(20):
+            p, t = rng.dirichlet(np.ones(n)), rng.dirichlet(np.ones(n))
+            expected = 1 - wasserstein_distance(ords, ords, p, t) / (ords.max() - ords.min())
+            assert wasserstein_alignment(p, t, ords) == pytest.approx(expected, abs=1e-12)
+            # oqa_baselines.py's wd(), verbatim in spirit: argsort, cumsum, diff
+            order = np.argsort(ords)
+            x = ords[order]
+            wd = np.sum(np.abs(np.cumsum(p[order]) - np.cumsum(t[order]))[:-1] * np.diff(x)) / (x[-1] - x[0])
+            assert wasserstein_alignment(p, t, ords) == pytest.approx(1 - wd, abs=1e-12)
+
+
+def test_wasserstein_batched_equals_scalar() -> None:
+    rng = np.random.default_rng(1)
+    ords = np.array([1.0, 2.0, 3.0, 4.0, 2.5])
+    pred = rng.dirichlet(np.ones(5), size=(3, 4))  # [3, 4, 5]
+    true = rng.dirichlet(np.ones(5), size=4)  # [4, 5], broadcast against pred
+    got = wasserstein_alignments(pred, true, ords)
+    assert got.shape == (3, 4)
+    for i in range(3):
+        for j in range(4):
+            assert got[i, j] == pytest.approx(wasserstein_alignment(pred[i, j], true[j], ords), abs=1e-15)
+
+
+def test_wasserstein_equal_ordinals_raise() -> None:
+    with pytest.raises(ValueError, match="all equal"):
+        wasserstein_alignment([0.5, 0.5], [1, 0], [1, 1])
+    with pytest.raises(ValueError, match="all equal"):
+        wasserstein_alignment([1.0], [1.0], [3])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_inputs_raise(bad: float) -> None:
+    good = [0.5, 0.5]
+    with pytest.raises(ValueError, match="pred contains NaN or inf"):
+        wasserstein_alignment([bad, 0.5], good, [1, 2])
+    with pytest.raises(ValueError, match="true contains NaN or inf"):
+        wasserstein_alignment(good, [0.5, bad], [1, 2])
+    with pytest.raises(ValueError, match="ordinals contains NaN or inf"):
+        wasserstein_alignment(good, good, [1, bad])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        js_alignment([bad, 0.5], good)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        argmax_accuracy(good, [bad, 0.5])
+    q = Question("q", "?", ("a", "b"), (1.0, 1.0))  # undefined score: inputs are still checked
+    with pytest.raises(ValueError, match="NaN or inf"):
+        question_alignment(q, [bad, 0.5], good)
+
+
+def test_nan_result_raises() -> None:
+    # finite inputs whose distance overflows: the result is inf - inf = NaN, which must not become a score
+    huge = np.array([1e308, 1e308])
+    with pytest.raises(ValueError, match="produced NaN or inf"):
+        wasserstein_alignment(huge, [0.0, 0.0], [0.0, 1e308])
+
+
+def test_shape_mismatches_raise() -> None:
+    with pytest.raises(ValueError, match="pred has 2 options but true has 3"):
+        js_alignment([0.5, 0.5], [0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match="ordinals must be 1-D with 2 values"):
+        wasserstein_alignment([0.5, 0.5], [0.5, 0.5], [1, 2, 3])
+    with pytest.raises(ValueError, match="at least one option"):
+        js_alignment([], [])
+
+
+def test_js_known_values_and_scipy() -> None:
+    assert js_alignment([0.2, 0.8], [0.2, 0.8]) == 1.0
+    assert js_alignment([1, 0], [0, 1]) == pytest.approx(1 - math.sqrt(math.log(2)), abs=1e-12)
+    assert js_alignment([2, 6], [1, 3]) == 1.0  # normalised by the sums, as scipy
+    rng = np.random.default_rng(2)
+    for n in (2, 3, 7):
+        p, t = rng.dirichlet(np.ones(n), size=50), rng.dirichlet(np.ones(n), size=50)
+        np.testing.assert_allclose(js_alignments(p, t), 1 - jensenshannon(p, t, axis=-1), atol=1e-12)
+
+
+def test_js_near_identical_inputs_do_not_give_nan() -> None:
+    # the divergence can round to a tiny negative number; scipy would return sqrt(-eps) = NaN
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        p = rng.dirichlet(np.ones(4))
+        t = p + rng.normal(0, 1e-17, 4)
+        t = np.abs(t)
+        assert 1.0 - 1e-7 <= js_alignment(p, t) <= 1.0
+
+
+def test_js_refuses_negative_or_zero_mass() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        js_alignment([1.2, -0.2], [0.5, 0.5])
+    with pytest.raises(ValueError, match="sums to 0"):
+        js_alignment([0.0, 0.0], [0.5, 0.5])
+
+
+def test_argmax_accuracy() -> None:
+    assert argmax_accuracy([0.1, 0.7, 0.2], [0, 1, 0]) == 1.0
+    assert argmax_accuracy([0.6, 0.3, 0.1], [0, 1, 0]) == 0.0
+    assert argmax_accuracy([0.5, 0.5], [1, 0]) == 1.0  # ties: the first option
+    np.testing.assert_array_equal(argmax_accuracies([[0.9, 0.1], [0.2, 0.8]], [0.0, 1.0]), [0.0, 1.0])
+
+
+def test_question_alignment_chooses_the_metric() -> None:
+    p, t = np.array([0.1, 0.2, 0.7]), np.array([0.3, 0.3, 0.4])
+    ordinal = Question("o", "?", ("a", "b", "c"), (1.0, 2.0, 3.0))
+    nominal = Question("n", "?", ("a", "b", "c"))
+    flat = Question("f", "?", ("a", "b", "c"), (1.0, 1.0, 1.0))
+    assert question_alignment(ordinal, p, t) == wasserstein_alignment(p, t, [1, 2, 3])
+    assert question_alignment(nominal, p, t) == js_alignment(p, t)
+    assert question_alignment(flat, p, t) is None
+    assert question_alignments(flat, np.stack([p, p]), t) is None
+    np.testing.assert_allclose(
+        question_alignments(ordinal, np.stack([p, t]), t), [wasserstein_alignment(p, t, [1, 2, 3]), 1.0]
+    )
+    with pytest.raises(ValueError, match="has 3 options, got 2 values"):
+        question_alignment(ordinal, [0.5, 0.5], [0.5, 0.5])
+
+
+def test_score_alignment_skips_and_counts() -> None:
+    ordinal = Question("o", "?", ("a", "b"), (1.0, 2.0))
+    flat = Question("f", "?", ("a", "b"), (1.0, 1.0))
+    items = [(ordinal, [1, 0], [0, 1]), (flat, [1, 0], [0, 1]), (ordinal, [1, 0], [1, 0])]
+    assert score_alignment(items) == AlignmentScore(mean=0.5, n_scored=2, n_skipped=1)
+    with pytest.raises(ValueError, match="no question could be scored"):
+        score_alignment([(flat, [1, 0], [0, 1])])
