@@ -1,0 +1,186 @@
+"""`gpo` command line: import datasets, embed, meta-train and evaluate (offline work)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+app = typer.Typer(help="gpo-serve: Group Preference Optimization, offline tools.", no_args_is_help=True)
+import_app = typer.Typer(help="Import datasets into the generic JSONL format.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+log = logging.getLogger("gpo")
+
+
+def _setup(threads: int | None) -> None:
+    import torch
+
+    from service.config import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    n = threads or get_settings().torch_threads
+    if n:
+        torch.set_num_threads(n)
+
+
+def _load_data(data: Path | None):
+    from service.training.jsonl import read_jsonl
+    from service.training.opinionqa import load_opinionqa, shipped_opinionqa_path
+
+    path = data or shipped_opinionqa_path()
+    ds = read_jsonl(data) if data else load_opinionqa()
+    return ds, path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _embed(ds):
+    from service.config import get_settings
+    from service.embedder.embed import build_embedder
+    from service.training.items import embed_dataset
+
+    embedder = build_embedder(get_settings())
+    return embed_dataset(ds, embedder, progress=True), embedder
+
+
+@import_app.command("opinionqa")
+def import_opinionqa_cmd(
+    root: Annotated[Path, typer.Argument(help="OpinionQA human_resp folder")],
+    out: Annotated[Path, typer.Argument(help="output .jsonl or .jsonl.gz")],
+) -> None:
+    """Convert the OpinionQA folder layout to the generic JSONL format."""
+    from service.training.opinionqa import import_opinionqa_to
+
+    ds = import_opinionqa_to(root, out)
+    typer.echo(f"wrote {out}: {len(ds.groups)} groups, {len(ds.questions)} questions")
+
+
+@app.command()
+def embed(data: Annotated[Path | None, typer.Option(help="dataset JSONL (default: shipped OpinionQA)")] = None) -> None:
+    """Embed every item of a dataset into the on-disk cache."""
+    _setup(None)
+    ds, _, _ = _load_data(data)
+    table, embedder = _embed(ds)
+    typer.echo(f"{table.n_items} items embedded ({embedder.key_prefix})")
+
+
+@app.command()
+def train(
+    data: Annotated[Path | None, typer.Option(help="dataset JSONL (default: shipped OpinionQA)")] = None,
+    name: Annotated[str, typer.Option(help="checkpoint name under the model store")] = "opinionqa-gpo",
+    exclude_group: Annotated[list[str] | None, typer.Option(help="leave this group out of training")] = None,
+    seed: int = 0,
+    max_steps: int = 4000,
+    time_budget_s: float = 600.0,
+    use_prior: bool = True,
+    use_embedding: bool = True,
+    threads: int | None = None,
+) -> None:
+    """Meta-train GPO on the dataset's groups (validation groups drawn from them) and save a checkpoint."""
+    _setup(threads)
+    from service.config import get_settings
+    from service.embedder.prompts import TEMPLATE_VERSION
+    from service.gpo.checkpoint import Checkpoint, PriorBank, save_checkpoint
+    from service.gpo.prior import question_key
+    from service.training.features import FeatureSpec
+    from service.training.fit import TrainConfig, config_dict, train_gpo
+    from service.training.splits import scorable_question_ids, validation_groups
+
+    settings = get_settings()
+    ds, path, data_hash = _load_data(data)
+    groups = [g for g in ds.groups if g not in set(exclude_group or [])]
+    unknown = set(exclude_group or []) - set(ds.groups)
+    if unknown:
+        raise typer.BadParameter(f"unknown groups {sorted(unknown)}; known: {ds.groups}")
+    table, embedder = _embed(ds)
+    qids = scorable_question_ids(ds, groups)
+    fit, val = validation_groups(groups, seed)
+    spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=use_embedding, use_prior=use_prior)
+    cfg = TrainConfig(max_steps=max_steps, time_budget_s=time_budget_s, seed=seed, batch_size=8, n_targets=30)
+    result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg)
+    bank = None
+    if result.prior is not None:
+        rows = {
+            question_key(q.text, q.options): (int(table.q_start[i]), int(table.q_len[i]))
+            for i, q in enumerate(table.questions)
+            if q.qid in set(qids)
+        }
+        bank = PriorBank(result.prior, rows)
+    meta = {
+        "embedder": {
+            "key_prefix": embedder.key_prefix,
+            "name": settings.embedder,
+            "revision": embedder.identity.revision if embedder.identity else None,
+            "model_id": embedder.identity.model_id if embedder.identity else None,
+            "pooling": settings.pooling,
+            "template_version": TEMPLATE_VERSION,
+            "dim": int(table.emb.shape[1]),
+        },
+        "features": spec.to_dict(),
+        "data": {
+            "path": str(path.name),
+            "sha256": data_hash,
+            "groups": groups,
+            "fit_groups": fit,
+            "val_groups": val,
+            "n_questions": len(qids),
+        },
+        "training": config_dict(cfg),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    metrics = {
+        "best_val_alignment": result.best_val,
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
+        "wall_s": result.wall_s,
+        "history": result.history,
+    }
+    out = save_checkpoint(Checkpoint(result.model, meta, bank, metrics), settings.model_store, name)
+    typer.echo(
+        f"saved {out} (best validation alignment {result.best_val:.4f} at step {result.best_step}, "
+        f"{result.wall_s:.0f} s)"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path | None, typer.Option(help="dataset JSONL (default: shipped OpinionQA)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write one record per evaluation")] = None,
+    splits: Annotated[str, typer.Option(help="comma-separated train-group fractions")] = "0.4,0.6,0.8",
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    n_context: int = 20,
+    max_steps: int = 4000,
+    time_budget_s: float = 600.0,
+    use_prior: bool = True,
+    use_embedding: bool = True,
+    threads: int | None = None,
+) -> None:
+    """Meta-train per split and seed, and score GPO beside the baselines on the held-out groups."""
+    _setup(threads)
+    from service.training.evaluate import EvalConfig, markdown_table, run_group_protocol
+    from service.training.features import FeatureSpec
+    from service.training.fit import TrainConfig
+
+    ds, _, _ = _load_data(data)
+    table, _ = _embed(ds)
+    spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=use_embedding, use_prior=use_prior)
+    cfg = EvalConfig(
+        splits=[float(s) for s in splits.split(",")], seeds=[int(s) for s in seeds.split(",")], n_context=n_context
+    )
+    tcfg = TrainConfig(max_steps=max_steps, time_budget_s=time_budget_s, batch_size=8, n_targets=30, progress=False)
+    records = run_group_protocol(ds, table, spec, tcfg, cfg)
+    if json_out:
+        json_out.write_text(json.dumps(records, indent=1))
+    for subset in ("all", "contentious"):
+        typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset))
+    gpo = [r["alignment"] for r in records if r["method"] == "gpo" and r["subset"] == "all"]
+    typer.echo(f"\nGPO mean alignment (all questions, all splits): {np.mean(gpo):.4f}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,288 @@
+"""Meta-training of GPO on group episodes, with checkpoint selection on validation groups."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from service.gpo.batch import Episode, collate
+from service.gpo.model import GPO, GPOConfig
+from service.gpo.prior import PopulationPrior
+from service.training.datasets import PreferenceDataset
+from service.training.features import FeatureSpec, fit_group_priors, known_items
+from service.training.items import ItemTable
+from service.training.metrics import question_alignments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training hyper-parameters (defaults: what RESULTS.md reports)."""
+
+    max_steps: int = 4000
+    batch_size: int = 16  # episodes per step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_context: int = 10  # context questions per episode, uniform in [min_context, max_context]
+    max_context: int = 100
+    n_targets: int = 40  # target questions per episode
+    prior_dropout: float = 0.15  # share of an episode's questions shown without prior features
+    eval_every: int = 100
+    patience: int = 8  # evaluations without improvement before stopping
+    val_context: int = 20  # context questions of a validation episode (as the test protocol)
+    val_draws: int = 3  # context draws per validation group
+    time_budget_s: float | None = 600.0
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    model: GPO
+    spec: FeatureSpec
+    prior: PopulationPrior | None  # from all training groups: what test groups and serving use
+    best_step: int
+    best_val: float
+    steps_run: int
+    wall_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+class GroupFeatures:
+    """Per-group feature tensors [I, Dx] and preferences [I] for the groups episodes are drawn from."""
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        table: ItemTable,
+        priors: dict[str, PopulationPrior | None],
+        ys: dict[str, np.ndarray],
+        known: np.ndarray,
+    ):
+        rows = np.arange(table.n_items)
+        self.x = {g: torch.from_numpy(spec.build(table.emb, priors[g], rows, known)) for g in priors}
+        self.y = {g: torch.from_numpy(ys[g]) for g in priors}
+
+
+def sample_episode(
+    rng: np.random.Generator,
+    table: ItemTable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    qpool: np.ndarray,
+    n_ctx: int,
+    n_tgt: int,
+    spec: FeatureSpec,
+    prior_dropout: float,
+) -> Episode:
+    """Random context and target questions (disjoint) of one group; targets' y are the truth."""
+    perm = rng.permutation(qpool)
+    n_ctx = min(n_ctx, len(perm) - 1)
+    qc, qt = perm[:n_ctx], perm[n_ctx : n_ctx + n_tgt]
+    rc, rt = table.rows(qc), table.rows(qt)
+    rows = np.concatenate([rc, rt])
+    xe = x[rows].clone()
+    if spec.use_prior and prior_dropout > 0:
+        drop_q = rng.random(len(qc) + len(qt)) < prior_dropout
+        drop = np.repeat(drop_q, table.q_len[np.concatenate([qc, qt])])
+        xe[torch.from_numpy(drop), spec.prior_slice] = 0.0
+    question = np.concatenate([np.zeros(len(rc), dtype=np.int64), np.repeat(np.arange(len(qt)), table.q_len[qt])])
+    is_ctx = np.zeros(len(rows), dtype=bool)
+    is_ctx[: len(rc)] = True
+    return Episode(x=xe, y=y[rows], is_context=torch.from_numpy(is_ctx), question=torch.from_numpy(question))
+
+
+def make_eval_episode(
+    table: ItemTable, x: torch.Tensor, y: torch.Tensor, ctx_q: np.ndarray, tgt_q: np.ndarray
+) -> Episode:
+    """Fixed context questions and every target question of one group."""
+    rc, rt = table.rows(ctx_q), table.rows(tgt_q)
+    rows = np.concatenate([rc, rt])
+    question = np.concatenate([np.zeros(len(rc), dtype=np.int64), np.repeat(np.arange(len(tgt_q)), table.q_len[tgt_q])])
+    is_ctx = np.zeros(len(rows), dtype=bool)
+    is_ctx[: len(rc)] = True
+    return Episode(x=x[rows], y=y[rows], is_context=torch.from_numpy(is_ctx), question=torch.from_numpy(question))
+
+
+@torch.no_grad()
+def predict_episodes(model: GPO, episodes: Sequence[Episode], chunk: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(mean, std) over each episode's target tokens, in token order; episodes run `chunk` at a time."""
+    model.eval()
+    out = []
+    for i in range(0, len(episodes), chunk):
+        part = episodes[i : i + chunk]
+        batch = collate(part)
+        pred = model(batch)
+        for b, e in enumerate(part):
+            n = e.y.shape[0]
+            tgt = ~e.is_context
+            out.append((pred.mean[b, :n][tgt].numpy(), pred.std[b, :n][tgt].numpy()))
+    return out
+
+
+def split_by_question(table: ItemTable, tgt_q: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
+    """Cut a flat per-target-item vector into one array per target question."""
+    return np.split(values, np.cumsum(table.q_len[tgt_q])[:-1])
+
+
+def episode_alignments(table: ItemTable, tgt_q: np.ndarray, pred: np.ndarray, true: np.ndarray) -> list[float]:
+    """Alignment of each scorable target question (undefined ones skipped)."""
+    scores = []
+    for qi, p, t in zip(
+        tgt_q, split_by_question(table, tgt_q, pred), split_by_question(table, tgt_q, true), strict=True
+    ):
+        s = question_alignments(table.questions[qi], p, t)
+        if s is not None:
+            scores.append(float(s))
+    return scores
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% over max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def train_gpo(
+    table: ItemTable,
+    dataset: PreferenceDataset,
+    fit_groups: Sequence[str],
+    val_groups: Sequence[str],
+    train_q: np.ndarray,
+    spec: FeatureSpec,
+    cfg: TrainConfig | None = None,
+    model_cfg: dict | None = None,
+) -> TrainResult:
+    """Meta-train GPO on episodes of `fit_groups` over questions `train_q` (indices into `table`).
+
+    The population prior is fitted on fit + validation groups' answers to `train_q` (each group's
+    own features leave it out). The checkpoint kept is the one with the best mean alignment on the
+    validation groups (20 fixed context questions, all other training questions as targets); test
+    groups are never seen here.
+    """
+    cfg = cfg or TrainConfig()
+    t_start = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    source = list(fit_groups) + list(val_groups)
+    known_q = np.zeros(len(table.questions), dtype=bool)
+    known_q[train_q] = True
+    known = known_items(table, known_q)
+    if spec.use_prior:
+        full_prior, loo = fit_group_priors(table, dataset, source, known_q, spec.prior_rank)
+    else:
+        full_prior, loo = None, {g: None for g in source}
+    ys = {g: np.nan_to_num(table.group_y(dataset, g)) for g in source}
+    feats = GroupFeatures(spec, table, {g: loo[g] for g in source}, ys, known)
+
+    model = GPO(GPOConfig(dim_x=spec.dim_x, **(model_cfg or {})))
+    all_x = torch.cat([feats.x[g][torch.from_numpy(table.rows(train_q))] for g in fit_groups])
+    std = all_x.std(dim=0)
+    mean = all_x.mean(dim=0)
+    if spec.use_prior:  # the flag column is all ones among known items: keep it a plain 0/1 input
+        flag = spec.prior_slice.start
+        mean[flag], std[flag] = 0.0, 1.0
+    model.set_feature_stats(mean, std)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    # validation episodes: fixed for the whole run
+    val_rng = np.random.default_rng(cfg.seed + 10_000)
+    scorable = np.array(
+        [i for i in train_q if table.questions[i].has_ordinal_spread or not table.questions[i].is_ordinal]
+    )
+    val_eps, val_tq = [], []
+    for g in val_groups:
+        for _ in range(cfg.val_draws):
+            ctx = val_rng.choice(scorable, size=min(cfg.val_context, len(scorable) - 1), replace=False)
+            tgt = np.array([q for q in scorable if q not in set(ctx)])
+            val_eps.append(make_eval_episode(table, feats.x[g], feats.y[g], ctx, tgt))
+            val_tq.append(tgt)
+
+    def validate() -> float:
+        preds = predict_episodes(model, val_eps)
+        scores = [
+            s
+            for e, tq, (m, _) in zip(val_eps, val_tq, preds, strict=True)
+            for s in episode_alignments(table, tq, m, e.y[~e.is_context].numpy())
+        ]
+        return float(np.mean(scores))
+
+    best_val, best_step, best_state, bad = -1.0, 0, None, 0
+    history = []
+    step = 0
+    bar = tqdm(total=cfg.max_steps, desc="meta-training", disable=not cfg.progress)
+    fit_list = list(fit_groups)
+    while step < cfg.max_steps:
+        model.train()
+        episodes = []
+        for _ in range(cfg.batch_size):
+            g = fit_list[int(rng.integers(len(fit_list)))]
+            n_ctx = int(rng.integers(cfg.min_context, cfg.max_context + 1))
+            episodes.append(
+                sample_episode(
+                    rng, table, feats.x[g], feats.y[g], train_q, n_ctx, cfg.n_targets, spec, cfg.prior_dropout
+                )
+            )
+        batch = collate(episodes)
+        for group_ in opt.param_groups:
+            group_["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss = model.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        out_of_time = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
+        if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
+            val = validate() if val_eps else -float(loss.item())
+            history.append(
+                {
+                    "step": step,
+                    "loss": float(loss.item()),
+                    "val_alignment": val,
+                    "elapsed_s": time.perf_counter() - t_start,
+                }
+            )
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val:.4f}")
+            if val > best_val:
+                best_val, best_step, bad = val, step, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not live refs
+            else:
+                bad += 1
+            if bad >= cfg.patience or out_of_time:
+                break
+    bar.close()
+    del gen
+    assert best_state is not None, "no evaluation ran"
+    model.load_state_dict(best_state)
+    model.eval()
+    wall = time.perf_counter() - t_start
+    log.info("trained %d steps in %.1f s; best validation alignment %.4f at step %d", step, wall, best_val, best_step)
+    return TrainResult(
+        model=model,
+        spec=spec,
+        prior=full_prior,
+        best_step=best_step,
+        best_val=best_val,
+        steps_run=step,
+        wall_s=wall,
+        history=history,
+    )
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
