@@ -99,11 +99,11 @@ def save_checkpoint(ckpt: Checkpoint, store: Path, name: str, version: str | Non
             bank_rows = {k: list(v) for k, v in ckpt.bank.rows.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
         config = {
+            **ckpt.meta,  # first: the name and version written here win over a re-saved checkpoint's
             "format_version": FORMAT_VERSION,
             "name": name,
             "version": version,
             "architecture": ckpt.model.cfg.to_dict(),
-            **ckpt.meta,
             "prior_bank": bank_rows,
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
@@ -125,13 +125,16 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     try:
         config = json.loads((path / "config.json").read_text())
         tensors = load_file(str(path / "model.safetensors"))
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, JSON errors, SafetensorError (which derives from Exception only)
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {config.get('format_version')} != {FORMAT_VERSION}")
     model = GPO(GPOConfig.from_dict(config["architecture"]))
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not match the architecture: {e}") from e
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not match the architecture (missing {missing}, unexpected {unexpected})"
@@ -139,6 +142,8 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     model.to(device).eval()
     bank = None
     if config.get("prior_bank") is not None:
+        if "prior.mean" not in tensors or "prior.loadings" not in tensors:
+            raise CheckpointError(f"{path}: config lists a prior bank but the weights hold no prior tensors")
         prior = PopulationPrior(tensors["prior.mean"].numpy(), tensors["prior.loadings"].numpy())
         bank = PriorBank(prior, {k: (int(v[0]), int(v[1])) for k, v in config["prior_bank"].items()})
     meta = {k: v for k, v in config.items() if k not in ("architecture", "prior_bank", "format_version")}

@@ -94,7 +94,7 @@ def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, valid: torch.Te
     a scatter over (row, segment) pairs, no Python loop over questions.
     """
     B, N = logits.shape
-    n_seg = int(segment[valid].max().item()) + 1 if valid.any() else 1
+    n_seg = int(segment.max().item()) + 1  # every token's id indexes a segment, valid or not
     flat = (torch.arange(B, device=logits.device).unsqueeze(1) * n_seg + segment.clamp(min=0)).reshape(-1)
     masked = logits.masked_fill(~valid, float("-inf")).reshape(-1)
     seg_max = torch.full((B * n_seg,), float("-inf"), device=logits.device, dtype=logits.dtype)

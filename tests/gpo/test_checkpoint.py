@@ -131,12 +131,6 @@ def test_version_numbers_sort_numerically(tmp_path):
     assert load_checkpoint(tmp_path / "gpo").path == p
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG service/gpo/checkpoint.py save_checkpoint (config dict ~l.101-108, then l.115): it writes "
-    "{'version': version, ..., **ckpt.meta} and afterwards stores name/version in ckpt.meta, so saving the "
-    "same Checkpoint again (or re-saving a loaded one) records the OLD version/name in the new config.json",
-)
 def test_resaving_same_checkpoint_records_new_version(tmp_path):
     ck = _ckpt(seed=5, bank=False)
     save_checkpoint(ck, tmp_path, "gpo")
@@ -188,13 +182,6 @@ def test_weights_with_missing_and_extra_keys_raise(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SafetensorError,
-    reason="BUG service/gpo/checkpoint.py load_checkpoint (~l.125-129): a corrupted/truncated "
-    "model.safetensors raises safetensors' SafetensorError (a plain Exception subclass, not "
-    "OSError/ValueError), which `except (OSError, ValueError)` does not turn into CheckpointError",
-)
 @pytest.mark.parametrize("corruption", ["garbage", "truncated"])
 def test_corrupted_weights_file_raises_checkpoint_error(tmp_path, corruption):
     path = _saved(tmp_path)
@@ -205,13 +192,6 @@ def test_corrupted_weights_file_raises_checkpoint_error(tmp_path, corruption):
         load_checkpoint(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG service/gpo/checkpoint.py load_checkpoint (~l.134): weights whose shapes do not match the "
-    "config's architecture make load_state_dict(strict=False) raise a plain "
-    "RuntimeError('size mismatch ...'), not CheckpointError",
-)
 def test_weights_of_another_width_raise_checkpoint_error(tmp_path):
     path = _saved(tmp_path)
     other = _saved(tmp_path / "other", seed=1, d_model=32, d_ff=32)
@@ -220,12 +200,6 @@ def test_weights_of_another_width_raise_checkpoint_error(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="BUG service/gpo/checkpoint.py load_checkpoint (~l.141-142): a config with a prior_bank but a "
-    "weights file without the prior.* tensors raises KeyError('prior.mean') instead of CheckpointError",
-)
 def test_weights_without_prior_tensors_raise_checkpoint_error(tmp_path):
     path = _saved(tmp_path)
     tensors = load_file(str(path / "model.safetensors"))
