@@ -25,6 +25,11 @@ class GPOConfig:
     head_mlp_depth: int = 2
     dropout: float = 0.0
     min_std: float = 1e-3  # floor of the predicted std, so the NLL stays finite
+    # Index in x of a feature holding a prior probability of the item (the population prior's mean).
+    # When set, log(that prior) is added to the option score, so the per-question softmax starts at the
+    # prior and the network learns the group's deviation from it. Items with prior <= 0 (unknown
+    # questions) get no offset: their softmax starts uniform.
+    base_logit_feature: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,6 +148,9 @@ class GPO(nn.Module):
             h = layer(h, attend)
         out = self.head(self.norm(h))  # [B, N, 2]
         logits, raw_std = out.unbind(-1)
+        if self.cfg.base_logit_feature is not None:
+            prior = batch.x[..., self.cfg.base_logit_feature]  # [B, N] raw (unstandardised) prior probability
+            logits = logits + torch.where(prior > 0, prior.clamp_min(1e-4).log(), torch.zeros_like(prior))
         mean = segment_softmax(logits, batch.question, batch.is_target)
         std = self.cfg.min_std + F.softplus(raw_std)
         return Prediction(mean=mean, std=std.masked_fill(~batch.is_target, 1.0), logits=logits)

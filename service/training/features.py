@@ -30,6 +30,11 @@ class FeatureSpec:
         start = self.emb_dim if self.use_embedding else 0
         return slice(start, start + (prior_dim(self.prior_rank) if self.use_prior else 0))
 
+    @property
+    def prior_mean_index(self) -> int | None:
+        """Column of the prior mean in the feature vector (after the known flag)."""
+        return self.prior_slice.start + 1 if self.use_prior else None
+
     def to_dict(self) -> dict:
         return asdict(self)
 

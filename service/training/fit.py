@@ -41,6 +41,7 @@ class TrainConfig:
     val_context: int = 20  # context questions of a validation episode (as the test protocol)
     val_draws: int = 3  # context draws per validation group
     time_budget_s: float | None = 600.0
+    prior_logit_skip: bool = True  # add log(prior mean) to option scores (see GPOConfig.base_logit_feature)
     seed: int = 0
     progress: bool = True
 
@@ -188,7 +189,10 @@ def train_gpo(
     ys = {g: np.nan_to_num(table.group_y(dataset, g)) for g in source}
     feats = GroupFeatures(spec, table, {g: loo[g] for g in source}, ys, known)
 
-    model = GPO(GPOConfig(dim_x=spec.dim_x, **(model_cfg or {})))
+    model_cfg = dict(model_cfg or {})
+    if cfg.prior_logit_skip and spec.use_prior:
+        model_cfg.setdefault("base_logit_feature", spec.prior_mean_index)
+    model = GPO(GPOConfig(dim_x=spec.dim_x, **model_cfg))
     all_x = torch.cat([feats.x[g][torch.from_numpy(table.rows(train_q))] for g in fit_groups])
     std = all_x.std(dim=0)
     mean = all_x.mean(dim=0)

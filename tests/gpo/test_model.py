@@ -334,3 +334,29 @@ def test_context_actually_matters(model):
     flipped = [(x, y.flip(0)) for x, y in ctx]
     m1, s1 = _target_outputs(model, build_episode(flipped, tgt))
     assert (m1 - m0).abs().max() > 1e-4 or (s1 - s0).abs().max() > 1e-4
+
+
+def test_base_logit_feature_starts_softmax_at_the_prior():
+    """With the head's last layer zeroed, option scores are log(prior): known questions get the prior
+    (renormalised), a question whose prior column is 0 (unknown) gets the uniform distribution."""
+    from service.gpo.batch import GPOBatch
+    from service.gpo.model import GPO, GPOConfig
+
+    torch.manual_seed(0)
+    model = GPO(GPOConfig(dim_x=3, d_model=16, n_layers=1, n_heads=2, d_ff=16, base_logit_feature=1)).eval()
+    torch.nn.init.zeros_(model.head[-1].weight)
+    torch.nn.init.zeros_(model.head[-1].bias)
+    prior = torch.tensor([0.5, 0.5, 0.2, 0.3, 0.5, 0.0, 0.0, 0.0])
+    x = torch.randn(1, 8, 3)
+    x[0, :, 1] = prior
+    batch = GPOBatch(
+        x=x,
+        y=torch.rand(1, 8),
+        is_context=torch.tensor([[True, True, False, False, False, False, False, False]]),
+        is_target=torch.tensor([[False, False, True, True, True, True, True, True]]),
+        question=torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1]]),
+    )
+    with torch.no_grad():
+        mean = model(batch).mean[0]
+    assert torch.allclose(mean[2:5], torch.tensor([0.2, 0.3, 0.5]), atol=1e-6)
+    assert torch.allclose(mean[5:], torch.full((3,), 1 / 3), atol=1e-6)
