@@ -89,23 +89,18 @@ def sample_episode(
     perm = rng.permutation(qpool)
     n_ctx = min(n_ctx, len(perm) - 1)
     qc, qt = perm[:n_ctx], perm[n_ctx : n_ctx + n_tgt]
-    rc, rt = table.rows(qc), table.rows(qt)
-    rows = np.concatenate([rc, rt])
-    xe = x[rows].clone()
+    episode = make_eval_episode(table, x, y, qc, qt)
     if spec.use_prior and prior_dropout > 0:
         drop_q = rng.random(len(qc) + len(qt)) < prior_dropout
         drop = np.repeat(drop_q, table.q_len[np.concatenate([qc, qt])])
-        xe[torch.from_numpy(drop), spec.prior_slice] = 0.0
-    question = np.concatenate([np.zeros(len(rc), dtype=np.int64), np.repeat(np.arange(len(qt)), table.q_len[qt])])
-    is_ctx = np.zeros(len(rows), dtype=bool)
-    is_ctx[: len(rc)] = True
-    return Episode(x=xe, y=y[rows], is_context=torch.from_numpy(is_ctx), question=torch.from_numpy(question))
+        episode.x[torch.from_numpy(drop), spec.prior_slice] = 0.0
+    return episode
 
 
 def make_eval_episode(
     table: ItemTable, x: torch.Tensor, y: torch.Tensor, ctx_q: np.ndarray, tgt_q: np.ndarray
 ) -> Episode:
-    """Fixed context questions and every target question of one group."""
+    """One group's episode: the given context questions, then the target questions (x[rows] is a copy)."""
     rc, rt = table.rows(ctx_q), table.rows(tgt_q)
     rows = np.concatenate([rc, rt])
     question = np.concatenate([np.zeros(len(rc), dtype=np.int64), np.repeat(np.arange(len(tgt_q)), table.q_len[tgt_q])])
@@ -174,7 +169,6 @@ def train_gpo(
     """
     cfg = cfg or TrainConfig()
     t_start = time.perf_counter()
-    gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
@@ -270,7 +264,6 @@ def train_gpo(
             if bad >= cfg.patience or out_of_time:
                 break
     bar.close()
-    del gen
     assert best_state is not None, "no evaluation ran"
     model.load_state_dict(best_state)
     model.eval()
