@@ -62,6 +62,7 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             raise
         log.info("checkpoint %s loaded", predictor.model_version)
         services = Services(settings, engine, make_sessionmaker(engine), cache, worker, predictor, metrics)
+        stack.push_async_callback(services.aclose)
 
         if isinstance(worker, LocalWorker):
             try:  # warm-up: the first request pays no model load

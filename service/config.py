@@ -47,6 +47,20 @@ class Settings(BaseSettings):
     database_connect_timeout_s: int = Field(5, ge=1, description="seconds to wait for a Postgres connection")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of 503 answers (a dependency is down)")
 
+    # --- fast path (issue 4) ---
+    context_cache_mb: float = Field(
+        256.0, ge=0, description="in-process cache of encoded group contexts (GPO keys/values), MiB; 0: off"
+    )
+    context_cache_shared: bool = Field(
+        True, description="also keep encoded contexts in Redis (when GPO_REDIS_URL is set)"
+    )
+    context_cache_ttl_s: float = Field(3600.0, gt=0, description="lifetime of an encoded context in Redis")
+    batch_max_requests: int = Field(64, ge=1, description="requests merged into one GPO forward at most")
+    batch_max_queue: int = Field(256, ge=1, description="requests waiting for a GPO forward; past it: 429")
+    batch_wait_ms: float = Field(
+        1.0, ge=0, le=100, description="under load, how long a forward waits for more requests to join it"
+    )
+
     # --- request limits (a request past one is refused with 422 naming the field) ---
     max_items_per_request: int = Field(500, ge=1, description="context items per request (register or inline)")
     max_context_items: int = Field(2000, ge=1, description="context items a group may hold")

@@ -19,6 +19,7 @@ import torch
 from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_response_item
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from service.gpo.model import ContextState
 from service.gpo.prior import question_key
 from service.training.features import FeatureSpec
 
@@ -195,4 +196,89 @@ class Predictor:
         return out
 
     def predict(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[ItemPrediction]:
+        """The full forward (context and targets together); equals `predict_encoded(encode(context), ...)`."""
         return self.predict_many([(context, targets)])[0]
+
+    # ------------------------------------------------------------------ cached context
+
+    @torch.no_grad()
+    def encode(self, context: Sequence[ContextItem]) -> ContextState:
+        """The context encoded once: per-layer keys/values (and the ridge solution) its targets attend to."""
+        if not context:
+            raise ValueError("a prediction needs at least one context item")
+        xs, ys = [], []
+        for c in context:
+            if c.distribution is None:
+                raise ValueError("context items need a distribution")
+            xs.append(self.features(c))
+            ys.append(np.asarray(c.distribution, dtype=np.float32))
+        x = torch.from_numpy(np.concatenate(xs))[None].to(self.device)
+        y = torch.from_numpy(np.concatenate(ys))[None].to(self.device)
+        return self.model.encode_context(x, y, torch.ones(y.shape, dtype=torch.bool, device=self.device))
+
+    @torch.no_grad()
+    def predict_encoded(
+        self, requests: Sequence[tuple[ContextState, Sequence[Item]]]
+    ) -> list[list[ItemPrediction]]:
+        """Per request (encoded context, targets): one prediction per target question. One forward for all."""
+        if not requests:
+            return []
+        feats = [[self.features(t) for t in targets] for _, targets in requests]
+        sizes = [sum(f.shape[0] for f in fs) for fs in feats]
+        B, N = len(requests), max(max(sizes), 1)
+        x = np.zeros((B, N, self.spec.dim_x), dtype=np.float32)
+        q = np.zeros((B, N), dtype=np.int64)
+        m = np.zeros((B, N), dtype=bool)
+        for b, fs in enumerate(feats):
+            pos = 0
+            for j, f in enumerate(fs):
+                k = f.shape[0]
+                x[b, pos : pos + k], q[b, pos : pos + k], m[b, pos : pos + k] = f, j, True
+                pos += k
+        state = ContextState.stack([s for s, _ in requests])
+        pred = self.model.predict_targets(
+            state,
+            torch.from_numpy(x).to(self.device),
+            torch.from_numpy(q).to(self.device),
+            torch.from_numpy(m).to(self.device),
+        )
+        mean, std = pred.mean.double().cpu().numpy(), pred.std.double().cpu().numpy()
+        out = []
+        for b, (_, targets) in enumerate(requests):
+            preds, pos = [], 0
+            for t in targets:
+                k = len(t.options)
+                dist = mean[b, pos : pos + k]
+                preds.append(ItemPrediction(distribution=dist / dist.sum(), std=std[b, pos : pos + k]))
+                pos += k
+            out.append(preds)
+        return out
+
+    # ------------------------------------------------------------------ encoded contexts as flat arrays
+
+    def state_to_array(self, state: ContextState) -> np.ndarray:
+        """One group's state as a flat float32 array (keys, values, then the ridge solution), for a cache."""
+        assert state.batch_size == 1, "one group's state at a time"
+        parts = [state.keys.reshape(-1), state.values.reshape(-1)]
+        if state.z is not None:
+            parts.append(state.z.reshape(-1))
+        return torch.cat(parts).to(torch.float32).cpu().numpy()
+
+    def state_from_array(self, array: np.ndarray) -> ContextState:
+        """Inverse of `state_to_array` for this checkpoint; ValueError when the size does not fit it."""
+        cfg = self.model.cfg
+        n_z = cfg.prior_rank if cfg.prior_readout == "ridge" else 0
+        per_token = 2 * cfg.n_layers * cfg.d_model
+        flat = np.asarray(array, dtype=np.float32).reshape(-1)
+        n_ctx, rest = divmod(flat.size - n_z, per_token)
+        if rest or n_ctx < 1:
+            raise ValueError(f"an encoded context of {flat.size} floats does not fit checkpoint {self.model_version}")
+        t = torch.from_numpy(flat.copy()).to(self.device)
+        half = cfg.n_layers * cfg.d_model * n_ctx
+        shape = (cfg.n_layers, 1, cfg.n_heads, n_ctx, cfg.d_model // cfg.n_heads)
+        return ContextState(
+            keys=t[:half].view(shape),
+            values=t[half : 2 * half].view(shape),
+            mask=torch.ones(1, n_ctx, dtype=torch.bool, device=self.device),
+            z=t[2 * half :].view(1, n_z) if n_z else None,
+        )

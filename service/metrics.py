@@ -63,6 +63,16 @@ class Metrics:
         self.generate_duplicates = Counter(
             "gpo_generate_duplicates", "sampled responses /generate dropped as duplicates", registry=r
         )
+        self.context_states = Counter(
+            "gpo_context_state_lookups",
+            "encoded group contexts looked up, by where they were found (local, shared, miss)",
+            ["result"],
+            registry=r,
+        )
+        self.encode_seconds = Histogram(
+            "gpo_context_encode_seconds", "time to encode one group's context", registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.queue_full = Counter("gpo_queue_full", "requests refused with 429 (batch queue full)", registry=r)
         self.model = Info("gpo_model", "the served checkpoint and the embedder it runs with", registry=r)
 
     def render(self) -> bytes:

@@ -15,6 +15,8 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.batching import MicroBatcher
+from service.context_cache import StateKey, build_context_cache
 from service.db import repository as repo
 from service.db.session import session_scope
 from service.embedder.client import WorkerError, WorkerModelChanged, WorkerUnavailable
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from service.cache import VectorCache
     from service.config import Settings
     from service.embedder.client import Worker
+    from service.gpo.model import ContextState
     from service.inference import Predictor
     from service.metrics import Metrics
 
@@ -94,8 +97,30 @@ class Services:
         self.metrics = metrics
         self.limits = Limits.from_settings(settings)
         self.embeddings = ItemEmbeddings(cache, worker, metrics)
+        self.contexts = build_context_cache(settings, predictor)
+        self.batcher: MicroBatcher[tuple[ContextState, list[Item]], list[ItemPrediction]] = MicroBatcher(
+            self._forward_batch,
+            name="predict",
+            max_batch=settings.batch_max_requests,
+            max_queue=settings.batch_max_queue,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            retry_after_s=1,
+            observe=metrics.batch_requests.observe,
+        )
         self._keys: EmbedderKeys | None = None
         self._keys_lock = anyio.Lock()
+
+    def _forward_batch(self, calls: list[tuple[ContextState, list[Item]]]) -> list[list[ItemPrediction]]:
+        """One GPO forward for the targets of several requests, each against its own encoded context."""
+        t0 = time.perf_counter()
+        out = self.predictor.predict_encoded(calls)
+        self.metrics.forward_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_questions.observe(sum(len(targets) for _, targets in calls))
+        return out
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+        self.contexts.close()
 
     async def embedder_keys(self) -> EmbedderKeys:
         """The worker's key prefixes, checked against the checkpoint on first use (and after a model change).
@@ -201,6 +226,7 @@ async def register_context(
             return info
 
     info = await in_thread(write)
+    services.contexts.forget_group(info.id)
     log.info("group %s/%s: %s %d items -> version %d", tenant, group_id, body.mode, len(items), info.version)
     return ContextWriteResponse(group_id=info.name, version=info.version, size=info.size)
 
@@ -241,6 +267,7 @@ def delete_group(services: Services, tenant: str, group_id: str) -> None:
 def delete_item(services: Services, tenant: str, group_id: str, item_id: int) -> ContextWriteResponse:
     with services.transaction() as session:
         info = repo.delete_item(session, tenant, group_id, item_id)
+    services.contexts.forget_group(info.id)
     return ContextWriteResponse(group_id=info.name, version=info.version, size=info.size)
 
 
@@ -299,24 +326,44 @@ async def _embedded(services: Services, questions: Sequence[QuestionIn | Context
     return list(_split(vectors, [len(t) for t in texts]))
 
 
-async def _forward(services: Services, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[ItemPrediction]:
-    """One GPO forward over every target (in a worker thread: torch must not block the event loop)."""
+def _cached_state(services: Services, tenant: str, group_id: str, embedder_key: str) -> tuple[int, ContextState | None]:
+    """(context version, encoded context or None): one row read for the version, then the context cache."""
+    with services.engine.connect() as connection:
+        row, version = repo.group_version(connection, tenant, group_id)
+    state, where = services.contexts.get(StateKey(services.predictor.model_version, embedder_key, row, version))
+    services.metrics.context_states.labels(where).inc()
+    return version, state
+
+
+def _encode(services: Services, context: Sequence[ContextItem]) -> ContextState:
     t0 = time.perf_counter()
-    predictions = await in_thread(services.predictor.predict, context, targets)
-    m = services.metrics
-    m.forward_seconds.observe(time.perf_counter() - t0)
-    m.batch_requests.observe(1)
-    m.batch_questions.observe(len(targets))
-    m.context_items.observe(len(context))
-    return predictions
+    state = services.predictor.encode(context)
+    services.metrics.encode_seconds.observe(time.perf_counter() - t0)
+    services.metrics.context_items.observe(len(context))
+    return state
+
+
+async def group_state(services: Services, tenant: str, group_id: str) -> tuple[int, ContextState]:
+    """The group's context version and its encoded context: from the context cache when this version was encoded
+    before (here or, through Redis, on another replica), else read from the database and encoded (and cached)."""
+    embedder_key = (await services.embedder_keys()).choice if services.predictor.uses_embedding else ""
+    if services.contexts.enabled:
+        version, state = await in_thread(_cached_state, services, tenant, group_id, embedder_key)
+        if state is not None:
+            return version, state
+    info, context = await _stored_context(services, tenant, group_id)
+    state = await in_thread(_encode, services, context)
+    if services.contexts.enabled:
+        key = StateKey(services.predictor.model_version, embedder_key, info.id, info.version)
+        await in_thread(services.contexts.put, key, state)
+    return info.version, state
 
 
 async def predict(services: Services, tenant: str, body: PredictRequest) -> PredictResponse:
     """Distributions over each question's options given a stored group's context or an inline one."""
     context_version: int | None = None
     if body.group_id is not None:
-        info, context = await _stored_context(services, tenant, body.group_id)
-        context_version = info.version
+        context_version, state = await group_state(services, tenant, body.group_id)
         embeddings = await _embedded(services, body.questions)
     else:
         assert body.context is not None, "validated: group_id or context"
@@ -328,8 +375,9 @@ async def predict(services: Services, tenant: str, body: PredictRequest) -> Pred
             for c, e in zip(body.context, embedded[:n_ctx], strict=True)
         ]
         embeddings = embedded[n_ctx:]
+        state = await in_thread(_encode, services, context)
     targets = [Item(q.question, q.options, e) for q, e in zip(body.questions, embeddings, strict=True)]
-    predictions = await _forward(services, context, targets)
+    predictions = await services.batcher.submit((state, targets))
     services.metrics.predictions.labels("stored" if context_version is not None else "inline").inc(len(targets))
     if context_version is not None:
         services.metrics.context_version.set(context_version)
@@ -372,20 +420,20 @@ async def sample_distinct(services: Services, body: GenerateRequest) -> tuple[li
 
 async def generate(services: Services, tenant: str, body: GenerateRequest) -> GenerateResponse:
     """Sample responses with the base LLM, score them as the options of one question given the group's context."""
-    info, context = await _stored_context(services, tenant, body.group_id)  # 404 before any sampling
+    context_version, state = await group_state(services, tenant, body.group_id)  # 404 before any sampling
     responses, n_sampled = await sample_distinct(services, body)
     predictor = services.predictor
     embeddings = None
     if predictor.uses_embedding:
         key = (await services.embedder_keys()).response
         embeddings = await services.embed(predictor.response_texts(body.prompt, responses), key)
-    (prediction,) = await _forward(services, context, [Item(body.prompt, responses, embeddings)])
+    (prediction,) = await services.batcher.submit((state, [Item(body.prompt, responses, embeddings)]))
     scores = prediction.distribution
     order = sorted(range(len(responses)), key=lambda i: -scores[i])  # stable: ties keep sampling order
     return GenerateResponse(
         responses=[ScoredResponse(text=responses[i], score=float(scores[i])) for i in order],
         model_version=predictor.model_version,
-        context_version=info.version,
+        context_version=context_version,
         n_sampled=n_sampled,
     )
 

@@ -75,3 +75,49 @@ def test_bad_inputs_raise(predictor):
         predictor.predict([], [_item(rng, "t", ["a", "b"])])
     with pytest.raises(ValueError, match="embeddings must be"):
         predictor.features(Item("t", ["a", "b"], np.zeros((3, EMB), np.float32)))
+
+
+# ---------------------------------------------------------------------------------------------- cached contexts
+
+
+def _random_group(rng, n_ctx: int, n_tgt: int):
+    ctx = []
+    for i in range(n_ctx):
+        if i % 3 == 0:
+            ctx.append(_item(rng, KNOWN_Q, KNOWN_OPTS, rng.dirichlet(np.ones(3))))
+        else:
+            k = int(rng.integers(2, 6))
+            ctx.append(_item(rng, f"c{i}", [f"o{j}" for j in range(k)], rng.dirichlet(np.ones(k))))
+    tgt = [_item(rng, f"t{i}", [f"o{j}" for j in range(int(rng.integers(2, 6)))]) for i in range(n_tgt)]
+    tgt.append(_item(rng, KNOWN_Q, KNOWN_OPTS))
+    return ctx, tgt
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_encoded_context_predicts_as_the_full_forward(predictor, seed):
+    """Random groups, batched together: encode once + targets only == the full forward, to 1e-5."""
+    with torch.no_grad():  # a trained model: the head's mean channel is no longer zero
+        predictor.model.head[-1].weight.normal_(0, 0.5)
+    rng = np.random.default_rng(seed)
+    groups = [_random_group(rng, int(rng.integers(1, 40)), int(rng.integers(1, 6))) for _ in range(4)]
+    cached = predictor.predict_encoded([(predictor.encode(c), t) for c, t in groups])
+    full = predictor.predict_many(groups)
+    worst = 0.0
+    for per_group_cached, per_group_full in zip(cached, full, strict=True):
+        for a, b in zip(per_group_cached, per_group_full, strict=True):
+            worst = max(worst, float(np.abs(a.distribution - b.distribution).max()), float(np.abs(a.std - b.std).max()))
+    assert worst <= 1e-5, worst
+
+
+def test_encoded_context_round_trips_through_a_flat_array(predictor):
+    rng = np.random.default_rng(4)
+    ctx, tgt = _random_group(rng, 7, 3)
+    state = predictor.encode(ctx)
+    array = predictor.state_to_array(state)
+    assert array.dtype == np.float32 and array.ndim == 1
+    again = predictor.state_from_array(array)
+    a, b = predictor.predict_encoded([(state, tgt)])[0], predictor.predict_encoded([(again, tgt)])[0]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.distribution, y.distribution)
+    with pytest.raises(ValueError, match="does not fit"):
+        predictor.state_from_array(array[:-1])

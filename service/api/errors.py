@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from service.batching import QueueFull
 from service.db.repository import GroupNotFound, ItemNotFound, VersionConflict
 from service.embedder.client import WorkerRequestError, WorkerUnavailable
 from service.inference import EmbedderMismatch
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 # For the OpenAPI schema: what each route may answer besides its success.
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "unknown group or item"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "concurrent change"}}
+BUSY: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorResponse, "description": "the prediction queue is full; retry after Retry-After seconds"}
+}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "a dependency is down; retry after Retry-After seconds"}
 }
@@ -84,6 +88,12 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     return _answer(503, "the database is unavailable; retry later", _retry_after(request))
 
 
+async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFull)
+    request.app.state.services.metrics.queue_full.inc()
+    return _answer(429, "too many predictions are waiting; retry later", exc.retry_after_s)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _answer(500, "internal server error")  # never str(exc): it may hold data or internals
@@ -101,4 +111,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EmbedderMismatch, _embedder_mismatch)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(PoolTimeout, _database_unavailable)
+    app.add_exception_handler(QueueFull, _queue_full)
     app.add_exception_handler(Exception, _unexpected)

@@ -6,13 +6,13 @@ from fastapi import APIRouter
 
 from service import serving
 from service.api.deps import GenerateBody, ServicesDep, TenantDep
-from service.api.errors import NOT_FOUND, UNAVAILABLE
+from service.api.errors import BUSY, NOT_FOUND, UNAVAILABLE
 from service.schemas import GenerateResponse
 
 router = APIRouter(tags=["generate"])
 
 
-@router.post("/generate", responses={**NOT_FOUND, **UNAVAILABLE})
+@router.post("/generate", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})
 async def generate(body: GenerateBody, services: ServicesDep, tenant: TenantDep) -> GenerateResponse:
     """n distinct responses to the prompt, best first; score = GPO's probability that the group prefers it.
 

@@ -6,17 +6,18 @@ from fastapi import APIRouter
 
 from service import serving
 from service.api.deps import PredictBody, ServicesDep, TenantDep
-from service.api.errors import NOT_FOUND, UNAVAILABLE
+from service.api.errors import BUSY, NOT_FOUND, UNAVAILABLE
 from service.schemas import PredictResponse
 
 router = APIRouter(tags=["predict"])
 
 
-@router.post("/predict", responses={**NOT_FOUND, **UNAVAILABLE})
+@router.post("/predict", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})
 async def predict(body: PredictBody, services: ServicesDep, tenant: TenantDep) -> PredictResponse:
     """Per question, in order: the predicted distribution over its options (sums to 1) and its std.
 
     The context is a stored group (`group_id`) or given inline (`context`); all questions go through one
-    GPO forward.
+    GPO forward, against the group's context encoded once per context version (cached), and concurrent
+    requests share forwards. 429 with Retry-After when too many requests are waiting.
     """
     return await serving.predict(services, tenant, body)

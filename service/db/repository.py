@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Connection, Select, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -90,6 +90,7 @@ class GroupInfo:
     size: int  # number of context items
     created_at: datetime
     updated_at: datetime
+    id: int  # database row id: never reused, so (id, version) names one context exactly
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,7 @@ def _info(group: Group, size: int) -> GroupInfo:
         size=int(size),
         created_at=group.created_at,
         updated_at=group.updated_at,
+        id=group.id,
     )
 
 
@@ -323,6 +325,16 @@ def get_group(session: Session, tenant: str, name: str) -> GroupInfo:
     return _info(row[0], row[1])
 
 
+def group_version(connection: Connection | Session, tenant: str, name: str) -> tuple[int, int]:
+    """(row id, context version) of a group: the one-row read the prediction fast path makes per request."""
+    row = connection.execute(
+        select(Group.id, Group.version).where(Group.tenant == tenant, Group.name == name)
+    ).one_or_none()
+    if row is None:
+        raise GroupNotFound(tenant, name)
+    return int(row[0]), int(row[1])
+
+
 def list_groups(session: Session, tenant: str, limit: int = 100, offset: int = 0) -> list[GroupInfo]:
     """A page of the tenant's groups, ordered by name (stable across pages)."""
     if limit < 0 or offset < 0:
@@ -371,6 +383,7 @@ __all__ = [
     "delete_item",
     "get_context",
     "get_group",
+    "group_version",
     "list_groups",
     "set_item_embeddings",
     "write_context",

@@ -76,8 +76,8 @@ class WorkerEngine:
     Wraps an `Embedder` (vectors equal `Embedder.embed` of the same model and pooling). A separate worker
     process keeps no cache (the API owns caching); the in-process worker of the embedded default may share
     the on-disk cache of `gpo embed`/`gpo train`: its keys are model id@revision|pooling|template|text, and a
-    text's vector depends only on the model and pooling, so a hit is always the right vector. The model is loaded lazily (or by `load()`), and every model call holds one
-    lock. The async variants run the call in a worker thread through a one-token limiter, so callers
+    text's vector depends only on the model and pooling, so a hit is always the right vector. The model is
+    loaded lazily (or by `load()`), and every model call holds one lock. The async variants run the call in a worker thread through a one-token limiter, so callers
     waiting for the model wait on the event loop, not in (and not exhausting) the shared thread pool.
     """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -50,6 +51,55 @@ class GPOConfig:
 
 
 @dataclass
+class ContextState:
+    """A context encoded once (see GPO.encode_context): what every target attends to, per layer."""
+
+    keys: torch.Tensor  # [L, B, H, Nc, C/H]
+    values: torch.Tensor  # [L, B, H, Nc, C/H]
+    mask: torch.Tensor  # [B, Nc] bool, True on context tokens (False = padding)
+    z: torch.Tensor | None = None  # [B, prior_rank] ridge solution of the context (ridge readout only)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.mask.shape[0])
+
+    def row(self, b: int) -> ContextState:
+        """Row b alone, its padding cut off (what a cache keeps per group)."""
+        n = int(self.mask[b].sum())
+        assert bool(self.mask[b, :n].all()), "context tokens must come first in a row"
+        return ContextState(
+            keys=self.keys[:, b : b + 1, :, :n].clone(),
+            values=self.values[:, b : b + 1, :, :n].clone(),
+            mask=self.mask[b : b + 1, :n].clone(),
+            z=None if self.z is None else self.z[b : b + 1].clone(),
+        )
+
+    @staticmethod
+    def stack(states: Sequence[ContextState]) -> ContextState:
+        """One batch from several states (rows padded to the longest context; padding is masked out)."""
+        assert states, "nothing to stack"
+        if len(states) == 1:
+            return states[0]
+        n = max(int(s.mask.shape[1]) for s in states)
+
+        def pad(t: torch.Tensor, dim: int, value: float | bool = 0) -> torch.Tensor:
+            extra = n - t.shape[dim]
+            if extra == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = extra
+            return torch.cat([t, t.new_full(shape, value)], dim=dim)
+
+        zs = [s.z for s in states]
+        return ContextState(
+            keys=torch.cat([pad(s.keys, 3) for s in states], dim=1),
+            values=torch.cat([pad(s.values, 3) for s in states], dim=1),
+            mask=torch.cat([pad(s.mask, 1, False) for s in states], dim=0),
+            z=None if any(z is None for z in zs) else torch.cat(zs, dim=0),  # type: ignore[arg-type]
+        )
+
+
+@dataclass
 class Prediction:
     """Per-token outputs. `mean` is the per-question softmax over option scores (targets only)."""
 
@@ -88,17 +138,36 @@ class ContextAttentionLayer(nn.Module):
         self.ff = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_ff), nn.ReLU(), nn.Linear(cfg.d_ff, cfg.d_model))
         self.dropout = nn.Dropout(cfg.dropout)
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, N, C = t.shape
+        return t.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2)  # [B, H, N, C/H]
+
+    def _finish(self, h: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Residual attention output a [B, H, N, C/H] into h, then the feed-forward block."""
+        B, N, C = h.shape
+        h = h + self.dropout(self.proj(a.transpose(1, 2).reshape(B, N, C)))
+        return h + self.dropout(self.ff(self.norm2(h)))
+
     def forward(self, h: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
         # h: [B, N, C]; attend: [B, 1, 1, N] bool, True where the key is a context token
-        B, N, C = h.shape
-        q, k, v = self.qkv(self.norm1(h)).split(C, dim=-1)
-        q = q.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2)  # [B, H, N, C/H]
-        k = k.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2)
-        v = v.view(B, N, self.n_heads, C // self.n_heads).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
-        a = a.transpose(1, 2).reshape(B, N, C)
-        h = h + self.dropout(self.proj(a))
-        return h + self.dropout(self.ff(self.norm2(h)))
+        C = h.shape[-1]
+        q, k, v = (self._heads(t) for t in self.qkv(self.norm1(h)).split(C, dim=-1))
+        return self._finish(h, F.scaled_dot_product_attention(q, k, v, attn_mask=attend))
+
+    def encode_context(self, h: torch.Tensor, attend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer over context tokens only: (new h, keys, values), keys/values [B, H, Nc, C/H].
+
+        The keys and values are those every token (context or target) attends to in `forward`.
+        """
+        C = h.shape[-1]
+        q, k, v = (self._heads(t) for t in self.qkv(self.norm1(h)).split(C, dim=-1))
+        return self._finish(h, F.scaled_dot_product_attention(q, k, v, attn_mask=attend)), k, v
+
+    def attend_cached(self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
+        """The layer for target tokens h [B, Nt, C] against cached context keys/values (no target-target terms)."""
+        C = h.shape[-1]
+        q = self._heads(F.linear(self.norm1(h), self.qkv.weight[:C], self.qkv.bias[:C]))
+        return self._finish(h, F.scaled_dot_product_attention(q, k, v, attn_mask=attend))
 
 
 def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -154,11 +223,13 @@ class GPO(nn.Module):
         self.x_mean.copy_(mean)
         self.x_std.copy_(std.clamp_min(1e-6))
 
+    def _tokens(self, x: torch.Tensor, y_in: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, N, C] of features x [B, N, Dx] joined with input preferences y_in [B, N]."""
+        return self.embed(torch.cat([(x - self.x_mean) / self.x_std, y_in.unsqueeze(-1)], dim=-1))
+
     def encode_tokens(self, batch: GPOBatch) -> torch.Tensor:
         """Token embeddings [B, N, C]: standardised x joined with y (y zeroed outside the context)."""
-        x = (batch.x - self.x_mean) / self.x_std  # [B, N, Dx]
-        y_in = torch.where(batch.is_context, batch.y, torch.zeros_like(batch.y)).unsqueeze(-1)  # [B, N, 1]
-        return self.embed(torch.cat([x, y_in], dim=-1))
+        return self._tokens(batch.x, torch.where(batch.is_context, batch.y, torch.zeros_like(batch.y)))
 
     def forward(self, batch: GPOBatch) -> Prediction:
         assert bool(batch.is_context.any(dim=1).all()), "every row needs at least one context item"
@@ -166,30 +237,86 @@ class GPO(nn.Module):
         attend = batch.is_context[:, None, None, :]  # [B, 1, 1, N]: keys = context tokens only
         for layer in self.layers:
             h = layer(h, attend)
+        prior = None
+        if self.cfg.prior_readout != "none":
+            z = self._ridge_z(batch.x, batch.y, batch.is_context) if self.cfg.prior_readout == "ridge" else None
+            prior = self._prior_logits(batch.x, z)
+        return self._readout(h, prior, batch.question, batch.is_target)
+
+    def _readout(
+        self, h: torch.Tensor, prior: torch.Tensor | None, question: torch.Tensor, is_target: torch.Tensor
+    ) -> Prediction:
         out = self.head(self.norm(h))  # [B, N, 2]
         logits, raw_std = out.unbind(-1)
-        if self.cfg.prior_readout != "none":
-            logits = logits + self.prior_logits(batch)
-        mean = segment_softmax(logits, batch.question, batch.is_target)
+        if prior is not None:
+            logits = logits + prior
+        mean = segment_softmax(logits, question, is_target)
         std = self.cfg.min_std + F.softplus(raw_std)
-        return Prediction(mean=mean, std=std.masked_fill(~batch.is_target, 1.0), logits=logits)
+        return Prediction(mean=mean, std=std.masked_fill(~is_target, 1.0), logits=logits)
 
-    def prior_logits(self, batch: GPOBatch) -> torch.Tensor:
-        """[B, N] log of each item's base probability under the prior readout; 0 for unknown items."""
+    # ------------------------------------------------------------------ cached context (serving)
+    #
+    # Context tokens attend only to context tokens, so their per-layer keys and values, and the ridge
+    # solution of the prior readout, do not depend on the targets: `encode_context` computes them once per
+    # context and `predict_targets` runs only the target tokens against them. The two together equal
+    # `forward` on the joined episode (tested to 1e-5).
+
+    def encode_context(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> ContextState:
+        """Context features x [B, Nc, Dx], preferences y [B, Nc], mask [B, Nc] (False = padding)."""
+        assert bool(mask.any(dim=1).all()), "every row needs at least one context item"
+        y = torch.where(mask, y, torch.zeros_like(y))
+        h = self._tokens(x, y)
+        attend = mask[:, None, None, :]
+        keys, values = [], []
+        for layer in self.layers:
+            h, k, v = layer.encode_context(h, attend)
+            keys.append(k)
+            values.append(v)
+        z = self._ridge_z(x, y, mask) if self.cfg.prior_readout == "ridge" else None
+        return ContextState(keys=torch.stack(keys), values=torch.stack(values), mask=mask, z=z)
+
+    def predict_targets(
+        self, state: ContextState, x: torch.Tensor, question: torch.Tensor, mask: torch.Tensor
+    ) -> Prediction:
+        """Targets x [B, Nt, Dx] with question ids [B, Nt] and mask [B, Nt] against an encoded context."""
+        h = self._tokens(x, torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device))
+        attend = state.mask[:, None, None, :]
+        for i, layer in enumerate(self.layers):
+            h = layer.attend_cached(h, state.keys[i], state.values[i], attend)
+        prior = self._prior_logits(x, state.z) if self.cfg.prior_readout != "none" else None
+        return self._readout(h, prior, question, mask)
+
+    # ------------------------------------------------------------------ population-prior readout
+
+    def _ridge_z(self, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor) -> torch.Tensor:
+        """[B, k] ridge solution of the context residuals y - mean on the prior loadings (known items only)."""
         cfg = self.cfg
         assert cfg.prior_feature is not None
         p = cfg.prior_feature
-        known = batch.x[..., p] > 0.5  # [B, N]
-        base = batch.x[..., p + 1]  # [B, N] population mean
-        if cfg.prior_readout == "ridge":
-            load = batch.x[..., p + 2 : p + 2 + cfg.prior_rank]  # [B, N, k]
-            w = (batch.is_context & known).to(load.dtype)  # [B, N] context items that have a prior
-            resid = (batch.y - base) * w  # [B, N]
-            gram = torch.einsum("bnk,bnj->bkj", load * w.unsqueeze(-1), load)  # [B, k, k]
-            eye = torch.eye(cfg.prior_rank, dtype=load.dtype, device=load.device)
-            z = torch.linalg.solve(gram + self.log_ridge.exp() * eye, torch.einsum("bnk,bn->bk", load, resid))
-            base = base + torch.einsum("bnk,bk->bn", load, z)  # [B, N]
+        known = x[..., p] > 0.5
+        load = x[..., p + 2 : p + 2 + cfg.prior_rank]  # [B, N, k]
+        w = (is_context & known).to(load.dtype)  # [B, N] context items that have a prior
+        resid = (y - x[..., p + 1]) * w  # [B, N]
+        gram = torch.einsum("bnk,bnj->bkj", load * w.unsqueeze(-1), load)  # [B, k, k]
+        eye = torch.eye(cfg.prior_rank, dtype=load.dtype, device=load.device)
+        return torch.linalg.solve(gram + self.log_ridge.exp() * eye, torch.einsum("bnk,bn->bk", load, resid))
+
+    def _prior_logits(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """[B, N] log of each item's base probability: the population mean (plus loadings @ z for the ridge
+        readout); 0 for items without a prior."""
+        cfg = self.cfg
+        assert cfg.prior_feature is not None
+        p = cfg.prior_feature
+        known = x[..., p] > 0.5  # [B, N]
+        base = x[..., p + 1]  # [B, N] population mean
+        if z is not None:
+            base = base + torch.einsum("bnk,bk->bn", x[..., p + 2 : p + 2 + cfg.prior_rank], z)
         return torch.where(known, base.clamp_min(cfg.prior_floor).log(), torch.zeros_like(base))
+
+    def prior_logits(self, batch: GPOBatch) -> torch.Tensor:
+        """[B, N] log of each item's base probability under the prior readout; 0 for unknown items."""
+        z = self._ridge_z(batch.x, batch.y, batch.is_context) if self.cfg.prior_readout == "ridge" else None
+        return self._prior_logits(batch.x, z)
 
     def loss(self, batch: GPOBatch, pred: Prediction | None = None) -> torch.Tensor:
         """Gaussian NLL of the true y of target tokens, summed per row, averaged over rows."""

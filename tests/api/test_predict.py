@@ -121,6 +121,8 @@ def test_items_from_another_embedder_are_embedded_again(client: TestClient, grou
             current_key = items[0].embedder_key
             blobs = {it.id: np.zeros((len(it.options), 64), np.float32).tobytes() for it in items[:2]}
             assert set_item_embeddings(session, blobs, "old-lm@r0|mean|gpo-mc-v1") == 2
+        # The encoded context of this version is cached; a replica that never encoded it reads the items.
+        client.app.state.services.contexts.close()
         again = client.post("/predict", json={"group_id": group, "questions": QUESTIONS}).json()
         with session_scope(sessions) as session:
             keys = session.scalars(select(ContextItem.embedder_key)).all()

@@ -75,8 +75,12 @@ def test_register_predict_generate_delete(
 
     if cache_settings["redis_url"]:
         raw = redis.Redis.from_url(str(cache_settings["redis_url"]))
-        stored = list(raw.scan_iter(match=f"{cache_settings['redis_prefix']}*"))
+        prefix = cache_settings["redis_prefix"]
+        keys = [k.decode() for k in raw.scan_iter(match=f"{prefix}*")]
         raw.close()
+        states = [k for k in keys if k.startswith(f"{prefix}ctx:")]
+        stored = [k for k in keys if k not in states]
+        assert states, "encoded contexts are shared through Redis"
         n_texts = sum(len(context_item(i)["options"]) for i in (0, 1, 2, 3, 5))
         n_texts += sum(len(q["options"]) for q in body["questions"]) + n_responses
         assert len(stored) == n_texts

@@ -1,0 +1,150 @@
+"""MicroBatcher: concurrent calls of one async process merged into batched calls of a blocking function.
+
+Continuous batching: while one batch runs (in a worker thread), new calls queue; the next batch takes all of
+them (up to `max_batch`). A lone call therefore waits for nothing. Under load (the previous batch held more
+than one call) the runner also waits up to `max_wait_s` for more calls before it starts a batch that is not
+full. The queue is bounded: past `max_queue` waiting calls, `submit` raises QueueFull at once (HTTP 429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import anyio.to_thread
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class QueueFull(Exception):
+    """Too many calls are waiting; the caller should retry after `retry_after_s`."""
+
+    def __init__(self, name: str, size: int, retry_after_s: int) -> None:
+        super().__init__(f"the {name} queue is full ({size} waiting); retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class _Call(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R] = field(repr=False)
+
+
+class MicroBatcher(Generic[T, R]):
+    """`await submit(item)` -> fn([..., item, ...])[i], fn running on a list of concurrent items at a time.
+
+    fn must return one result per item, in order. When fn raises, every call of that batch gets the exception.
+    Bound to the event loop of its first `submit`.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        *,
+        name: str,
+        max_batch: int = 64,
+        max_queue: int = 256,
+        max_wait_s: float = 0.001,
+        retry_after_s: int = 1,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_wait_s >= 0")
+        self.fn = fn
+        self.name = name
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
+        self.retry_after_s = retry_after_s
+        self.observe = observe  # called with each batch's size (metrics)
+        self._pending: list[_Call[T, R]] = []
+        self._arrived: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._last_batch = 0
+        self.batches = 0
+        self.calls = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, item: T) -> R:
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(self.name, len(self._pending), self.retry_after_s)
+        loop = asyncio.get_running_loop()
+        if self._runner is None or self._runner.done():
+            self._arrived = asyncio.Event()
+            self._runner = loop.create_task(self._run(), name=f"batcher-{self.name}")
+        call: _Call[T, R] = _Call(item, loop.create_future())
+        self._pending.append(call)
+        assert self._arrived is not None
+        self._arrived.set()
+        return await call.future
+
+    async def _run(self) -> None:
+        assert self._arrived is not None
+        arrived = self._arrived
+        while True:
+            await arrived.wait()
+            arrived.clear()
+            while self._pending:
+                if self._last_batch > 1 and self.max_wait_s > 0 and len(self._pending) < self.max_batch:
+                    await self._gather_more(arrived)
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                batch = [c for c in batch if not c.future.done()]  # cancelled callers (client went away)
+                if not batch:
+                    continue
+                await self._execute(batch)
+
+    async def _gather_more(self, arrived: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while len(self._pending) < self.max_batch:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), left)
+            except TimeoutError:
+                return
+
+    async def _execute(self, batch: list[_Call[T, R]]) -> None:
+        self._last_batch = len(batch)
+        self.batches += 1
+        self.calls += len(batch)
+        if self.observe is not None:
+            self.observe(len(batch))
+        try:
+            results = await anyio.to_thread.run_sync(self.fn, [c.item for c in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{self.name}: {len(results)} results for {len(batch)} calls")
+        except Exception as exc:  # every caller of the batch sees the failure
+            for c in batch:
+                if not c.future.done():
+                    c.future.set_exception(exc)
+            return
+        for c, r in zip(batch, results, strict=True):
+            if not c.future.done():
+                c.future.set_result(r)
+
+    async def aclose(self) -> None:
+        """Stop the runner; calls still queued fail with RuntimeError."""
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+            self._runner = None
+        for c in self._pending:
+            if not c.future.done():
+                c.future.set_exception(RuntimeError(f"{self.name} batcher closed"))
+        self._pending.clear()

@@ -1,0 +1,139 @@
+"""MicroBatcher: concurrent calls merged into batches, results in order, bounded queue, errors to every caller."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from service.batching import MicroBatcher, QueueFull
+
+
+def test_lone_call_runs_at_once_and_concurrent_calls_share_batches() -> None:
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def square(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            gate.wait(5)  # the first batch holds the runner while the others queue
+        return [i * i for i in items]
+
+    async def main() -> list[int]:
+        batcher = MicroBatcher(square, name="t", max_batch=8, max_queue=64, max_wait_s=0)
+        first = asyncio.create_task(batcher.submit(0))
+        while not sizes:
+            await asyncio.sleep(0.001)
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 20)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        out = [await first, *[await t for t in rest]]
+        await batcher.aclose()
+        return out
+
+    out = asyncio.run(main())
+    assert out == [i * i for i in range(20)]
+    assert sizes[0] == 1, "a lone call does not wait for company"
+    assert sizes[1:] == [8, 8, 3], "queued calls are taken max_batch at a time"
+
+
+def test_full_queue_refuses_at_once() -> None:
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(slow, name="t", max_batch=1, max_queue=2, max_wait_s=0, retry_after_s=3)
+        running = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.01)  # the runner took call 0
+        queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        assert batcher.waiting == 2
+        with pytest.raises(QueueFull) as info:
+            await batcher.submit(3)
+        assert info.value.retry_after_s == 3
+        gate.set()
+        assert [await running, *[await q for q in queued]] == [0, 1, 2]
+        await batcher.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_failing_batch_fails_each_of_its_calls_and_the_next_batch_works() -> None:
+    calls = {"n": 0}
+
+    def flaky(items: list[int]) -> list[int]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("boom")
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(flaky, name="t", max_wait_s=0)
+        with pytest.raises(ValueError, match="boom"):
+            await batcher.submit(1)
+        assert await batcher.submit(2) == 2
+        await batcher.aclose()
+
+    asyncio.run(main())
+
+
+def test_wrong_number_of_results_is_an_error() -> None:
+    async def main() -> None:
+        batcher = MicroBatcher(lambda items: [], name="t", max_wait_s=0)
+        with pytest.raises(RuntimeError, match="0 results for 1 calls"):
+            await batcher.submit(1)
+        await batcher.aclose()
+
+    asyncio.run(main())
+
+
+def test_under_load_the_runner_waits_briefly_for_more_calls() -> None:
+    sizes: list[int] = []
+
+    def ident(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(ident, name="t", max_batch=64, max_wait_s=0.2)
+        await asyncio.gather(*(batcher.submit(i) for i in range(4)))  # one batch of 4: load seen
+
+        async def late(i: int, delay: float) -> int:
+            await asyncio.sleep(delay)
+            return await batcher.submit(i)
+
+        await asyncio.gather(late(10, 0), late(11, 0.02), late(12, 0.04))
+        await batcher.aclose()
+
+    asyncio.run(main())
+    assert sizes == [4, 3], "after a batch of several, a short wait gathers the stragglers"
+
+
+def test_close_fails_queued_calls() -> None:
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(slow, name="t", max_batch=1, max_wait_s=0)
+        asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        queued = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0.01)
+        await batcher.aclose()
+        gate.set()
+        with pytest.raises(RuntimeError, match="closed"):
+            await queued
+
+    asyncio.run(main())
+
+
+def test_invalid_settings() -> None:
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda x: x, name="t", max_batch=0)
