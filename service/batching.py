@@ -40,7 +40,7 @@ class MicroBatcher(Generic[T, R]):
     """`await submit(item)` -> fn([..., item, ...])[i], fn running on a list of concurrent items at a time.
 
     fn must return one result per item, in order. When fn raises, every call of that batch gets the exception.
-    Bound to the event loop of its first `submit`.
+    Its runner lives on the event loop of the latest `submit` (a new loop starts a new runner).
     """
 
     def __init__(
@@ -66,6 +66,7 @@ class MicroBatcher(Generic[T, R]):
         self._pending: list[_Call[T, R]] = []
         self._arrived: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_batch = 0
         self.batches = 0
         self.calls = 0
@@ -78,7 +79,11 @@ class MicroBatcher(Generic[T, R]):
         if len(self._pending) >= self.max_queue:
             raise QueueFull(self.name, len(self._pending), self.retry_after_s)
         loop = asyncio.get_running_loop()
-        if self._runner is None or self._runner.done():
+        if self._runner is None or self._runner.done() or self._loop is not loop:
+            # First call, or on another event loop than before (an app started again in the same process):
+            # what waited on the old loop cannot be answered any more.
+            self._pending = [c for c in self._pending if c.future.get_loop() is loop]
+            self._loop = loop
             self._arrived = asyncio.Event()
             self._runner = loop.create_task(self._run(), name=f"batcher-{self.name}")
         call: _Call[T, R] = _Call(item, loop.create_future())

@@ -76,6 +76,7 @@ class VectorCache(ABC):
     """
 
     backend: str
+    blocking: bool = True  # calls may wait on the network: callers on an event loop run them in a thread
 
     def __init__(self) -> None:
         self._stats_lock = threading.Lock()
@@ -132,6 +133,7 @@ class LRUVectorCache(VectorCache):
     """In-process cache of at most `max_items` arrays, least recently used evicted first; thread-safe."""
 
     backend = "lru"
+    blocking = False  # a dict lookup under a lock: cheaper than a hop to a worker thread
 
     def __init__(self, max_items: int) -> None:
         super().__init__()

@@ -275,7 +275,13 @@ def worker(
 
     settings = get_settings()
     app_ = create_worker_app(WorkerEngine.from_settings(settings))
-    uvicorn.run(app_, host=host or settings.host, port=port or settings.worker_port, log_config=None)
+    uvicorn.run(
+        app_,
+        host=host or settings.host,
+        port=port or settings.worker_port,
+        log_config=None,
+        access_log=settings.access_log,
+    )
 
 
 @app.command()
@@ -293,7 +299,12 @@ def serve(
     settings = get_settings()
     # lifespan="on": a failed start-up (e.g. a checkpoint that does not match the embedder) exits non-zero.
     uvicorn.run(
-        create_app(settings), host=host or settings.host, port=port or settings.port, log_config=None, lifespan="on"
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        lifespan="on",
+        access_log=settings.access_log,
     )
 
 

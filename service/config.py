@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address of `gpo serve` / `gpo worker`")
     port: int = Field(8000, ge=1, le=65535, description="port of `gpo serve`")
     worker_port: int = Field(8001, ge=1, le=65535, description="port of `gpo worker`")
+    access_log: bool = Field(False, description="log one line per HTTP request (uvicorn's access log)")
     migrate_on_start: bool = Field(True, description="migrate the database to the newest schema when the API starts")
     database_connect_timeout_s: int = Field(5, ge=1, description="seconds to wait for a Postgres connection")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of 503 answers (a dependency is down)")

@@ -217,25 +217,36 @@ class Predictor:
         return self.model.encode_context(x, y, torch.ones(y.shape, dtype=torch.bool, device=self.device))
 
     @torch.no_grad()
-    def predict_encoded(
-        self, requests: Sequence[tuple[ContextState, Sequence[Item]]]
-    ) -> list[list[ItemPrediction]]:
+    def predict_encoded(self, requests: Sequence[tuple[ContextState, Sequence[Item]]]) -> list[list[ItemPrediction]]:
         """Per request (encoded context, targets): one prediction per target question. One forward for all."""
         if not requests:
             return []
-        feats = [[self.features(t) for t in targets] for _, targets in requests]
-        sizes = [sum(f.shape[0] for f in fs) for fs in feats]
-        B, N = len(requests), max(max(sizes), 1)
+        # Requests on the same encoded context share one row: targets never attend to each other, so a row
+        # holding several requests' targets gives each exactly what its own row would (and the context's
+        # keys/values are not copied once per request).
+        rows: dict[int, int] = {}
+        row_states: list[ContextState] = []
+        placement: list[tuple[int, int]] = []  # per request: (row, first token)
+        row_feats: list[list[np.ndarray]] = []
+        for state, targets in requests:
+            r = rows.setdefault(id(state), len(row_states))
+            if r == len(row_states):
+                row_states.append(state)
+                row_feats.append([])
+            placement.append((r, sum(f.shape[0] for f in row_feats[r])))
+            row_feats[r].extend(self.features(t) for t in targets)
+        B = len(row_states)
+        N = max(max(sum(f.shape[0] for f in fs) for fs in row_feats), 1)
         x = np.zeros((B, N, self.spec.dim_x), dtype=np.float32)
         q = np.zeros((B, N), dtype=np.int64)
         m = np.zeros((B, N), dtype=bool)
-        for b, fs in enumerate(feats):
+        for b, fs in enumerate(row_feats):
             pos = 0
             for j, f in enumerate(fs):
                 k = f.shape[0]
                 x[b, pos : pos + k], q[b, pos : pos + k], m[b, pos : pos + k] = f, j, True
                 pos += k
-        state = ContextState.stack([s for s, _ in requests])
+        state = ContextState.stack(row_states)
         pred = self.model.predict_targets(
             state,
             torch.from_numpy(x).to(self.device),
@@ -244,8 +255,8 @@ class Predictor:
         )
         mean, std = pred.mean.double().cpu().numpy(), pred.std.double().cpu().numpy()
         out = []
-        for b, (_, targets) in enumerate(requests):
-            preds, pos = [], 0
+        for (b, pos), (_, targets) in zip(placement, requests, strict=True):
+            preds = []
             for t in targets:
                 k = len(t.options)
                 dist = mean[b, pos : pos + k]

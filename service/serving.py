@@ -418,10 +418,19 @@ async def sample_distinct(services: Services, body: GenerateRequest) -> tuple[li
     return responses, sampled
 
 
-async def generate(services: Services, tenant: str, body: GenerateRequest) -> GenerateResponse:
-    """Sample responses with the base LLM, score them as the options of one question given the group's context."""
+async def generate(
+    services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float] | None = None
+) -> GenerateResponse:
+    """Sample responses with the base LLM, score them as the options of one question given the group's context.
+
+    `timings` (when given) receives the seconds spent on "context" (the group's encoded context), "sample"
+    (the base LLM's sampling) and "score" (embedding the responses and the GPO forward).
+    """
+    t0 = time.perf_counter()
     context_version, state = await group_state(services, tenant, body.group_id)  # 404 before any sampling
+    t1 = time.perf_counter()
     responses, n_sampled = await sample_distinct(services, body)
+    t2 = time.perf_counter()
     predictor = services.predictor
     embeddings = None
     if predictor.uses_embedding:
@@ -430,6 +439,8 @@ async def generate(services: Services, tenant: str, body: GenerateRequest) -> Ge
     (prediction,) = await services.batcher.submit((state, [Item(body.prompt, responses, embeddings)]))
     scores = prediction.distribution
     order = sorted(range(len(responses)), key=lambda i: -scores[i])  # stable: ties keep sampling order
+    if timings is not None:
+        timings.update(context=t1 - t0, sample=t2 - t1, score=time.perf_counter() - t2)
     return GenerateResponse(
         responses=[ScoredResponse(text=responses[i], score=float(scores[i])) for i in order],
         model_version=predictor.model_version,

@@ -137,3 +137,9 @@ def test_close_fails_queued_calls() -> None:
 def test_invalid_settings() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(lambda x: x, name="t", max_batch=0)
+
+
+def test_a_new_event_loop_gets_a_new_runner() -> None:
+    batcher = MicroBatcher(lambda items: [i + 1 for i in items], name="t", max_wait_s=0)
+    assert asyncio.run(batcher.submit(1)) == 2
+    assert asyncio.run(batcher.submit(2)) == 3  # the first loop is closed: a runner on this one answers

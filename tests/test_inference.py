@@ -121,3 +121,18 @@ def test_encoded_context_round_trips_through_a_flat_array(predictor):
         np.testing.assert_array_equal(x.distribution, y.distribution)
     with pytest.raises(ValueError, match="does not fit"):
         predictor.state_from_array(array[:-1])
+
+
+def test_requests_on_one_encoded_context_share_a_row_and_get_their_own_answers(predictor):
+    with torch.no_grad():
+        predictor.model.head[-1].weight.normal_(0, 0.5)
+    rng = np.random.default_rng(8)
+    (c1, t1), (c2, t2) = _random_group(rng, 9, 3), _random_group(rng, 4, 2)
+    s1, s2 = predictor.encode(c1), predictor.encode(c2)
+    together = predictor.predict_encoded([(s1, t1[:2]), (s2, t2), (s1, t1[2:]), (s1, t1)])
+    alone = [predictor.predict_encoded([(s, t)])[0] for s, t in [(s1, t1[:2]), (s2, t2), (s1, t1[2:]), (s1, t1)]]
+    for a_req, b_req in zip(together, alone, strict=True):
+        assert len(a_req) == len(b_req)
+        for a, b in zip(a_req, b_req, strict=True):
+            np.testing.assert_allclose(a.distribution, b.distribution, atol=1e-6)
+            np.testing.assert_allclose(a.std, b.std, atol=1e-6)

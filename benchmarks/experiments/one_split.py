@@ -53,17 +53,31 @@ def main() -> None:
     qids = scorable_question_ids(ds)
     split = make_split(ds.groups, qids, args.split, args.seed, 20)
     fit, val = validation_groups(split.train_groups, args.seed)
-    spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=use_emb, use_prior=args.features != "emb",
-                       prior_rank=args.rank)
-    cfg = TrainConfig(max_steps=args.max_steps, batch_size=8, n_targets=30, time_budget_s=args.budget,
-                      prior_readout=args.readout, seed=args.seed, progress=False)
+    spec = FeatureSpec(
+        emb_dim=table.emb.shape[1], use_embedding=use_emb, use_prior=args.features != "emb", prior_rank=args.rank
+    )
+    cfg = TrainConfig(
+        max_steps=args.max_steps,
+        batch_size=8,
+        n_targets=30,
+        time_budget_s=args.budget,
+        prior_readout=args.readout,
+        seed=args.seed,
+        progress=False,
+    )
     cfg = TrainConfig(**{**cfg.__dict__, **args.train})
     result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg, args.model)
-    print(f"steps {result.steps_run}, best step {result.best_step}, best val {result.best_val:.4f}, "
-          f"wall {result.wall_s:.0f} s")
-    print("history (step, val, val_known, val_new):",
-          [(h["step"], *(round(h.get(k, float("nan")), 4) for k in ("val_alignment", "val_known", "val_new")))
-           for h in result.history])
+    print(
+        f"steps {result.steps_run}, best step {result.best_step}, best val {result.best_val:.4f}, "
+        f"wall {result.wall_s:.0f} s"
+    )
+    print(
+        "history (step, val, val_known, val_new):",
+        [
+            (h["step"], *(round(h.get(k, float("nan")), 4) for k in ("val_alignment", "val_known", "val_new")))
+            for h in result.history
+        ],
+    )
     baselines = ["uniform", "train_mean", "nearest_group", "mixture", "latent_factor"]
     for r in evaluate_split(ds, table, split, result, baselines):
         print(f"{r['subset']:12s} {r['method']:14s} {r['alignment']:.4f}  (n={r['n_scored']})")

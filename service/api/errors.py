@@ -91,7 +91,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, QueueFull)
     request.app.state.services.metrics.queue_full.inc()
-    return _answer(429, "too many predictions are waiting; retry later", exc.retry_after_s)
+    return _answer(429, "too many requests are waiting; retry later", exc.retry_after_s)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

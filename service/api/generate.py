@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from service import serving
 from service.api.deps import GenerateBody, ServicesDep, TenantDep
@@ -13,10 +13,17 @@ router = APIRouter(tags=["generate"])
 
 
 @router.post("/generate", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})
-async def generate(body: GenerateBody, services: ServicesDep, tenant: TenantDep) -> GenerateResponse:
+async def generate(
+    body: GenerateBody, services: ServicesDep, tenant: TenantDep, response: Response
+) -> GenerateResponse:
     """n distinct responses to the prompt, best first; score = GPO's probability that the group prefers it.
 
     The responses are the options of one question scored in one GPO forward given the group's context.
     Duplicates are resampled with the next seeds (seed + 1, ...); `n_sampled` counts every sample drawn.
+    The Server-Timing header says where the time went (context, sample, score).
     """
-    return await serving.generate(services, tenant, body)
+    timings: dict[str, float] = {}
+    out = await serving.generate(services, tenant, body, timings)
+    # Where the time went (W3C Server-Timing, milliseconds): context, sample (base LLM), score (embed + GPO).
+    response.headers["Server-Timing"] = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timings.items())
+    return out

@@ -320,7 +320,8 @@ class LocalWorker:
             raise WorkerRequestError(422, str(exc)) from exc
 
     async def aclose(self) -> None:
-        """Nothing to release: the model lives as long as the process."""
+        """Stop the engine's batchers (the model itself lives as long as the process)."""
+        await self.engine.aclose()
 
 
 def build_worker(settings: Settings) -> WorkerClient | LocalWorker:

@@ -130,3 +130,45 @@ def option_letter_probs(
                 total = p.sum()
                 results.append(p / total if total > 0 else np.full(k, 1.0 / k))
     return results
+
+
+def sample_responses_many(
+    lm: BaseLM,
+    prompts: Sequence[str],
+    ns: Sequence[int],
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    *,
+    top_p: float | None = None,
+    use_chat_template: bool | None = None,
+) -> list[list[str]]:
+    """Unseeded sampling for several prompts in one batched `generate` call (left padding, with attention
+    masks): prompt i gets ns[i] samples. What concurrent unseeded requests with the same sampling settings
+    share in the worker; a seeded request runs alone (`sample_responses`), so its result never depends on
+    what else was running."""
+    if temperature <= 0:
+        raise ValueError("batched sampling needs temperature > 0 (greedy requests run alone)")
+    if len(prompts) != len(ns) or not prompts or min(ns) < 1:
+        raise ValueError("one n >= 1 per prompt, at least one prompt")
+    tok = lm.tokenizer
+    seqs = [_chat_prompt_ids(lm, p, use_chat_template)[0].tolist() for p in prompts]
+    rows = [s for s, n in zip(seqs, ns, strict=True) for _ in range(n)]
+    T = max(len(s) for s in rows)
+    input_ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, s in enumerate(rows):
+        input_ids[r, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[r, T - len(s) :] = 1
+    gen_kwargs: dict[str, object] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tok.pad_token_id,
+        "do_sample": True,
+        "temperature": temperature,
+    }
+    if top_p is not None:
+        gen_kwargs["top_p"] = top_p
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device), **gen_kwargs)
+    texts = [s.strip() for s in tok.batch_decode(out[:, T:], skip_special_tokens=True)]
+    bounds = np.cumsum([0, *ns])
+    return [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import threading
 import time
@@ -21,8 +20,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.batching import MicroBatcher, QueueFull
 from service.embedder.embed import Embedder, build_embedder, make_key_prefix
-from service.embedder.generate import _chat_prompt_ids, sample_responses
+from service.embedder.generate import _chat_prompt_ids, sample_responses, sample_responses_many
 from service.embedder.loading import BaseLM, LMIdentity
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION
 
@@ -63,6 +63,21 @@ class EmbeddingResult:
 
 
 @dataclass(frozen=True)
+class CompletionCall:
+    prompt: str
+    n: int
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    top_p: float | None
+
+    @property
+    def shareable(self) -> bool:
+        """Unseeded sampling: may share a generate call with others of the same settings."""
+        return self.seed is None and self.temperature > 0
+
+
+@dataclass(frozen=True)
 class CompletionResult:
     texts: list[str]
     prompt_tokens: int
@@ -77,8 +92,9 @@ class WorkerEngine:
     process keeps no cache (the API owns caching); the in-process worker of the embedded default may share
     the on-disk cache of `gpo embed`/`gpo train`: its keys are model id@revision|pooling|template|text, and a
     text's vector depends only on the model and pooling, so a hit is always the right vector. The model is
-    loaded lazily (or by `load()`), and every model call holds one lock. The async variants run the call in a worker thread through a one-token limiter, so callers
-    waiting for the model wait on the event loop, not in (and not exhausting) the shared thread pool.
+    loaded lazily (or by `load()`), and every model call holds one lock. The async variants go through
+    micro-batchers (one runner each, in a worker thread): concurrent embedding requests share one forward
+    pass, concurrent unseeded sampling requests with the same settings share one generate call.
     """
 
     def __init__(self, embedder: Embedder, *, aliases: tuple[str, ...] = ()) -> None:
@@ -89,6 +105,16 @@ class WorkerEngine:
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
         self._warmed = False
+        # Concurrent requests merged into one model call each (see service.batching): embeddings of several
+        # requests in one forward pass, unseeded samples with the same settings in one generate call.
+        self._embed_batcher: MicroBatcher[list[str], EmbeddingResult | Exception] = MicroBatcher(
+            self._embed_batch, name="embeddings", max_batch=32, max_queue=512, max_wait_s=0.002
+        )
+        self._complete_batcher: MicroBatcher[CompletionCall, CompletionResult | Exception] = MicroBatcher(
+            self._complete_batch, name="completions", max_batch=8, max_queue=128, max_wait_s=0.002
+        )
+        self.embed_batches: list[int] = []  # requests per embedding forward (most recent 1000), for tests/metrics
+        self.complete_batches: list[int] = []
 
     @classmethod
     def from_lm(
@@ -245,7 +271,10 @@ class WorkerEngine:
         await self._in_thread(self.load, abandon_on_cancel=True)
 
     async def aembed_with_usage(self, texts: list[str]) -> EmbeddingResult:
-        return await self._in_thread(functools.partial(self.embed_with_usage, list(texts)))
+        out = await self._embed_batcher.submit(list(texts))
+        if isinstance(out, Exception):
+            raise out
+        return out
 
     async def aembed(self, texts: list[str]) -> np.ndarray:
         return (await self.aembed_with_usage(texts)).vectors
@@ -260,8 +289,10 @@ class WorkerEngine:
         *,
         top_p: float | None = None,
     ) -> CompletionResult:
-        call = functools.partial(self.complete_with_usage, prompt, n, max_tokens, temperature, seed, top_p=top_p)
-        return await self._in_thread(call)
+        out = await self._complete_batcher.submit(CompletionCall(prompt, n, max_tokens, temperature, seed, top_p))
+        if isinstance(out, Exception):
+            raise out
+        return out
 
     async def acomplete(
         self,
@@ -274,6 +305,91 @@ class WorkerEngine:
         top_p: float | None = None,
     ) -> list[str]:
         return (await self.acomplete_with_usage(prompt, n, max_tokens, temperature, seed, top_p=top_p)).texts
+
+    async def aclose(self) -> None:
+        await self._embed_batcher.aclose()
+        await self._complete_batcher.aclose()
+
+    # -- batched model calls (run by the batchers in a worker thread) --------------------------------
+
+    @staticmethod
+    def _record(sizes: list[int], n: int) -> None:
+        sizes.append(n)
+        del sizes[:-1000]
+
+    def _embed_batch(self, requests: list[list[str]]) -> list[EmbeddingResult | Exception]:
+        """Every request's texts in one embed call (each distinct text once); on a refused input, each request
+        runs alone so only the request that holds it fails."""
+        self._record(self.embed_batches, len(requests))
+        if len(requests) > 1:
+            unique = list(dict.fromkeys(t for texts in requests for t in texts))
+            try:
+                joined = self.embed_with_usage(unique)
+            except InputTooLong:
+                pass
+            except EngineUnavailable as exc:
+                return [exc] * len(requests)
+            else:
+                row = {t: i for i, t in enumerate(unique)}
+                with self._lock:
+                    tok = self._lm().tokenizer
+                    lengths = {t: len(ids) for t, ids in zip(unique, tok(unique, add_special_tokens=True)["input_ids"])}
+                return [
+                    EmbeddingResult(
+                        joined.vectors[[row[t] for t in texts]].reshape(len(texts), -1), sum(lengths[t] for t in texts)
+                    )
+                    for texts in requests
+                ]
+        out: list[EmbeddingResult | Exception] = []
+        for texts in requests:
+            try:
+                out.append(self.embed_with_usage(texts))
+            except (InputTooLong, EngineUnavailable) as exc:
+                out.append(exc)
+        return out
+
+    def _complete_batch(self, calls: list[CompletionCall]) -> list[CompletionResult | Exception]:
+        """Unseeded calls with the same settings share one generate call; seeded or greedy ones run alone."""
+        self._record(self.complete_batches, len(calls))
+        out: list[CompletionResult | Exception | None] = [None] * len(calls)
+        groups: dict[tuple, list[int]] = {}
+        for i, c in enumerate(calls):
+            if c.shareable:
+                groups.setdefault((c.max_tokens, c.temperature, c.top_p), []).append(i)
+        for (max_tokens, temperature, top_p), idx in groups.items():
+            if len(idx) < 2:
+                continue
+            try:
+                with self._lock:
+                    lm = self._lm()
+                    prompt_tokens = [int(_chat_prompt_ids(lm, calls[i].prompt, None).shape[1]) for i in idx]
+                    limit = self._max_positions(lm)
+                    if limit is not None and max(prompt_tokens) + max_tokens > limit:
+                        continue  # each runs alone below and the long one gets its own error
+                    texts = sample_responses_many(
+                        lm,
+                        [calls[i].prompt for i in idx],
+                        [calls[i].n for i in idx],
+                        max_new_tokens=max_tokens,
+                        temperature=temperature,
+                        top_p=top_p,
+                    )
+                    for i, pt, t in zip(idx, prompt_tokens, texts, strict=True):
+                        counts = (
+                            [len(ids) for ids in lm.tokenizer(t, add_special_tokens=False)["input_ids"]] if t else []
+                        )
+                        finish: list[FinishReason] = ["length" if c >= max_tokens else "stop" for c in counts]
+                        out[i] = CompletionResult(t, pt, counts, finish)
+            except EngineUnavailable as exc:
+                for i in idx:
+                    out[i] = exc
+        for i, c in enumerate(calls):
+            if out[i] is None:
+                try:
+                    out[i] = self.complete_with_usage(c.prompt, c.n, c.max_tokens, c.temperature, c.seed, top_p=c.top_p)
+                except (InputTooLong, EngineUnavailable) as exc:
+                    out[i] = exc
+        return out  # type: ignore[return-value]
 
     def model_card(self, template_version: str = TEMPLATE_VERSION) -> ModelCard:
         return ModelCard(
@@ -525,6 +641,7 @@ def create_worker_app(engine: WorkerEngine, *, warm: bool = True) -> FastAPI:
                 tg.start_soon(_warm_up, engine)
             yield
             tg.cancel_scope.cancel()  # a load still running is abandoned (its thread ends on its own)
+        await engine.aclose()
 
     app = FastAPI(title="gpo-serve embedding worker", version="1", lifespan=lifespan)
     app.state.engine = engine
@@ -542,8 +659,14 @@ def create_worker_app(engine: WorkerEngine, *, warm: bool = True) -> FastAPI:
     app.add_exception_handler(EngineUnavailable, _error(503, "model unavailable"))
     app.add_exception_handler(InputTooLong, _error(422, "input too long"))
     app.add_exception_handler(ModelNotServed, _error(404, "model not served"))
+    app.add_exception_handler(QueueFull, _busy)
     app.include_router(router)
     return app
+
+
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFull)
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers={"Retry-After": str(exc.retry_after_s)})
 
 
 async def _warm_up(engine: WorkerEngine) -> None:

@@ -55,6 +55,8 @@ def test_register_predict_generate_delete(
             "/generate", json={"group_id": "g-1", "prompt": "Say hi.", "n": 3, "seed": 5, "max_new_tokens": 6}
         )
         assert generated.status_code == 200, generated.text
+        timing = dict(part.split(";dur=") for part in generated.headers["Server-Timing"].split(", "))
+        assert set(timing) == {"context", "sample", "score"} and all(float(v) >= 0 for v in timing.values())
         scores = [r["score"] for r in generated.json()["responses"]]
         assert scores == sorted(scores, reverse=True)
 

@@ -21,6 +21,7 @@ from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION
 from service.embedder.worker import (
     MAX_INPUTS,
     MAX_TEXT_CHARS,
+    InputTooLong,
     WorkerEngine,
     create_worker_app,
     decode_base64,
@@ -250,3 +251,57 @@ def test_cli_has_a_worker_command() -> None:
     result = CliRunner().invoke(cli_app, ["worker", "--help"])
     assert result.exit_code == 0
     assert "--host" in result.output and "--port" in result.output
+
+
+@pytest.mark.anyio
+async def test_concurrent_embedding_requests_share_one_forward(tiny_lm: BaseLM) -> None:
+    engine = WorkerEngine.from_lm(tiny_lm, batch_size=16)
+    gate = threading.Event()
+    real = engine.embed_with_usage
+
+    def held(texts: list[str]):  # the first call holds the model while the others queue up
+        gate.wait(10)
+        return real(texts)
+
+    engine.embed_with_usage = held  # type: ignore[method-assign]
+    first = asyncio.create_task(engine.aembed_with_usage(TEXTS[:1]))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(engine.aembed_with_usage(TEXTS[i:])) for i in range(len(TEXTS))]
+    too_long = asyncio.create_task(engine.aembed_with_usage(["hi", "x" * 3000]))
+    await asyncio.sleep(0.05)
+    gate.set()
+    results = await asyncio.gather(first, *rest, return_exceptions=False)
+    with pytest.raises(InputTooLong, match="tokens"):
+        await too_long
+    ref = Embedder(tiny_lm).embed(TEXTS)
+    np.testing.assert_allclose(results[0].vectors, ref[:1], atol=1e-5)
+    for i, r in enumerate(results[1:]):
+        np.testing.assert_allclose(r.vectors, ref[i:], atol=1e-5)
+        assert r.prompt_tokens == sum(len(ids) for ids in tiny_lm.tokenizer(TEXTS[i:])["input_ids"])
+    assert engine.embed_batches[0] == 1 and max(engine.embed_batches) > 1, engine.embed_batches
+    await engine.aclose()
+
+
+@pytest.mark.anyio
+async def test_concurrent_unseeded_completions_share_one_generate_call(tiny_lm: BaseLM) -> None:
+    engine = WorkerEngine.from_lm(tiny_lm)
+    gate = threading.Event()
+    real = engine.complete_with_usage
+
+    def held(*args, **kwargs):
+        gate.wait(10)
+        return real(*args, **kwargs)
+
+    engine.complete_with_usage = held  # type: ignore[method-assign]
+    first = asyncio.create_task(engine.acomplete_with_usage(PROMPT, 1, 4, 1.0, 7))  # seeded: alone
+    await asyncio.sleep(0.05)
+    shared = [asyncio.create_task(engine.acomplete_with_usage(f"{PROMPT} {i}", 2 + i, 6, 0.8)) for i in range(3)]
+    seeded = asyncio.create_task(engine.acomplete_with_usage(PROMPT, 2, 6, 0.8, 11))
+    await asyncio.sleep(0.05)
+    gate.set()
+    out = await asyncio.gather(first, *shared, seeded)
+    assert [len(r.texts) for r in out[1:4]] == [2, 3, 4]
+    assert all(len(r.completion_tokens) == len(r.texts) for r in out)
+    assert out[4].texts == sample_responses(tiny_lm, PROMPT, n=2, max_new_tokens=6, temperature=0.8, seed=11)
+    assert engine.complete_batches[:2] == [1, 4], engine.complete_batches
+    await engine.aclose()
