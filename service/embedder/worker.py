@@ -333,7 +333,8 @@ class WorkerEngine:
                 row = {t: i for i, t in enumerate(unique)}
                 with self._lock:
                     tok = self._lm().tokenizer
-                    lengths = {t: len(ids) for t, ids in zip(unique, tok(unique, add_special_tokens=True)["input_ids"])}
+                    ids = tok(unique, add_special_tokens=True)["input_ids"]
+                    lengths = {t: len(i) for t, i in zip(unique, ids, strict=True)}
                 return [
                     EmbeddingResult(
                         joined.vectors[[row[t] for t in texts]].reshape(len(texts), -1), sum(lengths[t] for t in texts)

@@ -149,10 +149,11 @@ class ContextAttentionLayer(nn.Module):
         return h + self.dropout(self.ff(self.norm2(h)))
 
     def forward(self, h: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        # h: [B, N, C]; attend: [B, 1, 1, N] bool, True where the key is a context token
-        C = h.shape[-1]
+        # h: [B, N, C]; attend: [B, 1, 1, K] bool (K <= N), True where key position k < K is a context token.
+        # Keys at positions >= K are never attended to (no context token there), so they are not computed.
+        C, K = h.shape[-1], attend.shape[-1]
         q, k, v = (self._heads(t) for t in self.qkv(self.norm1(h)).split(C, dim=-1))
-        return self._finish(h, F.scaled_dot_product_attention(q, k, v, attn_mask=attend))
+        return self._finish(h, F.scaled_dot_product_attention(q, k[:, :, :K], v[:, :, :K], attn_mask=attend))
 
     def encode_context(self, h: torch.Tensor, attend: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The layer over context tokens only: (new h, keys, values), keys/values [B, H, Nc, C/H].
@@ -234,7 +235,9 @@ class GPO(nn.Module):
     def forward(self, batch: GPOBatch) -> Prediction:
         assert bool(batch.is_context.any(dim=1).all()), "every row needs at least one context item"
         h = self.encode_tokens(batch)  # [B, N, C]
-        attend = batch.is_context[:, None, None, :]  # [B, 1, 1, N]: keys = context tokens only
+        # keys = context tokens only; positions after the last context token of every row hold none
+        n_keys = int(batch.is_context.any(dim=0).nonzero().max()) + 1
+        attend = batch.is_context[:, None, None, :n_keys]  # [B, 1, 1, K]
         for layer in self.layers:
             h = layer(h, attend)
         prior = None
