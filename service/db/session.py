@@ -55,6 +55,12 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """
     parsed = normalize_url(url)
     backend = parsed.get_backend_name()
+    pooled = "poolclass" not in kwargs and parsed.database not in (None, "", ":memory:")
+    if backend in ("sqlite", "postgresql") and pooled:
+        # Requests read from worker threads (up to anyio's 40 at a time): a pool this size keeps connections
+        # open under load instead of opening and closing overflow ones per request.
+        kwargs.setdefault("pool_size", 10)
+        kwargs.setdefault("max_overflow", 30)
     if backend == "sqlite":
         connect_args = dict(kwargs.pop("connect_args", {}))
         connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
