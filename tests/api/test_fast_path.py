@@ -132,3 +132,74 @@ def test_full_prediction_queue_answers_429_with_retry_after(make_settings: Setti
         assert "retry later" in refused.json()["detail"]
         assert answers == [200, 200]
         assert "gpo_queue_full_total 1.0" in client.get("/metrics").text
+
+
+def test_two_replica_processes_on_two_ports(
+    model_store, tiny_lm_path, postgres_url: str, redis_server: str, redis_prefix: str, tmp_path
+) -> None:
+    """Two `gpo serve` processes on different ports over one Postgres and one Redis: a change through one is
+    what the other answers with next, and its prediction equals the first replica's."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from .conftest import CHECKPOINT, free_port
+
+    env = {
+        **os.environ,
+        "GPO_EMBEDDER": str(tiny_lm_path),
+        "GPO_DEVICE": "cpu",
+        "GPO_CACHE_DIR": str(tmp_path / "cache"),
+        "GPO_MODEL_STORE": str(model_store),
+        "GPO_CHECKPOINT": CHECKPOINT,
+        "GPO_DATABASE_URL": postgres_url,
+        "GPO_REDIS_URL": redis_server,
+        "GPO_REDIS_PREFIX": redis_prefix,
+        "GPO_TORCH_THREADS": "1",
+    }
+    ports = [free_port(), free_port()]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(p)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for p in ports
+    ]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    try:
+        deadline = time.monotonic() + 120
+        for url, proc in zip(urls, procs, strict=True):
+            while True:
+                assert proc.poll() is None, "a replica exited"
+                assert time.monotonic() < deadline, "replicas not ready in 120 s"
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        a, b = urls
+        items = [context_item(i) for i in range(6)]
+        body = {"group_id": "two", "questions": QUESTIONS}
+        assert httpx.post(f"{a}/groups/two/context", json={"items": items}).json()["version"] == 1
+        first_b = httpx.post(f"{b}/predict", json=body).json()
+        assert first_b["context_version"] == 1
+        for version, change in (
+            (2, {"mode": "append", "items": [context_item(9)]}),
+            (3, {"mode": "replace", "items": items[:3]}),
+        ):
+            assert httpx.post(f"{a}/groups/two/context", json=change).json()["version"] == version
+            from_b = httpx.post(f"{b}/predict", json=body).json()
+            from_a = httpx.post(f"{a}/predict", json=body).json()
+            assert from_b["context_version"] == from_a["context_version"] == version
+            assert from_b == from_a
+        assert from_b["predictions"] != first_b["predictions"]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
