@@ -20,7 +20,7 @@ from service.context_cache import StateKey, build_context_cache
 from service.db import repository as repo
 from service.db.session import session_scope
 from service.embedder.client import WorkerError, WorkerModelChanged, WorkerUnavailable
-from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION
+from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION
 from service.embeddings import ItemEmbeddings
 from service.inference import ContextItem, EmbedderMismatch, Item, ItemPrediction
 from service.schemas import (
@@ -72,7 +72,7 @@ class EmbedderKeys:
     """Key prefixes of the worker's vectors, once checked against the checkpoint."""
 
     choice: str  # multiple-choice items, in the checkpoint's template (stored with context items)
-    response: str  # prompt + sampled response items (best-of-n)
+    response: str  # sampled responses, pooled in the sampling pass (best-of-n; vectors are not cached)
 
 
 class Services:
@@ -137,7 +137,7 @@ class Services:
                 if info.dim is None:
                     raise WorkerUnavailable("the worker has not loaded its model yet (embedding size unknown)")
                 self.predictor.check_embedder(info.key_prefix(template), info.dim)
-                self._keys = EmbedderKeys(info.key_prefix(template), info.key_prefix(RESPONSE_TEMPLATE_VERSION))
+                self._keys = EmbedderKeys(info.key_prefix(template), info.key_prefix(RESPONSE_POOLED_TEMPLATE_VERSION))
                 log.info("embedder %s matches checkpoint %s", self._keys.choice, self.predictor.model_version)
         return self._keys
 
@@ -391,31 +391,36 @@ async def predict(services: Services, tenant: str, body: PredictRequest) -> Pred
 # ---------------------------------------------------------------------------------------------- best-of-n
 
 
-async def sample_distinct(services: Services, body: GenerateRequest) -> tuple[list[str], int]:
-    """Up to n distinct responses (compared without surrounding whitespace, as they are embedded) and the number
-    of samples drawn.
+async def sample_distinct(
+    services: Services, body: GenerateRequest, with_vectors: bool = False
+) -> tuple[list[str], np.ndarray | None, int]:
+    """Up to n distinct responses (compared without surrounding whitespace, as they are embedded), their vectors
+    pooled in the sampling pass (with `with_vectors`), and the number of samples drawn.
 
     The first call asks the worker for n samples in one batch. When some are duplicates, up to
     `generate_sampling_rounds - 1` more calls ask for the missing ones, with seeds seed + 1, seed + 2, ... so a
     fixed seed still gives the same answer. Greedy decoding (temperature 0) repeats itself: no second call.
     What is still missing after the last call is missing from the answer (len(responses) < n, n_sampled says why).
     """
-    distinct: dict[str, str] = {}  # stripped -> the first sample with that text
+    distinct: dict[str, tuple[str, np.ndarray | None]] = {}  # stripped -> the first sample with that text
     sampled = 0
     for round_ in range(services.settings.generate_sampling_rounds):
         want = body.n - len(distinct)
         seed = None if body.seed is None else (body.seed + round_) % (MAX_SEED + 1)
-        texts = await services.worker.complete(
-            body.prompt, n=want, max_tokens=body.max_new_tokens, temperature=body.temperature, seed=seed
-        )
+        args = (body.prompt, want, body.max_new_tokens, body.temperature, seed)
+        if with_vectors:
+            texts, vectors = await services.worker.complete_with_vectors(*args)
+        else:
+            texts, vectors = await services.worker.complete(*args), None
         sampled += len(texts)
-        for t in texts:
-            distinct.setdefault(t.strip(), t)
+        for i, t in enumerate(texts):
+            distinct.setdefault(t.strip(), (t, None if vectors is None else vectors[i]))
         if len(distinct) >= body.n or body.temperature == 0.0:
             break
-    responses = list(distinct.values())[: body.n]
-    services.metrics.generate_duplicates.inc(sampled - len(responses))
-    return responses, sampled
+    kept = list(distinct.values())[: body.n]
+    services.metrics.generate_duplicates.inc(sampled - len(kept))
+    responses = [t for t, _ in kept]
+    return responses, (np.stack([v for _, v in kept]) if with_vectors else None), sampled
 
 
 async def generate(
@@ -423,19 +428,16 @@ async def generate(
 ) -> GenerateResponse:
     """Sample responses with the base LLM, score them as the options of one question given the group's context.
 
-    `timings` (when given) receives the seconds spent on "context" (the group's encoded context), "sample"
-    (the base LLM's sampling) and "score" (embedding the responses and the GPO forward).
+    The responses' vectors come from the sampling pass itself (the worker pools the hidden states it computed
+    while sampling), so scoring costs one GPO forward and no second LLM pass. `timings` (when given) receives
+    the seconds spent on "context" (the group's encoded context), "sample" (the base LLM) and "score" (GPO).
     """
     t0 = time.perf_counter()
     context_version, state = await group_state(services, tenant, body.group_id)  # 404 before any sampling
     t1 = time.perf_counter()
-    responses, n_sampled = await sample_distinct(services, body)
-    t2 = time.perf_counter()
     predictor = services.predictor
-    embeddings = None
-    if predictor.uses_embedding:
-        key = (await services.embedder_keys()).response
-        embeddings = await services.embed(predictor.response_texts(body.prompt, responses), key)
+    responses, embeddings, n_sampled = await sample_distinct(services, body, with_vectors=predictor.uses_embedding)
+    t2 = time.perf_counter()
     (prediction,) = await services.batcher.submit((state, [Item(body.prompt, responses, embeddings)]))
     scores = prediction.distribution
     order = sorted(range(len(responses)), key=lambda i: -scores[i])  # stable: ties keep sampling order

@@ -98,6 +98,19 @@ class Worker(Protocol):
         top_p: float | None = None,
     ) -> list[str]: ...
 
+    async def complete_with_vectors(
+        self,
+        prompt: str,
+        n: int = 1,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        *,
+        top_p: float | None = None,
+    ) -> tuple[list[str], np.ndarray]:
+        """`complete`, plus each sample's vector [n, D] pooled in the sampling pass (no second LLM pass)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -216,15 +229,47 @@ class WorkerClient:
         top_p: float | None = None,
     ) -> list[str]:
         """n sampled continuations of `prompt` (one batched generate on the worker)."""
+        return (await self._complete(prompt, n, max_tokens, temperature, seed, top_p, False))[0]
+
+    async def complete_with_vectors(
+        self,
+        prompt: str,
+        n: int = 1,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        *,
+        top_p: float | None = None,
+    ) -> tuple[list[str], np.ndarray]:
+        texts, vectors = await self._complete(prompt, n, max_tokens, temperature, seed, top_p, True)
+        assert vectors is not None
+        return texts, vectors
+
+    async def _complete(
+        self,
+        prompt: str,
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        top_p: float | None,
+        vectors: bool,
+    ) -> tuple[list[str], np.ndarray | None]:
         payload: dict[str, Any] = {"prompt": prompt, "n": n, "max_tokens": max_tokens, "temperature": temperature}
         if seed is not None:
             payload["seed"] = seed
         if top_p is not None:
             payload["top_p"] = top_p
+        if vectors:
+            payload["return_embeddings"] = True
         body = await self._request("POST", "/v1/completions", payload)
         try:
-            return [c["text"] for c in sorted(body["choices"], key=lambda c: c["index"])]
-        except (KeyError, TypeError) as exc:
+            choices = sorted(body["choices"], key=lambda c: c["index"])
+            texts = [c["text"] for c in choices]
+            if not vectors:
+                return texts, None
+            return texts, np.stack([decode_base64(c["embedding"]) for c in choices])
+        except (KeyError, TypeError, ValueError) as exc:
             raise WorkerUnavailable(f"worker at {self.base_url} sent a malformed completions answer") from exc
 
     async def aclose(self) -> None:
@@ -310,14 +355,41 @@ class LocalWorker:
             seed=seed,
             top_p=top_p,
         )
+        return (await self._complete(req, False))[0]
+
+    async def complete_with_vectors(
+        self,
+        prompt: str,
+        n: int = 1,
+        max_tokens: int = 128,
+        temperature: float = 0.7,
+        seed: int | None = None,
+        *,
+        top_p: float | None = None,
+    ) -> tuple[list[str], np.ndarray]:
+        req = _validated(
+            CompletionsRequest,
+            prompt=prompt,
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            top_p=top_p,
+        )
+        texts, vectors = await self._complete(req, True)
+        assert vectors is not None
+        return texts, vectors
+
+    async def _complete(self, req: CompletionsRequest, vectors: bool) -> tuple[list[str], np.ndarray | None]:
         try:
-            return await self.engine.acomplete(
-                req.prompt, req.n, req.max_tokens, req.temperature, req.seed, top_p=req.top_p
+            result = await self.engine.acomplete_with_usage(
+                req.prompt, req.n, req.max_tokens, req.temperature, req.seed, top_p=req.top_p, vectors=vectors
             )
         except EngineUnavailable as exc:
             raise WorkerUnavailable(str(exc)) from exc
         except InputTooLong as exc:
             raise WorkerRequestError(422, str(exc)) from exc
+        return result.texts, result.vectors
 
     async def aclose(self) -> None:
         """Stop the engine's batchers (the model itself lives as long as the process)."""

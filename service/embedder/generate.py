@@ -27,6 +27,68 @@ def _chat_prompt_ids(lm: BaseLM, prompt: str, use_chat_template: bool | None) ->
     return ids.to(lm.device)
 
 
+RESPONSE_POOLED_TEMPLATE_VERSION = "gpo-resp-gen-v1"
+"""Response vectors pooled in the sampling pass: the last hidden states of the prompt as the model read it
+(chat template included) and of the response tokens it read while sampling (those before the first end
+token; the final sampled token is never read and is left out), pooled like the worker's embeddings. Equal,
+up to float rounding, to `Embedder`-style pooling of one forward over those token ids (tested)."""
+
+
+def _end_ids(lm: BaseLM) -> set[int]:
+    cfg = getattr(lm.model, "generation_config", None)
+    eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+    if eos is None:
+        eos = lm.tokenizer.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    return {int(i) for i in ids}
+
+
+def _generate(
+    lm: BaseLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    gen_kwargs: dict[str, object],
+    pooling: str | None,
+) -> tuple[list[str], list[list[int]], np.ndarray | None]:
+    """One `generate` call over left-padded prompts [B, T]: per row the response text, its token ids (up to the
+    first end token) and, when `pooling` is set, the row's vector pooled in the same pass."""
+    from service.embedder.pooling import pool
+
+    tok = lm.tokenizer
+    T = input_ids.shape[1]
+    out = lm.model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=pooling is not None,
+        return_dict_in_generate=True,
+        **gen_kwargs,
+    )
+    new = out.sequences[:, T:]  # [B, L]
+    B, L = new.shape
+    ends = _end_ids(lm)
+    is_end = torch.zeros_like(new, dtype=torch.bool)
+    for e in ends:
+        is_end |= new == e
+    first_end = torch.where(is_end.any(dim=1), is_end.to(torch.long).argmax(dim=1), torch.full((B,), L))
+    ids = [new[b, : int(first_end[b])].tolist() for b in range(B)]
+    texts = [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+    if pooling is None:
+        return texts, ids, None
+    steps = out.hidden_states  # per step, per layer: step 0 [B', T, H] (the prompt), then [B, 1, H]
+    prompt_h = steps[0][-1]
+    if prompt_h.shape[0] != B:  # the prompt pass ran once per prompt row before expansion
+        prompt_h = prompt_h.repeat_interleave(B // prompt_h.shape[0], dim=0)
+    hidden = torch.cat([prompt_h, *(steps[i][-1] for i in range(1, len(steps)))], dim=1)  # [B, T + L - 1, H]
+    n_read = hidden.shape[1] - T  # response tokens read by the model: new[:, :n_read]
+    read_ok = torch.arange(n_read, device=new.device)[None, :] < first_end[:, None].to(new.device)
+    prompt_mask = attention_mask.to(torch.long)
+    if prompt_mask.shape[0] != B:  # num_return_sequences: one prompt row for n samples
+        prompt_mask = prompt_mask.repeat_interleave(B // prompt_mask.shape[0], dim=0)
+    mask = torch.cat([prompt_mask.to(new.device), read_ok.to(torch.long)], dim=1)
+    vectors = pool(hidden.float(), mask.to(hidden.device), pooling).cpu().numpy().astype(np.float32)
+    return texts, ids, vectors
+
+
 def sample_responses(
     lm: BaseLM,
     prompt: str,
@@ -37,12 +99,14 @@ def sample_responses(
     *,
     top_p: float | None = None,
     use_chat_template: bool | None = None,
-) -> list[str]:
+    pooling: str | None = None,
+) -> list[str] | tuple[list[str], np.ndarray]:
     """n sampled continuations of `prompt` (new text only, special tokens dropped, stripped).
 
     All n come from one batched `generate` call (num_return_sequences=n). With a seed the result is
     deterministic and the global RNG state is left untouched (fork_rng); temperature <= 0 is greedy
-    (one decode, repeated n times).
+    (one decode, repeated n times). With `pooling`, also each response's vector [n, D] pooled in the
+    sampling pass (see RESPONSE_POOLED_TEMPLATE_VERSION): (texts, vectors).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -61,12 +125,56 @@ def sample_responses(
     with torch.random.fork_rng(devices=cuda_devices, enabled=seed is not None), torch.inference_mode():
         if seed is not None:
             torch.manual_seed(seed)
-        out = lm.model.generate(
-            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs
-        )  # [n, T + new]
-    new_tokens = out[:, input_ids.shape[1] :]
-    texts = [s.strip() for s in tok.batch_decode(new_tokens, skip_special_tokens=True)]
-    return texts * n if greedy else texts
+        texts, _, vectors = _generate(lm, input_ids, torch.ones_like(input_ids), gen_kwargs, pooling)
+    if greedy:
+        texts = texts * n
+        vectors = None if vectors is None else np.repeat(vectors, n, axis=0)
+    return texts if pooling is None else (texts, vectors)
+
+
+def sample_responses_many(
+    lm: BaseLM,
+    prompts: Sequence[str],
+    ns: Sequence[int],
+    max_new_tokens: int = 128,
+    temperature: float = 0.7,
+    *,
+    top_p: float | None = None,
+    use_chat_template: bool | None = None,
+    pooling: str | None = None,
+) -> list[list[str]] | list[tuple[list[str], np.ndarray]]:
+    """Unseeded sampling for several prompts in one batched `generate` call (left padding, with attention
+    masks): prompt i gets ns[i] samples. What concurrent unseeded requests with the same sampling settings
+    share in the worker; a seeded request runs alone (`sample_responses`), so its result never depends on
+    what else was running. With `pooling`, per prompt (texts, vectors) as `sample_responses`."""
+    if temperature <= 0:
+        raise ValueError("batched sampling needs temperature > 0 (greedy requests run alone)")
+    if len(prompts) != len(ns) or not prompts or min(ns) < 1:
+        raise ValueError("one n >= 1 per prompt, at least one prompt")
+    tok = lm.tokenizer
+    seqs = [_chat_prompt_ids(lm, p, use_chat_template)[0].tolist() for p in prompts]
+    rows = [s for s, n in zip(seqs, ns, strict=True) for _ in range(n)]
+    T = max(len(s) for s in rows)
+    input_ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, s in enumerate(rows):
+        input_ids[r, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[r, T - len(s) :] = 1
+    gen_kwargs: dict[str, object] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tok.pad_token_id,
+        "do_sample": True,
+        "temperature": temperature,
+    }
+    if top_p is not None:
+        gen_kwargs["top_p"] = top_p
+    with torch.inference_mode():
+        texts, _, vectors = _generate(lm, input_ids.to(lm.device), mask.to(lm.device), gen_kwargs, pooling)
+    bounds = np.cumsum([0, *ns])
+    if pooling is None:
+        return [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    assert vectors is not None
+    return [(texts[a:b], vectors[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def option_letter_token_ids(lm: BaseLM, n_letters: int) -> list[list[int]]:
@@ -131,44 +239,3 @@ def option_letter_probs(
                 results.append(p / total if total > 0 else np.full(k, 1.0 / k))
     return results
 
-
-def sample_responses_many(
-    lm: BaseLM,
-    prompts: Sequence[str],
-    ns: Sequence[int],
-    max_new_tokens: int = 128,
-    temperature: float = 0.7,
-    *,
-    top_p: float | None = None,
-    use_chat_template: bool | None = None,
-) -> list[list[str]]:
-    """Unseeded sampling for several prompts in one batched `generate` call (left padding, with attention
-    masks): prompt i gets ns[i] samples. What concurrent unseeded requests with the same sampling settings
-    share in the worker; a seeded request runs alone (`sample_responses`), so its result never depends on
-    what else was running."""
-    if temperature <= 0:
-        raise ValueError("batched sampling needs temperature > 0 (greedy requests run alone)")
-    if len(prompts) != len(ns) or not prompts or min(ns) < 1:
-        raise ValueError("one n >= 1 per prompt, at least one prompt")
-    tok = lm.tokenizer
-    seqs = [_chat_prompt_ids(lm, p, use_chat_template)[0].tolist() for p in prompts]
-    rows = [s for s, n in zip(seqs, ns, strict=True) for _ in range(n)]
-    T = max(len(s) for s in rows)
-    input_ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for r, s in enumerate(rows):
-        input_ids[r, T - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[r, T - len(s) :] = 1
-    gen_kwargs: dict[str, object] = {
-        "max_new_tokens": max_new_tokens,
-        "pad_token_id": tok.pad_token_id,
-        "do_sample": True,
-        "temperature": temperature,
-    }
-    if top_p is not None:
-        gen_kwargs["top_p"] = top_p
-    with torch.inference_mode():
-        out = lm.model.generate(input_ids=input_ids.to(lm.device), attention_mask=mask.to(lm.device), **gen_kwargs)
-    texts = [s.strip() for s in tok.batch_decode(out[:, T:], skip_special_tokens=True)]
-    bounds = np.cumsum([0, *ns])
-    return [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

@@ -15,7 +15,8 @@ and `format_question_prompt(q, options)` is the same text up to and including "A
 space), so `format_item(q, o, i) == format_question_prompt(q, o) + " " + f"{letter}. {o[i]}"`.
 The question and options are stripped of surrounding whitespace; nothing else is changed.
 
-Free text, `RESPONSE_TEMPLATE_VERSION = "gpo-resp-v1"` (best-of-n over sampled responses)::
+Free text, `RESPONSE_TEMPLATE_VERSION = "gpo-resp-v1"` (a prompt + response pair embedded on its own; `/generate`
+itself uses the vectors pooled while sampling, `service.embedder.generate.RESPONSE_POOLED_TEMPLATE_VERSION`)::
 
     <prompt>
     Answer: <response>

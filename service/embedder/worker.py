@@ -22,7 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.batching import MicroBatcher, QueueFull
 from service.embedder.embed import Embedder, build_embedder, make_key_prefix
-from service.embedder.generate import _chat_prompt_ids, sample_responses, sample_responses_many
+from service.embedder.generate import (
+    RESPONSE_POOLED_TEMPLATE_VERSION,
+    _chat_prompt_ids,
+    sample_responses,
+    sample_responses_many,
+)
 from service.embedder.loading import BaseLM, LMIdentity
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION
 
@@ -70,6 +75,7 @@ class CompletionCall:
     temperature: float
     seed: int | None
     top_p: float | None
+    vectors: bool = False  # also each sample's vector pooled in the sampling pass
 
     @property
     def shareable(self) -> bool:
@@ -83,6 +89,7 @@ class CompletionResult:
     prompt_tokens: int
     completion_tokens: list[int]  # per sample, counted on the returned (stripped) text
     finish_reasons: list[FinishReason]  # "length" when a sample used all max_tokens, else "stop"
+    vectors: np.ndarray | None = None  # [n, D] pooled in the sampling pass (RESPONSE_POOLED_TEMPLATE_VERSION)
 
 
 class WorkerEngine:
@@ -230,8 +237,10 @@ class WorkerEngine:
         seed: int | None = None,
         *,
         top_p: float | None = None,
+        vectors: bool = False,
     ) -> CompletionResult:
-        """n samples from one batched `generate` call (see `sample_responses`), with token counts."""
+        """n samples from one batched `generate` call (see `sample_responses`), with token counts; with
+        `vectors`, each sample's vector pooled in the same pass."""
         with self._lock:
             lm = self._lm()
             # The same ids sample_responses builds (chat template when the tokenizer has one).
@@ -241,12 +250,20 @@ class WorkerEngine:
                 raise InputTooLong(
                     f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the model's {limit}"
                 )
-            texts = sample_responses(
-                lm, prompt, n, max_new_tokens=max_tokens, temperature=temperature, seed=seed, top_p=top_p
+            out = sample_responses(
+                lm,
+                prompt,
+                n,
+                max_new_tokens=max_tokens,
+                temperature=temperature,
+                seed=seed,
+                top_p=top_p,
+                pooling=self.pooling if vectors else None,
             )
+            texts, pooled = out if isinstance(out, tuple) else (out, None)
             counts = [len(ids) for ids in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         finish: list[FinishReason] = ["length" if c >= max_tokens else "stop" for c in counts]
-        return CompletionResult(texts, prompt_tokens, counts, finish)
+        return CompletionResult(texts, prompt_tokens, counts, finish, pooled)
 
     def complete(
         self,
@@ -288,8 +305,10 @@ class WorkerEngine:
         seed: int | None = None,
         *,
         top_p: float | None = None,
+        vectors: bool = False,
     ) -> CompletionResult:
-        out = await self._complete_batcher.submit(CompletionCall(prompt, n, max_tokens, temperature, seed, top_p))
+        call = CompletionCall(prompt, n, max_tokens, temperature, seed, top_p, vectors)
+        out = await self._complete_batcher.submit(call)
         if isinstance(out, Exception):
             raise out
         return out
@@ -356,8 +375,8 @@ class WorkerEngine:
         groups: dict[tuple, list[int]] = {}
         for i, c in enumerate(calls):
             if c.shareable:
-                groups.setdefault((c.max_tokens, c.temperature, c.top_p), []).append(i)
-        for (max_tokens, temperature, top_p), idx in groups.items():
+                groups.setdefault((c.max_tokens, c.temperature, c.top_p, c.vectors), []).append(i)
+        for (max_tokens, temperature, top_p, want_vectors), idx in groups.items():
             if len(idx) < 2:
                 continue
             try:
@@ -367,27 +386,31 @@ class WorkerEngine:
                     limit = self._max_positions(lm)
                     if limit is not None and max(prompt_tokens) + max_tokens > limit:
                         continue  # each runs alone below and the long one gets its own error
-                    texts = sample_responses_many(
+                    many = sample_responses_many(
                         lm,
                         [calls[i].prompt for i in idx],
                         [calls[i].n for i in idx],
                         max_new_tokens=max_tokens,
                         temperature=temperature,
                         top_p=top_p,
+                        pooling=self.pooling if want_vectors else None,
                     )
-                    for i, pt, t in zip(idx, prompt_tokens, texts, strict=True):
+                    for i, pt, got in zip(idx, prompt_tokens, many, strict=True):
+                        t, vec = got if isinstance(got, tuple) else (got, None)
                         counts = (
                             [len(ids) for ids in lm.tokenizer(t, add_special_tokens=False)["input_ids"]] if t else []
                         )
                         finish: list[FinishReason] = ["length" if c >= max_tokens else "stop" for c in counts]
-                        out[i] = CompletionResult(t, pt, counts, finish)
+                        out[i] = CompletionResult(t, pt, counts, finish, vec)
             except EngineUnavailable as exc:
                 for i in idx:
                     out[i] = exc
         for i, c in enumerate(calls):
             if out[i] is None:
                 try:
-                    out[i] = self.complete_with_usage(c.prompt, c.n, c.max_tokens, c.temperature, c.seed, top_p=c.top_p)
+                    out[i] = self.complete_with_usage(
+                        c.prompt, c.n, c.max_tokens, c.temperature, c.seed, top_p=c.top_p, vectors=c.vectors
+                    )
                 except (InputTooLong, EngineUnavailable) as exc:
                     out[i] = exc
         return out  # type: ignore[return-value]
@@ -404,7 +427,10 @@ class WorkerEngine:
             loaded=self.is_loaded,
             template_version=template_version,
             key_prefix=self.key_prefix(template_version),
-            key_prefixes={v: self.key_prefix(v) for v in (TEMPLATE_VERSION, RESPONSE_TEMPLATE_VERSION)},
+            key_prefixes={
+                v: self.key_prefix(v)
+                for v in (TEMPLATE_VERSION, RESPONSE_TEMPLATE_VERSION, RESPONSE_POOLED_TEMPLATE_VERSION)
+            },
         )
 
 
@@ -441,6 +467,11 @@ class CompletionsRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy (n identical answers)")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="a fixed seed repeats the samples exactly")
+    return_embeddings: bool = Field(
+        False,
+        description="extension: each choice also carries its vector (base64 float32), pooled in the sampling "
+        f"pass (template {RESPONSE_POOLED_TEMPLATE_VERSION}, see the model card's key_prefixes)",
+    )
     model: str | None = None
     user: str | None = None
 
@@ -469,6 +500,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: FinishReason
+    embedding: str | None = None  # base64 float32, when the request asked for return_embeddings
 
 
 class CompletionsResponse(BaseModel):
@@ -573,11 +605,18 @@ async def create_completions(body: CompletionsRequest, engine: EngineDep) -> Com
     """n samples of one prompt in one batched generate call; a fixed seed repeats exactly."""
     _check_model(engine, body.model)
     result = await engine.acomplete_with_usage(
-        body.prompt, body.n, body.max_tokens, body.temperature, body.seed, top_p=body.top_p
+        body.prompt,
+        body.n,
+        body.max_tokens,
+        body.temperature,
+        body.seed,
+        top_p=body.top_p,
+        vectors=body.return_embeddings,
     )
+    vectors = [None] * len(result.texts) if result.vectors is None else [encode_base64(v) for v in result.vectors]
     choices = [
-        CompletionChoice(index=i, text=t, finish_reason=r)
-        for i, (t, r) in enumerate(zip(result.texts, result.finish_reasons, strict=True))
+        CompletionChoice(index=i, text=t, finish_reason=r, embedding=e)
+        for i, (t, r, e) in enumerate(zip(result.texts, result.finish_reasons, vectors, strict=True))
     ]
     completion = sum(result.completion_tokens)
     usage = Usage(

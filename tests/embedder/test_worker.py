@@ -72,7 +72,12 @@ def test_health_ready_and_model_card(client: TestClient, tiny_lm: BaseLM) -> Non
     assert card["template_version"] == TEMPLATE_VERSION
     assert card["key_prefix"] == Embedder(tiny_lm).key_prefix
     resp_prefix = Embedder(tiny_lm, template_version=RESPONSE_TEMPLATE_VERSION).key_prefix
-    assert card["key_prefixes"] == {TEMPLATE_VERSION: card["key_prefix"], RESPONSE_TEMPLATE_VERSION: resp_prefix}
+    pooled_prefix = Embedder(tiny_lm, template_version="gpo-resp-gen-v1").key_prefix
+    assert card["key_prefixes"] == {
+        TEMPLATE_VERSION: card["key_prefix"],
+        RESPONSE_TEMPLATE_VERSION: resp_prefix,
+        "gpo-resp-gen-v1": pooled_prefix,
+    }
     other = client.get("/v1/models", params={"template_version": RESPONSE_TEMPLATE_VERSION}).json()
     assert other["data"][0]["key_prefix"] == resp_prefix
     assert client.get("/v1/models", params={"template_version": "no spaces"}).status_code == 422
@@ -305,3 +310,18 @@ async def test_concurrent_unseeded_completions_share_one_generate_call(tiny_lm: 
     assert out[4].texts == sample_responses(tiny_lm, PROMPT, n=2, max_new_tokens=6, temperature=0.8, seed=11)
     assert engine.complete_batches[:2] == [1, 4], engine.complete_batches
     await engine.aclose()
+
+
+def test_completions_can_return_vectors_pooled_while_sampling(client: TestClient, tiny_lm: BaseLM) -> None:
+    body = {"prompt": PROMPT, "n": 3, "max_tokens": 6, "temperature": 1.0, "seed": 4}
+    plain = client.post("/v1/completions", json=body).json()
+    r = client.post("/v1/completions", json={**body, "return_embeddings": True})
+    assert r.status_code == 200
+    choices = r.json()["choices"]
+    assert [c["text"] for c in choices] == [c["text"] for c in plain["choices"]]  # the same draw
+    assert all(c["embedding"] is None for c in plain["choices"])
+    got = np.stack([decode_base64(c["embedding"]) for c in choices])
+    _, want = sample_responses(tiny_lm, PROMPT, 3, 6, 1.0, 4, pooling="mean")
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    card = client.get("/v1/models").json()["data"][0]
+    assert card["key_prefixes"]["gpo-resp-gen-v1"].endswith("|mean|gpo-resp-gen-v1")
