@@ -610,7 +610,7 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             "## /generate (API defaults: max_new_tokens 64, temperature 0.8): share of the time spent on scoring",
             "",
-            "| n | total s | sampling s | scoring s (embed + GPO) | scoring share |",
+            "| n | total s | sampling s (vectors pooled while sampling) | scoring s (GPO forward) | scoring share |",
             "|---|---|---|---|---|",
         ]
         for n in (4, 8):
@@ -639,9 +639,13 @@ def main() -> None:
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of this process (training section)")
     ap.add_argument("--api-threads", type=int, default=1, help="GPO_TORCH_THREADS of the API processes")
+    ap.add_argument("--report-only", metavar="JSON", help="rewrite the markdown from a saved results file")
     args = ap.parse_args()
-    results = run(args)
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.report_only:
+        results = json.loads(Path(args.report_only).read_text())
+    else:
+        results = run(args)
+        Path(args.json).write_text(json.dumps(results, indent=2))
     text = markdown(results)
     notes = ROOT / "benchmarks" / "NOTES.md"
     if notes.exists():

@@ -201,7 +201,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ cached context
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def encode(self, context: Sequence[ContextItem]) -> ContextState:
         """The context encoded once: per-layer keys/values (and the ridge solution) its targets attend to."""
         if not context:
@@ -216,7 +216,7 @@ class Predictor:
         y = torch.from_numpy(np.concatenate(ys))[None].to(self.device)
         return self.model.encode_context(x, y, torch.ones(y.shape, dtype=torch.bool, device=self.device))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_encoded(self, requests: Sequence[tuple[ContextState, Sequence[Item]]]) -> list[list[ItemPrediction]]:
         """Per request (encoded context, targets): one prediction per target question. One forward for all."""
         if not requests:
