@@ -11,6 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from service.api import generate, groups, health, predict
+from service.api.body_limit import BodySizeLimit
 from service.api.errors import install_error_handlers
 from service.cache import build_vector_cache
 from service.config import Settings, get_settings
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Group preference prediction (GPO) as a service: register a group's answers, predict, rank generations",
         lifespan=lifespan,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_error_handlers(app)
     for router in (groups.router, predict.router, generate.router, health.router):

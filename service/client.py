@@ -63,8 +63,11 @@ def _body(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
 
-def _context_body(items: ContextItems, mode: Literal["append", "replace"]) -> dict[str, Any]:
-    return _body(ContextWriteRequest.model_validate({"mode": mode, "items": list(items)}))
+def _context_body(
+    items: ContextItems, mode: Literal["append", "replace"], expected_version: int | None = None
+) -> dict[str, Any]:
+    body = {"mode": mode, "items": list(items), "expected_version": expected_version}
+    return _body(ContextWriteRequest.model_validate(body))
 
 
 def _predict_body(questions: Questions, group_id: str | None, context: ContextItems | None) -> dict[str, Any]:
@@ -107,9 +110,14 @@ class GPOClient:
         return self._http.request(method, path, headers=self._headers, **kwargs)
 
     def register_context(
-        self, group_id: str, items: ContextItems, mode: Literal["append", "replace"] = "append"
+        self,
+        group_id: str,
+        items: ContextItems,
+        mode: Literal["append", "replace"] = "append",
+        expected_version: int | None = None,
     ) -> ContextWriteResponse:
-        body = _context_body(items, mode)
+        """Append or replace; with `expected_version`, 409 (GPOAPIError) unless the group is at that version."""
+        body = _context_body(items, mode, expected_version)
         return _parse(ContextWriteResponse, self._call("POST", f"/groups/{group_id}/context", json=body))
 
     def list_groups(self, limit: int = 100, offset: int = 0) -> GroupList:
@@ -185,9 +193,14 @@ class AsyncGPOClient:
         return await self._http.request(method, path, headers=self._headers, **kwargs)
 
     async def register_context(
-        self, group_id: str, items: ContextItems, mode: Literal["append", "replace"] = "append"
+        self,
+        group_id: str,
+        items: ContextItems,
+        mode: Literal["append", "replace"] = "append",
+        expected_version: int | None = None,
     ) -> ContextWriteResponse:
-        body = _context_body(items, mode)
+        """Append or replace; with `expected_version`, 409 (GPOAPIError) unless the group is at that version."""
+        body = _context_body(items, mode, expected_version)
         return _parse(ContextWriteResponse, await self._call("POST", f"/groups/{group_id}/context", json=body))
 
     async def list_groups(self, limit: int = 100, offset: int = 0) -> GroupList:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,17 @@ class Settings(BaseSettings):
     database_connect_timeout_s: int = Field(5, ge=1, description="seconds to wait for a Postgres connection")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of 503 answers (a dependency is down)")
 
+    # --- security (issue 5) ---
+    auth: bool = Field(
+        True,
+        description="require an API key (Authorization: Bearer) on every group, predict and generate route; "
+        "false is accepted only with the embedded SQLite database (then every caller is tenant 'default')",
+    )
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="seconds a key lookup is cached per process (a revoked key works at most this long)"
+    )
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body; past it: 413")
+
     # --- fast path (issue 4) ---
     context_cache_mb: float = Field(
         256.0, ge=0, description="in-process cache of encoded group contexts (GPO keys/values), MiB; 0: off"
@@ -74,6 +85,15 @@ class Settings(BaseSettings):
     generate_sampling_rounds: int = Field(
         3, ge=1, le=10, description="sampling calls /generate makes at most to collect n distinct responses"
     )
+
+    @model_validator(mode="after")
+    def _auth_off_only_embedded(self) -> Settings:
+        if not self.auth and not self.database_url.startswith("sqlite"):
+            raise ValueError(
+                "GPO_AUTH=false is only allowed with the embedded SQLite database; with "
+                f"{self.database_url.split(':', 1)[0]} every caller needs an API key (`gpo keys create TENANT`)"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

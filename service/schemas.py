@@ -114,6 +114,12 @@ class ContextWriteRequest(BaseModel):
 
     mode: Literal["append", "replace"] = "append"
     items: list[ContextItemIn] = Field(description="at least one, except for a replace that empties the context")
+    expected_version: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="write only if the group is at this version (0: not created yet); otherwise 409, nothing stored",
+    )
 
     @field_validator("items")
     @classmethod

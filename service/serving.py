@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.auth import KeyResolver
 from service.batching import MicroBatcher
 from service.context_cache import StateKey, build_context_cache
 from service.db import repository as repo
@@ -96,6 +97,7 @@ class Services:
         self.predictor = predictor
         self.metrics = metrics
         self.limits = Limits.from_settings(settings)
+        self.keys = KeyResolver(sessions, ttl_s=settings.auth_cache_s)
         self.embeddings = ItemEmbeddings(cache, worker, metrics)
         self.contexts = build_context_cache(settings, predictor)
         self.batcher: MicroBatcher[tuple[ContextState, list[Item]], list[ItemPrediction]] = MicroBatcher(
@@ -221,7 +223,7 @@ async def register_context(
 
     def write() -> repo.GroupInfo:
         with services.transaction() as session:
-            info = repo.write_context(session, tenant, group_id, items, body.mode)
+            info = repo.write_context(session, tenant, group_id, items, body.mode, body.expected_version)
             services.limits.check_context_size(info.size)  # raising here rolls the whole write back
             return info
 

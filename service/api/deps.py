@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.auth import Unauthorized
 from service.db.models import DEFAULT_TENANT
 from service.schemas import GROUP_ID_PATTERN, ContextWriteRequest, GenerateRequest, PredictRequest
-from service.serving import Services
+from service.serving import Services, in_thread
 
 
 async def get_services(request: Request) -> Services:
@@ -18,9 +20,26 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def get_tenant() -> str:
-    """The caller's tenant: every repository call is scoped to it. One tenant until API keys exist (issue 5)."""
-    return DEFAULT_TENANT
+bearer = HTTPBearer(auto_error=False, description="an API key made by `gpo keys create TENANT`")
+
+
+async def get_tenant(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
+    """The caller's tenant, from its API key: every repository call is scoped to it.
+
+    With GPO_AUTH=false (embedded SQLite only) every caller is the default tenant.
+    """
+    if not services.settings.auth:
+        return DEFAULT_TENANT
+    if credentials is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (create one with `gpo keys create`)")
+    found, tenant = services.keys.cached(credentials.credentials)
+    if not found:
+        tenant = await in_thread(services.keys.tenant, credentials.credentials)
+    if tenant is None:
+        raise Unauthorized("invalid or revoked API key")
+    return tenant
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from service.auth import Unauthorized
 from service.batching import QueueFull
 from service.db.repository import GroupNotFound, ItemNotFound, VersionConflict
 from service.embedder.client import WorkerRequestError, WorkerUnavailable
@@ -20,6 +24,12 @@ from service.serving import EmptyContext
 log = logging.getLogger(__name__)
 
 # For the OpenAPI schema: what each route may answer besides its success.
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missing, unknown or revoked API key"}
+}
+TOO_LARGE: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "the request body is larger than GPO_MAX_BODY_BYTES"}
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "unknown group or item"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "concurrent change"}}
 BUSY: dict[int | str, dict[str, Any]] = {
@@ -39,6 +49,10 @@ def _retry_after(request: Request) -> int:
     return int(request.app.state.services.settings.retry_after_s)
 
 
+async def _unauthorized(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return _answer(404, str(exc))  # "group 'x' not found": names only what the caller asked for
 
@@ -50,6 +64,36 @@ async def _conflict(request: Request, exc: Exception) -> JSONResponse:
 def _validation_error(loc: list[str | int], msg: str, kind: str) -> list[dict[str, Any]]:
     """A 422 detail in FastAPI's validation shape, so every 422 of the API matches one schema."""
     return [{"type": kind, "loc": loc, "msg": msg}]
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats (a NaN the caller sent) as strings: JSON has no NaN, and the answer must still be JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+MAX_ECHOED_INPUT_CHARS = 200
+
+
+async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape ({loc, msg, type}, plus `input` when it is short), always valid JSON."""
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in exc.errors():
+        out = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+        if "input" in error:
+            echoed = _json_safe(jsonable_encoder(error["input"], custom_encoder={float: lambda f: f}))
+            if len(repr(echoed)) <= MAX_ECHOED_INPUT_CHARS:  # never a whole large body back
+                out["input"] = echoed
+        if "ctx" in error:
+            out["ctx"] = _json_safe(jsonable_encoder(error["ctx"], custom_encoder={Exception: str}))
+        errors.append(out)
+    return _answer(422, errors)
 
 
 async def _empty_context(request: Request, exc: Exception) -> JSONResponse:
@@ -100,7 +144,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the mapping on `app` (request validation keeps FastAPI's own 422 handler)."""
+    """Register the mapping on `app`."""
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(Unauthorized, _unauthorized)
     app.add_exception_handler(GroupNotFound, _not_found)
     app.add_exception_handler(ItemNotFound, _not_found)
     app.add_exception_handler(VersionConflict, _conflict)

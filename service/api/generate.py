@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
 from service import serving
-from service.api.deps import GenerateBody, ServicesDep, TenantDep
-from service.api.errors import BUSY, NOT_FOUND, UNAVAILABLE
+from service.api.deps import GenerateBody, ServicesDep, TenantDep, get_tenant
+from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.schemas import GenerateResponse
 
-router = APIRouter(tags=["generate"])
+router = APIRouter(tags=["generate"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE})
 
 
 @router.post("/generate", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})

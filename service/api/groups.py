@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
 from service import serving
-from service.api.deps import ContextWriteBody, GroupIdPath, ItemIdPath, ServicesDep, TenantDep
-from service.api.errors import CONFLICT, NOT_FOUND, UNAVAILABLE
+from service.api.deps import ContextWriteBody, GroupIdPath, ItemIdPath, ServicesDep, TenantDep, get_tenant
+from service.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.schemas import ContextWriteResponse, GroupContext, GroupList, GroupOut
 
-router = APIRouter(prefix="/groups", tags=["groups"])
+router = APIRouter(
+    prefix="/groups", tags=["groups"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE}
+)
 
 # Sync routes run in FastAPI's thread pool: their database calls block a thread, never the event loop.
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from service import serving
-from service.api.deps import PredictBody, ServicesDep, TenantDep
-from service.api.errors import BUSY, NOT_FOUND, UNAVAILABLE
+from service.api.deps import PredictBody, ServicesDep, TenantDep, get_tenant
+from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.schemas import PredictResponse
 
-router = APIRouter(tags=["predict"])
+router = APIRouter(tags=["predict"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE})
 
 
 @router.post("/predict", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Select, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from service.db.models import DEFAULT_TENANT, GROUP_NAME_MAX_LEN, ContextItem, Group, utcnow
+from service.db.models import DEFAULT_TENANT, GROUP_NAME_MAX_LEN, ApiKey, ContextItem, Group, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -369,8 +369,57 @@ def get_context(session: Session, tenant: str, name: str) -> tuple[GroupInfo, li
     return _info(rows[0][0], len(items)), items
 
 
+# ---------------------------------------------------------------------------------------------- API keys
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    id: int
+    tenant: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _key_info(key: ApiKey) -> ApiKeyInfo:
+    return ApiKeyInfo(id=key.id, tenant=key.tenant, name=key.name, created_at=key.created_at, revoked_at=key.revoked_at)
+
+
+def add_api_key(session: Session, tenant: str, name: str, key_hash: str) -> ApiKeyInfo:
+    """Store a new key of `tenant` by its digest (the secret itself is never stored)."""
+    key = ApiKey(tenant=tenant, name=name, key_hash=key_hash, created_at=utcnow())
+    session.add(key)
+    session.flush()
+    return _key_info(key)
+
+
+def list_api_keys(session: Session, tenant: str | None = None) -> list[ApiKeyInfo]:
+    """Keys (all tenants', or one tenant's), oldest first, revoked ones included."""
+    query = select(ApiKey).order_by(ApiKey.id)
+    if tenant is not None:
+        query = query.where(ApiKey.tenant == tenant)
+    return [_key_info(k) for k in session.scalars(query)]
+
+
+def revoke_api_key(session: Session, key_id: int) -> ApiKeyInfo | None:
+    """Revoke a key (kept, with its revocation time); None when no key has that id. Revoking twice is a no-op."""
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        return None
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return _key_info(key)
+
+
+def tenant_of_key(session: Session, key_hash: str) -> str | None:
+    """The tenant of the unrevoked key with this digest, or None."""
+    return session.scalar(select(ApiKey.tenant).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
+
+
 __all__ = [
     "DEFAULT_TENANT",
+    "ApiKeyInfo",
     "GroupInfo",
     "GroupNotFound",
     "ItemNotFound",
@@ -379,12 +428,16 @@ __all__ = [
     "StoredItem",
     "VersionConflict",
     "WriteMode",
+    "add_api_key",
     "delete_group",
     "delete_item",
     "get_context",
     "get_group",
     "group_version",
+    "list_api_keys",
     "list_groups",
+    "revoke_api_key",
     "set_item_embeddings",
+    "tenant_of_key",
     "write_context",
 ]

@@ -8,8 +8,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,14 @@ import numpy as np
 import pytest
 import redis
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.auth import create_key
 from service.config import Settings
+from service.db.migrate import upgrade_database
+from service.db.session import make_engine, make_sessionmaker
 from service.training.datasets import PreferenceDataset, Question
 from service.training.jsonl import write_jsonl
 
@@ -170,9 +177,47 @@ def settings(make_settings: SettingsFactory, sqlite_url: str) -> Settings:
     return make_settings(sqlite_url)
 
 
+def api_key(database_url: str, tenant: str = "default", name: str = "test") -> str:
+    """A new API key of `tenant` in that database (migrated first), as `gpo keys create` makes one."""
+    upgrade_database(database_url)
+    engine = make_engine(database_url)
+    try:
+        _, secret = create_key(make_sessionmaker(engine), tenant, name)
+    finally:
+        engine.dispose()
+    return secret
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def authed_client(settings: Settings, tenant: str = "default") -> TestClient:
+    """A TestClient of the app over `settings` that sends a fresh key of `tenant` on every request."""
+    return TestClient(create_app(settings), headers=bearer(api_key(settings.database_url, tenant)))
+
+
+@contextmanager
+def served_app(settings: Settings) -> Iterator[str]:
+    """The app behind a real uvicorn on a free loopback port (its lifespan run by uvicorn); yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="test-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with authed_client(settings) as c:
         yield c
 
 

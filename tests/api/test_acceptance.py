@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.config import PROJECT_ROOT, Settings
 from service.training.baselines import predict_many
 from service.training.evaluate import score
 from service.training.opinionqa import load_opinionqa
 from service.training.splits import scorable_question_ids
+
+from .conftest import authed_client
 
 LEFT_OUT = "Asian"
 pytestmark = pytest.mark.slow
@@ -50,12 +50,18 @@ def test_left_out_group_is_predicted_better_than_uniform_and_the_other_groups_me
         redis_url=None,
         worker_url=None,
     )
-    with TestClient(create_app(settings)) as client:
+    with authed_client(settings) as client:
         items = []
         for qid in context:
             q = ds.question(qid)
-            items.append({"question": q.text, "options": list(q.options),
-                          "distribution": ds.dist(LEFT_OUT, qid).tolist(), "ordinals": list(q.ordinals)})
+            items.append(
+                {
+                    "question": q.text,
+                    "options": list(q.options),
+                    "distribution": ds.dist(LEFT_OUT, qid).tolist(),
+                    "ordinals": list(q.ordinals),
+                }
+            )
         r = client.post(f"/groups/{LEFT_OUT}/context", json={"mode": "replace", "items": items})
         assert r.status_code == 200, r.text
         assert r.json()["size"] == 20

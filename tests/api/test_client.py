@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from service.app import create_app
@@ -17,7 +13,7 @@ from service.client import AsyncGPOClient, GPOAPIError, GPOClient
 from service.config import Settings
 from service.schemas import ContextItemIn, QuestionIn
 
-from .conftest import NEW_QUESTION, context_item, free_port, question
+from .conftest import NEW_QUESTION, api_key, authed_client, context_item, question, served_app
 
 
 @pytest.fixture(scope="module")
@@ -59,29 +55,25 @@ def _exercise(api: GPOClient) -> None:
 
 
 def test_sync_client_in_process(settings: Settings) -> None:
-    with TestClient(create_app(settings)) as test_client:
+    with authed_client(settings) as test_client:
         _exercise(GPOClient(http_client=test_client))
 
 
 @pytest.fixture
 def served(settings: Settings) -> Iterator[str]:
-    """The app behind a real uvicorn on a free loopback port (its lifespan run by uvicorn)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="test-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served_app(settings) as url:
+        yield url
 
 
-def test_sync_client_over_http(served: str) -> None:
-    with GPOClient(served) as api:
+def test_sync_client_over_http(served: str, settings: Settings) -> None:
+    with GPOClient(served, api_key=api_key(settings.database_url)) as api:
         _exercise(api)
+
+
+def test_client_without_a_key_gets_401(served: str) -> None:
+    with GPOClient(served) as api, pytest.raises(GPOAPIError) as refused:
+        api.list_groups()
+    assert refused.value.status_code == 401 and "API key" in str(refused.value.detail)
 
 
 @pytest.mark.anyio
@@ -89,7 +81,8 @@ async def test_async_client(settings: Settings) -> None:
     app = create_app(settings)
     async with app.router.lifespan_context(app):  # ASGITransport sends no lifespan events: run it here
         transport = httpx.ASGITransport(app=app)
-        async with AsyncGPOClient("http://api", transport=transport) as api:
+        secret = api_key(settings.database_url)
+        async with AsyncGPOClient("http://api", transport=transport, api_key=secret) as api:
             assert await api.healthz() and (await api.readyz()).checks["worker"] == "ok"
             written = await api.register_context("a1", [context_item(0), context_item(1)])
             assert (written.version, written.size) == (1, 2)

@@ -8,10 +8,9 @@ import time
 import numpy as np
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.inference import ContextItem, Item
 
-from .conftest import NEW_QUESTION, SettingsFactory, context_item, question
+from .conftest import NEW_QUESTION, SettingsFactory, authed_client, context_item, question
 
 QUESTIONS = [question(12), question(13), NEW_QUESTION]
 
@@ -77,7 +76,7 @@ def test_two_replicas_share_postgres_and_redis(
 ) -> None:
     """A context change through one replica is what the other's next prediction uses."""
     settings = make_settings(postgres_url, redis_url=redis_server, redis_prefix=redis_prefix)
-    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+    with authed_client(settings) as a, authed_client(settings) as b:
         items = [context_item(i) for i in range(5)]
         assert a.post("/groups/shared/context", json={"items": items}).status_code == 200
         from_a = a.post("/predict", json={"group_id": "shared", "questions": QUESTIONS}).json()
@@ -98,7 +97,7 @@ def test_two_replicas_share_postgres_and_redis(
 
 def test_full_prediction_queue_answers_429_with_retry_after(make_settings: SettingsFactory, sqlite_url: str) -> None:
     settings = make_settings(sqlite_url, batch_max_requests=1, batch_max_queue=1)
-    with TestClient(create_app(settings)) as client:
+    with authed_client(settings) as client:
         assert client.post("/groups/g/context", json={"items": [context_item(1)]}).status_code == 200
         services = client.app.state.services
         gate, entered = threading.Event(), threading.Event()
@@ -145,7 +144,7 @@ def test_two_replica_processes_on_two_ports(
 
     import httpx
 
-    from .conftest import CHECKPOINT, free_port
+    from .conftest import CHECKPOINT, api_key, bearer, free_port
 
     env = {
         **os.environ,
@@ -183,18 +182,19 @@ def test_two_replica_processes_on_two_ports(
                     pass
                 time.sleep(0.2)
         a, b = urls
+        headers = bearer(api_key(postgres_url))
         items = [context_item(i) for i in range(6)]
         body = {"group_id": "two", "questions": QUESTIONS}
-        assert httpx.post(f"{a}/groups/two/context", json={"items": items}).json()["version"] == 1
-        first_b = httpx.post(f"{b}/predict", json=body).json()
+        assert httpx.post(f"{a}/groups/two/context", json={"items": items}, headers=headers).json()["version"] == 1
+        first_b = httpx.post(f"{b}/predict", json=body, headers=headers).json()
         assert first_b["context_version"] == 1
         for version, change in (
             (2, {"mode": "append", "items": [context_item(9)]}),
             (3, {"mode": "replace", "items": items[:3]}),
         ):
-            assert httpx.post(f"{a}/groups/two/context", json=change).json()["version"] == version
-            from_b = httpx.post(f"{b}/predict", json=body).json()
-            from_a = httpx.post(f"{a}/predict", json=body).json()
+            assert httpx.post(f"{a}/groups/two/context", json=change, headers=headers).json()["version"] == version
+            from_b = httpx.post(f"{b}/predict", json=body, headers=headers).json()
+            from_a = httpx.post(f"{a}/predict", json=body, headers=headers).json()
             assert from_b["context_version"] == from_a["context_version"] == version
             assert from_b == from_a
         assert from_b["predictions"] != first_b["predictions"]

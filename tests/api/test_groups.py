@@ -8,9 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-
-from .conftest import SettingsFactory, context_item
+from .conftest import SettingsFactory, authed_client, context_item
 
 BASE = [context_item(0), context_item(1)]
 
@@ -138,7 +136,7 @@ def module_client(
         max_items_per_request=3,
         max_context_items=4,
     )
-    with TestClient(create_app(settings)) as c:
+    with authed_client(settings) as c:
         assert c.post("/groups/v/context", json={"items": BASE}).status_code == 200
         yield c
 
@@ -198,7 +196,7 @@ def test_group_ids_may_use_the_documented_punctuation(client: TestClient) -> Non
 def test_the_embedded_default_settings_need_nothing(make_settings: SettingsFactory, tmp_path: Any) -> None:
     """A database file in a folder that does not exist yet is created and migrated at start-up."""
     settings = make_settings(f"sqlite:///{tmp_path / 'fresh' / 'var' / 'gpo.sqlite3'}")
-    with TestClient(create_app(settings)) as c:
+    with authed_client(settings) as c:
         assert c.post("/groups/a/context", json={"items": BASE}).status_code == 200
 
 

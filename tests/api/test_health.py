@@ -6,7 +6,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 
-from .conftest import CLOSED_PORT_URL, SettingsFactory, context_item, question
+from .conftest import CLOSED_PORT_URL, SettingsFactory, authed_client, bearer, context_item, question
 
 
 def test_healthz(client: TestClient) -> None:
@@ -24,7 +24,7 @@ def test_ready_when_everything_answers(client: TestClient) -> None:
 
 def test_redis_down_degrades_but_serves(make_settings: SettingsFactory, sqlite_url: str) -> None:
     settings = make_settings(sqlite_url, redis_url=f"redis://{CLOSED_PORT_URL}/0")
-    with TestClient(create_app(settings)) as client:
+    with authed_client(settings) as client:
         answer = client.get("/readyz")
         assert answer.status_code == 200
         assert answer.json()["checks"] == {"database": "ok", "cache": "degraded", "worker": "ok", "model": "ok"}
@@ -36,7 +36,7 @@ def test_redis_down_degrades_but_serves(make_settings: SettingsFactory, sqlite_u
 def test_worker_down_is_not_ready_and_answers_503(make_settings: SettingsFactory, sqlite_url: str) -> None:
     """An HTTP worker that does not answer: the API starts (the worker may come later) but is not ready."""
     settings = make_settings(sqlite_url, worker_url=f"http://{CLOSED_PORT_URL}", retry_after_s=7)
-    with TestClient(create_app(settings)) as client:
+    with authed_client(settings) as client:
         answer = client.get("/readyz")
         assert answer.status_code == 503
         assert answer.json() == {
@@ -58,7 +58,8 @@ def test_database_down_is_not_ready_and_answers_503(make_settings: SettingsFacto
     settings = make_settings(
         f"postgresql+psycopg://gpo@{CLOSED_PORT_URL}/gpo", migrate_on_start=False, database_connect_timeout_s=2
     )
-    with TestClient(create_app(settings)) as client:
+    # No key can be made in a database that is down; a well-formed one makes the API look it up (503, not 401).
+    with TestClient(create_app(settings), headers=bearer("gpo_" + "k" * 43)) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
         for method, path in [("GET", "/groups"), ("GET", "/groups/a"), ("DELETE", "/groups/a")]:

@@ -7,9 +7,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-
-from .conftest import NEW_QUESTION, SettingsFactory, context_item, question
+from .conftest import NEW_QUESTION, SettingsFactory, authed_client, context_item, question
 
 
 @pytest.fixture(params=["lru", "redis"])
@@ -24,7 +22,7 @@ def test_register_predict_generate_delete(
     make_settings: SettingsFactory, database_url: str, cache_settings: dict[str, str | None]
 ) -> None:
     settings = make_settings(database_url, **cache_settings)
-    with TestClient(create_app(settings)) as client:
+    with authed_client(settings) as client:
         assert client.get("/readyz").json() == {
             "status": "ready",
             "checks": {"database": "ok", "cache": "ok", "worker": "ok", "model": "ok"},
@@ -100,7 +98,7 @@ def test_predictions_are_the_same_on_each_backend(make_settings: SettingsFactory
     """The stored embeddings (float32 bytes) read back exactly: a stored group predicts as its inline twin."""
     context = [context_item(i) for i in range(5)]
     questions = [question(12), NEW_QUESTION]
-    with TestClient(create_app(make_settings(database_url))) as client:
+    with authed_client(make_settings(database_url)) as client:
         assert client.post("/groups/twin/context", json={"items": context}).status_code == 200
         stored = client.post("/predict", json={"group_id": "twin", "questions": questions}).json()
         inline = client.post("/predict", json={"context": context, "questions": questions}).json()

@@ -13,16 +13,16 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.inference import EmbedderMismatch
 
-from .conftest import SettingsFactory, context_item, free_port, question
+from .conftest import SettingsFactory, authed_client, context_item, free_port, question
 
 
 def test_restart_keeps_the_registered_context(make_settings: SettingsFactory, tmp_path: Path) -> None:
     settings = make_settings(f"sqlite:///{tmp_path / 'gpo.sqlite3'}")
-    with TestClient(create_app(settings)) as client:
+    with authed_client(settings) as client:
         client.post("/groups/keep/context", json={"items": [context_item(i) for i in range(3)]})
         before = client.get("/groups/keep/context").json()
         predicted = client.post("/predict", json={"group_id": "keep", "questions": [question(9)]}).json()
-    with TestClient(create_app(settings)) as client:
+    with authed_client(settings) as client:
         assert client.get("/groups/keep/context").json() == before
         assert client.post("/predict", json={"group_id": "keep", "questions": [question(9)]}).json() == predicted
 
