@@ -20,8 +20,11 @@ MAX_SEED = 2**63 - 1
 GroupId = Annotated[str, StringConstraints(pattern=GROUP_ID_PATTERN)]
 # Stripped: the prompt template strips questions and options anyway, so " Yes" and "Yes" are one option.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+MAX_COUNT = 1e15  # bounds keep every sum of a request finite (no overflow to inf on huge inputs)
+MAX_ORDINAL = 1e9
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Count = Annotated[float, Field(ge=0.0, le=MAX_COUNT, allow_inf_nan=False)]
+Ordinal = Annotated[float, Field(ge=-MAX_ORDINAL, le=MAX_ORDINAL, allow_inf_nan=False)]
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -61,9 +64,9 @@ def _check_length(values: list[float] | None, info: ValidationInfo) -> None:
 class ContextItemIn(QuestionIn):
     """A question the group answered: exactly one of `distribution` (sums to 1) or `counts` (normalised)."""
 
-    distribution: list[NonNegative] | None = None
-    counts: list[NonNegative] | None = None
-    ordinals: list[Finite] | None = Field(None, description="numeric value of each option, for ordinal scales")
+    distribution: list[Probability] | None = None
+    counts: list[Count] | None = None
+    ordinals: list[Ordinal] | None = Field(None, description="numeric value of each option, for ordinal scales")
 
     @field_validator("distribution")
     @classmethod

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from service import serving
-from service.api.deps import ContextWriteBody, GroupIdPath, ItemIdPath, ServicesDep, TenantDep, get_tenant
+from service.api.deps import MAX_ROW_ID, ContextWriteBody, GroupIdPath, ItemIdPath, ServicesDep, TenantDep, get_tenant
 from service.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.schemas import ContextWriteResponse, GroupContext, GroupList, GroupOut
 
@@ -34,7 +34,7 @@ def list_groups(
     services: ServicesDep,
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> GroupList:
     """A page of groups, ordered by group id."""
     return serving.list_groups(services, tenant, limit, offset)
