@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,9 +41,10 @@ class LoadResult:
         }
 
 
-def _request(host: str, path: str, body: bytes) -> bytes:
+def _request(host: str, path: str, body: bytes, extra_headers: str = "") -> bytes:
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra_headers}"
+        f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
 
@@ -69,6 +70,7 @@ async def _connection(
     deadline: float | None,
     n_requests: int | None,
     check: bool,
+    extra_headers: str = "",
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -80,7 +82,7 @@ async def _connection(
                 break
             body = bodies[(offset + i) % len(bodies)]
             t0 = time.perf_counter()
-            writer.write(_request(host, path, body))
+            writer.write(_request(host, path, body, extra_headers))
             status, payload = await _read_response(reader)
             result.latencies_s.append(time.perf_counter() - t0)
             result.statuses[status] = result.statuses.get(status, 0) + 1
@@ -100,10 +102,12 @@ async def run_load(
     duration_s: float | None = None,
     requests_per_connection: int | None = None,
     check: bool = False,
+    headers: Mapping[str, str] | None = None,
 ) -> LoadResult:
     """`concurrency` connections spread round-robin over `targets` (host, port), each sending requests back to
     back (closed loop) for `duration_s` or `requests_per_connection` requests."""
     encoded = [json.dumps(b).encode() for b in bodies]
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     result = LoadResult()
     t0 = time.perf_counter()
     deadline = None if duration_s is None else t0 + duration_s
@@ -119,6 +123,7 @@ async def run_load(
                 deadline,
                 requests_per_connection,
                 check,
+                extra,
             )
             for c in range(concurrency)
         )

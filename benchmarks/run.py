@@ -98,6 +98,26 @@ class Proc:
 # ---------------------------------------------------------------------------------------------- workload
 
 
+# The Authorization header of the database the servers of the current phase share (set by `use_key_of`).
+AUTH: dict[str, str] = {}
+
+
+def use_key_of(database_url: str) -> None:
+    """Create an API key in that database (as `gpo keys create` does) and send it from now on."""
+    from service.auth import create_key
+    from service.db.migrate import upgrade_database
+    from service.db.session import make_engine, make_sessionmaker
+
+    upgrade_database(database_url)
+    engine = make_engine(database_url)
+    try:
+        _, secret = create_key(make_sessionmaker(engine), "bench", "benchmarks.run")
+    finally:
+        engine.dispose()
+    AUTH.clear()
+    AUTH["Authorization"] = f"Bearer {secret}"
+
+
 def workload(n_context: int = 100, n_targets: int = 20) -> tuple[list[dict], list[dict]]:
     """A real OpinionQA group: n_context context items and n_targets five-option target questions."""
     from service.training.opinionqa import load_opinionqa
@@ -122,21 +142,23 @@ def predict_bodies(group: str, targets: list[dict]) -> list[dict]:
 
 def register(url: str, group: str, context: list[dict]) -> float:
     t0 = time.perf_counter()
-    r = httpx.post(f"{url}/groups/{group}/context", json={"mode": "replace", "items": context}, timeout=900)
+    r = httpx.post(
+        f"{url}/groups/{group}/context", json={"mode": "replace", "items": context}, timeout=900, headers=AUTH
+    )
     r.raise_for_status()
     return time.perf_counter() - t0
 
 
 def warm(url: str, bodies: list[dict]) -> None:
     for b in bodies:
-        httpx.post(f"{url}/predict", json=b, timeout=600).raise_for_status()
+        httpx.post(f"{url}/predict", json=b, timeout=600, headers=AUTH).raise_for_status()
 
 
 def latency_and_throughput(ports: list[int], bodies: list[dict], quick: bool) -> dict[str, Any]:
     targets = [("127.0.0.1", p) for p in ports]
-    load(targets, "/predict", bodies, concurrency=4, duration_s=1.0)  # warm the connection paths
-    c1 = load(targets, "/predict", bodies, concurrency=1, requests_per_connection=300 if quick else 1000)
-    c16 = load(targets, "/predict", bodies, concurrency=16, duration_s=4.0 if quick else 10.0)
+    load(targets, "/predict", bodies, concurrency=4, duration_s=1.0, headers=AUTH)  # warm the connection paths
+    c1 = load(targets, "/predict", bodies, concurrency=1, requests_per_connection=300 if quick else 1000, headers=AUTH)
+    c16 = load(targets, "/predict", bodies, concurrency=16, duration_s=4.0 if quick else 10.0, headers=AUTH)
     return {"c1": c1.summary(), "c16": c16.summary()}
 
 
@@ -331,7 +353,7 @@ def section_generate(url: str, group: str, quick: bool) -> dict[str, Any]:
             # the API's defaults for the rest: max_new_tokens 64, temperature 0.8
             body = {"group_id": group, "prompt": "Describe what makes a good neighbour.", "n": n, "seed": 100 + rep}
             t0 = time.perf_counter()
-            r = httpx.post(f"{url}/generate", json=body, timeout=900)
+            r = httpx.post(f"{url}/generate", json=body, timeout=900, headers=AUTH)
             total = time.perf_counter() - t0
             r.raise_for_status()
             parts = {k: float(v) / 1000 for k, v in (p.split(";dur=") for p in r.headers["Server-Timing"].split(", "))}
@@ -419,6 +441,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         procs.append(api)
         api.wait_ready()
+        use_key_of(f"sqlite:///{tmp / 'bench.sqlite3'}")
         results["register_100_items_s"] = round(register(api.url, "bench", context), 2)
         warm(api.url, bodies)
         print("predict: one replica, SQLite, warm caches", flush=True)
@@ -448,6 +471,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bodies,
             concurrency=1,
             requests_per_connection=100 if args.quick else 300,
+            headers=AUTH,
         )
         nocache.stop()
         procs.remove(nocache)
@@ -472,6 +496,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 3. two replicas sharing Postgres and Redis
         db_url, drop_db = _postgres_database()
+        use_key_of(db_url)
         shared_env = {
             **base_env,
             "GPO_DATABASE_URL": db_url,
@@ -491,11 +516,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         one = latency_and_throughput([ports[0]], bodies, args.quick)
         two = latency_and_throughput(ports, bodies, args.quick)
         # a context change through replica 0 is what replica 1 answers with next
-        v0 = httpx.post(f"{replicas[1].url}/predict", json=bodies[0]).json()["context_version"]
+        v0 = httpx.post(f"{replicas[1].url}/predict", json=bodies[0], headers=AUTH).json()["context_version"]
         httpx.post(
-            f"{replicas[0].url}/groups/bench/context", json={"mode": "append", "items": [context[0]]}, timeout=600
+            f"{replicas[0].url}/groups/bench/context",
+            json={"mode": "append", "items": [context[0]]},
+            timeout=600,
+            headers=AUTH,
         ).raise_for_status()
-        v1 = httpx.post(f"{replicas[1].url}/predict", json=bodies[0]).json()["context_version"]
+        v1 = httpx.post(f"{replicas[1].url}/predict", json=bodies[0], headers=AUTH).json()["context_version"]
         results["replicas"] = {"one_replica": one, "two_replicas": two, "version_seen_by_other_replica": [v0, v1]}
         print("replicas:", json.dumps(results["replicas"]), flush=True)
         results["peak_rss_mib"]["replica"] = round(max(r.peak_rss_mib() for r in replicas), 1)
