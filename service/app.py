@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from service.api import generate, groups, health, predict
 from service.api.body_limit import BodySizeLimit
 from service.api.errors import install_error_handlers
+from service.api.openapi import install_limited_openapi
 from service.cache import build_vector_cache
 from service.config import Settings, get_settings
 from service.db.migrate import upgrade_database
@@ -21,6 +22,7 @@ from service.embedder.client import LocalWorker, WorkerUnavailable, build_worker
 from service.gpo.checkpoint import CheckpointError
 from service.inference import EmbedderMismatch, Predictor
 from service.metrics import Metrics, MetricsMiddleware
+from service.schemas import Limits
 from service.serving import Services
 
 log = logging.getLogger(__name__)
@@ -108,4 +110,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (groups.router, predict.router, generate.router, health.router):
         app.include_router(router)
+    install_limited_openapi(app, Limits.from_settings(settings))
     return app

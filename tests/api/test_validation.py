@@ -262,3 +262,15 @@ def test_predict_with_known_questions(limited_client: TestClient) -> None:
     answer = limited_client.post("/predict", json={"group_id": "g", "questions": [question(1)]})
     assert answer.status_code == 200 and abs(sum(answer.json()["predictions"][0]["distribution"]) - 1) < 1e-5
     assert context_item(0)  # the shared helpers still build valid items
+
+
+def test_the_openapi_schema_states_the_configured_limits(limited_client: TestClient) -> None:
+    components = limited_client.get("/openapi.json").json()["components"]["schemas"]
+    item_props = components["ContextItemIn"]["properties"]
+    assert item_props["options"]["maxItems"] == 5
+    assert item_props["distribution"]["anyOf"][0]["maxItems"] == 5
+    assert "at most 60 characters" in item_props["question"]["description"]
+    assert components["ContextWriteRequest"]["properties"]["items"]["maxItems"] == 3
+    assert components["PredictRequest"]["properties"]["questions"]["maxItems"] == 3
+    generate = components["GenerateRequest"]["properties"]
+    assert (generate["n"]["maximum"], generate["max_new_tokens"]["maximum"]) == (3, 8)
