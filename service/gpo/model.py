@@ -12,6 +12,8 @@ from torch import nn
 
 from service.gpo.batch import GPOBatch
 
+KINDS = ("choice", "rating", "comparison")
+
 
 @dataclass
 class GPOConfig:
@@ -40,6 +42,14 @@ class GPOConfig:
     prior_readout: str = "none"  # "none" | "mean" | "ridge"
     ridge_init: float = 0.01
     prior_floor: float = 1e-4  # the base probability is clamped here before the log
+    # What one token is and what is predicted for it (appendix H):
+    #   "choice":     an option of a multiple-choice question; y = the group's probability of the option;
+    #                 a softmax per question over the option scores; Gaussian NLL;
+    #   "rating":     one rated item (prompt + response); y = its score normalised to [0, 1]; the mean is
+    #                 the score itself (no softmax); Gaussian NLL;
+    #   "comparison": one pair (a, b) of responses; y = probability that a is preferred; the mean is
+    #                 sigmoid(score); binary cross-entropy.
+    kind: str = "choice"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +215,9 @@ class GPO(nn.Module):
         self.layers = nn.ModuleList(ContextAttentionLayer(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = mlp(cfg.d_model, cfg.d_model, 2, cfg.head_mlp_depth)
+        assert cfg.kind in KINDS, f"unknown kind {cfg.kind!r} (one of {KINDS})"
         assert cfg.prior_readout in ("none", "mean", "ridge"), f"unknown prior_readout {cfg.prior_readout!r}"
+        assert cfg.kind != "comparison" or cfg.prior_readout == "none", "comparisons have no prior readout"
         if cfg.prior_readout != "none":
             assert cfg.prior_feature is not None, "a prior readout needs prior_feature"
             assert cfg.prior_feature + 2 + cfg.prior_rank <= cfg.dim_x, "prior block runs past dim_x"
@@ -253,7 +265,12 @@ class GPO(nn.Module):
         logits, raw_std = out.unbind(-1)
         if prior is not None:
             logits = logits + prior
-        mean = segment_softmax(logits, question, is_target)
+        if self.cfg.kind == "choice":
+            mean = segment_softmax(logits, question, is_target)
+        elif self.cfg.kind == "rating":
+            mean = logits.masked_fill(~is_target, 0.0)
+        else:  # comparison
+            mean = torch.sigmoid(logits).masked_fill(~is_target, 0.0)
         std = self.cfg.min_std + F.softplus(raw_std)
         return Prediction(mean=mean, std=std.masked_fill(~is_target, 1.0), logits=logits)
 
@@ -305,8 +322,8 @@ class GPO(nn.Module):
         return torch.linalg.solve(gram + self.log_ridge.exp() * eye, torch.einsum("bnk,bn->bk", load, resid))
 
     def _prior_logits(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """[B, N] log of each item's base probability: the population mean (plus loadings @ z for the ridge
-        readout); 0 for items without a prior."""
+        """[B, N] each item's base score: the population mean (plus loadings @ z for the ridge readout), as a
+        log-probability for choices and as a normalised score for ratings; 0 for items without a prior."""
         cfg = self.cfg
         assert cfg.prior_feature is not None
         p = cfg.prior_feature
@@ -314,6 +331,8 @@ class GPO(nn.Module):
         base = x[..., p + 1]  # [B, N] population mean
         if z is not None:
             base = base + torch.einsum("bnk,bk->bn", x[..., p + 2 : p + 2 + cfg.prior_rank], z)
+        if cfg.kind == "rating":
+            return torch.where(known, base, torch.zeros_like(base))
         return torch.where(known, base.clamp_min(cfg.prior_floor).log(), torch.zeros_like(base))
 
     def prior_logits(self, batch: GPOBatch) -> torch.Tensor:
@@ -322,8 +341,12 @@ class GPO(nn.Module):
         return self._prior_logits(batch.x, z)
 
     def loss(self, batch: GPOBatch, pred: Prediction | None = None) -> torch.Tensor:
-        """Gaussian NLL of the true y of target tokens, summed per row, averaged over rows."""
+        """Per target token, summed per row, averaged over rows: Gaussian NLL of the true y (choices, ratings),
+        or binary cross-entropy of the preference probability (comparisons)."""
         pred = self(batch) if pred is None else pred
-        nll = 0.5 * ((batch.y - pred.mean) / pred.std) ** 2 + pred.std.log() + 0.5 * math.log(2 * math.pi)
+        if self.cfg.kind == "comparison":
+            nll = F.binary_cross_entropy_with_logits(pred.logits, batch.y.clamp(0.0, 1.0), reduction="none")
+        else:
+            nll = 0.5 * ((batch.y - pred.mean) / pred.std) ** 2 + pred.std.log() + 0.5 * math.log(2 * math.pi)
         nll = nll.masked_fill(~batch.is_target, 0.0)
         return nll.sum(dim=1).mean()
