@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -153,6 +153,63 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def meta_train_loop(
+    model: GPO,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    sample_batch: Callable[[], list[Episode]],
+    validate: Callable[[], float] | None,
+    last_parts: dict[str, float],
+    t_start: float,
+) -> tuple[dict[str, torch.Tensor], float, int, int, list[dict]]:
+    """The meta-training loop shared by every kind: AdamW steps on sampled episodes (warm-up + cosine learning
+    rate, gradient clipping), validation every `cfg.eval_every` steps, early stopping on `cfg.patience`, a time
+    budget. The untrained model is a candidate too. Returns (best state, a copy; best validation score; its
+    step; steps run; history). Without `validate`, the negative training loss stands in for it."""
+    best_val, best_step, bad = -float("inf"), 0, 0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    history: list[dict] = []
+    step = 0
+    if validate is not None:
+        best_val = validate()
+        history.append({"step": 0, "loss": float("nan"), "val_alignment": best_val, "elapsed_s": 0.0, **last_parts})
+    bar = tqdm(total=cfg.max_steps, desc="meta-training", disable=not cfg.progress)
+    while step < cfg.max_steps:
+        model.train()
+        batch = collate(sample_batch())
+        for group_ in opt.param_groups:
+            group_["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss = model.loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        out_of_time = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
+        if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
+            val = validate() if validate is not None else -float(loss.item())
+            history.append(
+                {
+                    "step": step,
+                    "loss": float(loss.item()),
+                    "val_alignment": val,
+                    "elapsed_s": time.perf_counter() - t_start,
+                    **last_parts,
+                }
+            )
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val:.4f}")
+            if val > best_val:
+                best_val, best_step, bad = val, step, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not live refs
+            else:
+                bad += 1
+            if bad >= cfg.patience or out_of_time:
+                break
+    bar.close()
+    return best_state, best_val, best_step, step, history
+
+
 def train_gpo(
     table: ItemTable,
     dataset: PreferenceDataset,
@@ -245,17 +302,9 @@ def train_gpo(
         w = cfg.val_new_question_weight
         return (1 - w) * known_q + w * new_q
 
-    best_val, best_step, bad = -1.0, 0, 0
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    history = []
-    step = 0
-    if val_eps:  # the untrained model (with a prior readout: the closed-form estimate) is a candidate too
-        best_val = validate()
-        history.append({"step": 0, "loss": float("nan"), "val_alignment": best_val, "elapsed_s": 0.0, **last_parts})
-    bar = tqdm(total=cfg.max_steps, desc="meta-training", disable=not cfg.progress)
     fit_list = list(fit_groups)
-    while step < cfg.max_steps:
-        model.train()
+
+    def sample_batch() -> list[Episode]:
         episodes = []
         for _ in range(cfg.batch_size):
             g = fit_list[int(rng.integers(len(fit_list)))]
@@ -265,38 +314,10 @@ def train_gpo(
                     rng, table, feats.x[g], feats.y[g], train_q, n_ctx, cfg.n_targets, spec, cfg.prior_dropout
                 )
             )
-        batch = collate(episodes)
-        for group_ in opt.param_groups:
-            group_["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss = model.loss(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        out_of_time = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
-        if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
-            val = validate() if val_eps else -float(loss.item())
-            history.append(
-                {
-                    "step": step,
-                    "loss": float(loss.item()),
-                    "val_alignment": val,
-                    "elapsed_s": time.perf_counter() - t_start,
-                    **last_parts,
-                }
-            )
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val:.4f}")
-            if val > best_val:
-                best_val, best_step, bad = val, step, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not live refs
-            else:
-                bad += 1
-            if bad >= cfg.patience or out_of_time:
-                break
-    bar.close()
-    assert best_state is not None, "no evaluation ran"
+        return episodes
+
+    loop = meta_train_loop(model, opt, cfg, sample_batch, validate if val_eps else None, last_parts, t_start)
+    best_state, best_val, best_step, step, history = loop
     model.load_state_dict(best_state)
     model.eval()
     wall = time.perf_counter() - t_start

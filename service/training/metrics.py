@@ -168,3 +168,46 @@ def score_alignment(items: Iterable[tuple[Question, ArrayLike, ArrayLike]]) -> A
     if n_scored == 0:
         raise ValueError(f"no question could be scored ({n_skipped} skipped as undefined)")
     return AlignmentScore(mean=total / n_scored, n_scored=n_scored, n_skipped=n_skipped)
+
+
+# ---------------------------------------------------------------------------------------------- ratings
+
+
+def rating_rmse(pred: ArrayLike, true: ArrayLike) -> float:
+    """Root mean squared error of predicted scores (same scale as `true`)."""
+    p, t = _pair(pred, true)
+    return float(np.sqrt(np.mean((p - t) ** 2)))
+
+
+def pairwise_accuracy(pred: ArrayLike, true: ArrayLike) -> float | None:
+    """Share of item pairs with different true scores that the predictions order the same way (a tie in the
+    prediction counts one half). None when every true score is equal (no pair to order)."""
+    p, t = _pair(pred, true)
+    dt = np.sign(t[:, None] - t[None, :])
+    dp = np.sign(p[:, None] - p[None, :])
+    upper = np.triu(np.ones_like(dt, dtype=bool), k=1) & (dt != 0)
+    n = int(upper.sum())
+    if n == 0:
+        return None
+    agree = (dp[upper] == dt[upper]).astype(float) + 0.5 * (dp[upper] == 0)
+    return float(agree.sum() / n)
+
+
+def spearman(pred: ArrayLike, true: ArrayLike) -> float | None:
+    """Spearman rank correlation (average ranks for ties); None when either side is constant."""
+    from scipy.stats import rankdata
+
+    p, t = _pair(pred, true)
+    rp, rt = rankdata(p), rankdata(t)
+    if rp.std() == 0 or rt.std() == 0:
+        return None
+    return float(np.corrcoef(rp, rt)[0, 1])
+
+
+def exact_accuracy(pred: ArrayLike, true: ArrayLike, levels: ArrayLike) -> float:
+    """Arg-max accuracy of a rating read as a choice among `levels` (e.g. 1..4): the level nearest to the
+    predicted score equals the true one."""
+    p, t = _pair(pred, true)
+    lv = np.asarray(levels, dtype=np.float64)
+    nearest = lv[np.abs(p[:, None] - lv[None, :]).argmin(axis=1)]
+    return float(np.mean(nearest == t))
