@@ -268,6 +268,82 @@ def eval_cmd(
         typer.echo(f"wrote {write_report(records, examples, meta, report)}")
 
 
+@app.command("eval-individuals")
+def eval_individuals_cmd(
+    data: Annotated[Path | None, typer.Option(help="per-person ratings JSONL (default: shipped NYT books)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the records and choices")] = None,
+    report: Annotated[Path | None, typer.Option(help="rewrite the individuals section of this page")] = None,
+    seeds: Annotated[str, typer.Option(help="comma-separated seeds")] = "0,1,2",
+    n_context: Annotated[str, typer.Option(help="comma-separated context sizes")] = "1,2,5,10,20",
+    main_context: int = 10,
+    train_frac: float = 0.6,
+    comparison: Annotated[bool, typer.Option(help="also meta-train and score the comparison kind")] = True,
+    max_steps: int = 1500,
+    time_budget_s: float = 240.0,
+    prior_rank: int = 8,
+    loadings: Annotated[str, typer.Option(help="prior loadings: content | ratings")] = "content",
+    threads: int | None = None,
+) -> None:
+    """Individuals (a person is a group of one): GPO on ratings and on comparisons beside the baselines, on
+    held-out people of a per-person ratings dataset."""
+    _setup(threads)
+    import sys
+
+    from service.config import get_settings
+    from service.embedder.embed import build_embedder
+    from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
+    from service.training.features import FeatureSpec
+    from service.training.individuals import IndividualEvalConfig, IndividualTrainConfig, evaluate_individuals
+    from service.training.individuals_report import write_individuals_report
+    from service.training.ratings import load_nytbooks, read_ratings_jsonl
+
+    t0 = time.perf_counter()
+    ds = read_ratings_jsonl(data) if data else load_nytbooks()
+    embedder = build_embedder(get_settings(), template_version=RESPONSE_TEMPLATE_VERSION)
+    emb = embedder.embed([format_response_item(ds.prompt, it.text) for it in ds.items], progress=True)
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=prior_rank)
+    cfg = IndividualEvalConfig(
+        train_frac=train_frac,
+        seeds=tuple(int(s) for s in seeds.split(",")),
+        n_context=tuple(int(k) for k in n_context.split(",")),
+        main_context=main_context,
+        comparison=comparison,
+    )
+    tcfg = IndividualTrainConfig(
+        max_steps=max_steps, time_budget_s=time_budget_s, loadings=loadings, patience=8, progress=False
+    )
+    records, meta = evaluate_individuals(ds, emb, spec, cfg, tcfg)
+    meta.update(
+        {
+            "command": "gpo " + " ".join(sys.argv[1:]),
+            "wall_s": time.perf_counter() - t0,
+            "main_context": main_context,
+            "train_frac": train_frac,
+            "embedder": embedder.key_prefix,
+            "features": spec.to_dict(),
+            "training": config_dict_of(tcfg),
+        }
+    )
+    for k in cfg.n_context:
+        rows = [r for r in records if r["n_context"] == k]
+        typer.echo(f"\n{k} context items: " + ", ".join(
+            f"{m} {np.mean([r['pairwise'] for r in rows if r['method'] == m]):.4f}"
+            for m in dict.fromkeys(r["method"] for r in rows)
+        ))
+    if report:
+        typer.echo(f"wrote {write_individuals_report(records, meta, report)}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"records": records, "meta": meta}, indent=1, default=float))
+        typer.echo(f"wrote {json_out}")
+
+
+def config_dict_of(cfg) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
 def _meta_path(json_path: Path) -> Path:
     return json_path.with_name(json_path.stem + ".meta.json")
 

@@ -224,5 +224,12 @@ def write_report(records: Sequence[dict], examples: Sequence[dict], meta: dict, 
     plot_examples(examples, fig_dir / "examples.png")
     if examples:
         figures["Predicted vs true distributions"] = "results/examples.png"
-    out.write_text(results_markdown(records, examples, meta, figures))
+    text = results_markdown(records, examples, meta, figures)
+    if out.exists():  # the individuals section (gpo eval-individuals) is kept as it is
+        from service.training.individuals_report import section_of, splice
+
+        kept = section_of(out.read_text())
+        if kept:
+            text = splice(text, kept)
+    out.write_text(text)
     return out

@@ -1,0 +1,636 @@
+"""Individuals as groups of one: GPO on per-person ratings and comparisons, its baselines and evaluation.
+
+A person's context is a few items they rated (a score on the dataset's scale, normalised to [0, 1]); the
+targets are other items they rated. Item features are the LLM embedding of "prompt + item" (template
+`gpo-resp-v1`) joined with a population prior fitted on the training people's ratings: the item's mean score
+and its loadings on the main directions in which people differ (a truncated SVD of the mean-centred rating
+matrix, unrated entries 0). People are split into meta-train (with validation people taken out of it) and
+meta-test; nothing about a test person is seen before their context.
+
+Kinds (GPOConfig.kind):
+- "rating": one token per rated item, y = normalised score; the ridge readout starts at the latent-factor
+  estimate mean + loadings @ z (z: ridge fit of the context residuals), the transformer learns corrections.
+- "comparison": one token per pair (a, b) the person rated differently, x = x_a - x_b, y = 1 if a was preferred.
+
+Metrics per test person over their target items: RMSE on the original scale, Spearman rank correlation,
+pairwise accuracy (pairs with different true scores ordered right; for the comparison kind, its predicted
+probability on each pair), exact-level accuracy (the nearest scale level to the predicted score is the rating).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from service.gpo.batch import Episode, collate
+from service.gpo.model import GPO, GPOConfig
+from service.gpo.prior import PopulationPrior
+from service.training.features import FeatureSpec
+from service.training.fit import TrainConfig, meta_train_loop
+from service.training.metrics import exact_accuracy, pairwise_accuracy, rating_rmse, spearman
+from service.training.ratings import RatingsDataset
+
+log = logging.getLogger(__name__)
+
+METHODS = (
+    "gpo",
+    "gpo_comparison",
+    "global_mean",
+    "context_mean",
+    "knn",
+    "reward_model",
+    "latent_factor",
+    "content_factor",
+)
+
+
+# ---------------------------------------------------------------------------------------------- prior
+
+
+@dataclass(frozen=True)
+class ContentBasis:
+    """Principal directions of the standardised item embeddings: an item's loadings are its coordinates on them
+    (divided by sqrt(n) like the rating loadings), so any item, rated or new, has loadings from its embedding."""
+
+    mu: np.ndarray  # [D]
+    sd: np.ndarray  # [D]
+    components: np.ndarray  # [D, k]
+    n: int
+
+    def loadings(self, emb: np.ndarray) -> np.ndarray:
+        return (((emb - self.mu) / self.sd) @ self.components / np.sqrt(self.n)).astype(np.float32)
+
+
+def fit_content_basis(emb: np.ndarray, rank: int) -> ContentBasis:
+    mu, sd = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+    _, _, vt = np.linalg.svd((emb - mu) / sd, full_matrices=False)
+    return ContentBasis(mu, sd, vt[:rank].T.copy(), int(emb.shape[0]))
+
+
+def fit_rating_prior(
+    y: np.ndarray, rank: int, reference: np.ndarray | None = None, loadings: np.ndarray | None = None
+) -> tuple[PopulationPrior, np.ndarray]:
+    """(prior, known [I]) from normalised ratings y [P, I] (NaN = unrated).
+
+    mean: each item's mean over the people who rated it; loadings: the top `rank` right singular vectors of
+    the mean-centred matrix (unrated = 0) times S / sqrt(P), rotated onto `reference` when given (orthogonal
+    Procrustes), so leave-one-out priors share one basis. Items nobody rated are not known (flag 0, zeros).
+    Given `loadings` [I, rank] (content loadings, see ContentBasis), they are used as they are.
+    """
+    rated = ~np.isnan(y)
+    counts = rated.sum(axis=0)
+    known = counts > 0
+    mean = np.where(known, np.nansum(y, axis=0) / np.maximum(counts, 1), 0.0)
+    resid = np.where(rated, y - mean[None, :], 0.0)
+    if loadings is not None:
+        assert loadings.shape == (y.shape[1], rank), f"loadings must be [items, {rank}]"
+        load = np.where(known[:, None], loadings, 0.0)
+        return PopulationPrior(mean.astype(np.float32), load.astype(np.float32)), known
+    loadings = np.zeros((y.shape[1], rank), dtype=np.float64)
+    if rank > 0 and y.shape[0] > 1:
+        _, s, vt = np.linalg.svd(resid, full_matrices=False)
+        k = min(rank, s.shape[0])
+        loadings[:, :k] = vt[:k].T * s[:k] / np.sqrt(y.shape[0])
+    if reference is not None and rank > 0:
+        u, _, wt = np.linalg.svd(loadings.T @ reference)
+        loadings = loadings @ (u @ wt)
+    loadings[~known] = 0.0
+    return PopulationPrior(mean.astype(np.float32), loadings.astype(np.float32)), known
+
+
+@dataclass
+class PersonFeatures:
+    """Item features [I, Dx] as one person sees them (their own ratings left out of the prior)."""
+
+    spec: FeatureSpec
+    emb: np.ndarray  # [I, D]
+
+    def build(self, prior: PopulationPrior | None, known: np.ndarray) -> torch.Tensor:
+        rows = np.arange(self.emb.shape[0])
+        return torch.from_numpy(self.spec.build(self.emb, prior, rows, known))
+
+
+# ---------------------------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class PeopleSplit:
+    fit: list[str]  # meta-training episodes
+    val: list[str]  # checkpoint selection (part of meta-train: never a test person)
+    test: list[str]
+
+
+def split_people(people: Sequence[str], train_frac: float, seed: int, val_frac: float = 0.15) -> PeopleSplit:
+    """Meta-train / meta-test people (a seeded permutation); validation people come out of meta-train."""
+    rng = np.random.default_rng(seed)
+    order = [people[i] for i in rng.permutation(len(people))]
+    n_train = int(round(train_frac * len(people)))
+    train, test = order[:n_train], order[n_train:]
+    n_val = max(1, int(round(val_frac * len(train))))
+    return PeopleSplit(fit=train[n_val:], val=train[:n_val], test=test)
+
+
+def rated_rows(ds: RatingsDataset, person: str) -> np.ndarray:
+    """Item indices (dataset order) of the items the person rated."""
+    pos = {it.item_id: i for i, it in enumerate(ds.items)}
+    return np.array([pos[i] for i in ds.rated(person)], dtype=np.int64)
+
+
+def context_draw(ds: RatingsDataset, person: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(context item indices, target item indices) of a person: k random rated items, the rest as targets.
+    Seeded by (seed, person), so every method sees the same draw."""
+    rated = rated_rows(ds, person)
+    digest = int.from_bytes(person.encode()[:8].ljust(8, b"\0"), "little")
+    rng = np.random.default_rng([seed, digest % (2**32), k])
+    perm = rng.permutation(rated)
+    k = min(k, len(rated) - 2)
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+
+
+def rating_episode(x: torch.Tensor, y: np.ndarray, ctx: np.ndarray, tgt: np.ndarray) -> Episode:
+    """Context items first, then targets; y: the person's normalised scores [I] (NaN where unrated)."""
+    rows = np.concatenate([ctx, tgt])
+    yy = torch.from_numpy(np.nan_to_num(y[rows]).astype(np.float32))
+    is_ctx = torch.zeros(len(rows), dtype=torch.bool)
+    is_ctx[: len(ctx)] = True
+    return Episode(x=x[rows], y=yy, is_context=is_ctx, question=torch.arange(len(rows)))
+
+
+def comparison_pairs(y: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, label) over the pairs of `items` with different scores y; label 1 if a is preferred."""
+    a_idx, b_idx = np.triu_indices(len(items), k=1)
+    a, b = items[a_idx], items[b_idx]
+    keep = y[a] != y[b]
+    a, b = a[keep], b[keep]
+    return a, b, (y[a] > y[b]).astype(np.float32)
+
+
+def comparison_episode(
+    x: torch.Tensor,
+    y: np.ndarray,
+    ctx: np.ndarray,
+    tgt: np.ndarray,
+    rng: np.random.Generator,
+    max_ctx_pairs: int | None = None,
+    max_tgt_pairs: int | None = None,
+) -> tuple[Episode, tuple[np.ndarray, np.ndarray]]:
+    """Pair tokens x_a - x_b. Context pairs: among context items; targets: pairs among target items. Each pair
+    is presented in a random orientation (so labels are balanced). Returns the episode and the target pairs."""
+
+    def pairs(items: np.ndarray, cap: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b, lab = comparison_pairs(y, items)
+        if cap is not None and len(a) > cap:
+            pick = rng.choice(len(a), size=cap, replace=False)
+            a, b, lab = a[pick], b[pick], lab[pick]
+        flip = rng.random(len(a)) < 0.5
+        a, b = np.where(flip, b, a), np.where(flip, a, b)
+        return a, b, np.where(flip, 1.0 - lab, lab).astype(np.float32)
+
+    ca, cb, cl = pairs(ctx, max_ctx_pairs)
+    ta, tb, tl = pairs(tgt, max_tgt_pairs)
+    xa = torch.cat([x[ca] - x[cb], x[ta] - x[tb]])
+    yy = torch.from_numpy(np.concatenate([cl, tl]))
+    is_ctx = torch.zeros(len(yy), dtype=torch.bool)
+    is_ctx[: len(cl)] = True
+    return Episode(x=xa, y=yy, is_context=is_ctx, question=torch.arange(len(yy))), (ta, tb)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class IndividualTrainConfig(TrainConfig):
+    """Meta-training on people: context size uniform in [min_context, max_context] items (capped at what a
+    person rated, keeping at least `min_targets` targets)."""
+
+    max_steps: int = 1500
+    batch_size: int = 16
+    min_context: int = 2
+    max_context: int = 30
+    min_targets: int = 5
+    n_targets: int = 40
+    prior_dropout: float = 0.0
+    val_context: int = 10
+    time_budget_s: float | None = 300.0
+    max_pairs: int = 300  # comparison kind: pairs per episode side at most
+    # Where the prior's loadings come from: "content" (principal directions of the item embeddings: a person's
+    # taste as a direction in content space) or "ratings" (SVD of the training people's rating matrix).
+    loadings: str = "content"
+    val_draws: int = 4  # context draws per validation person
+    prior_folds: int = 5  # a fit person's prior comes from the fit people of the other folds
+
+
+def prior_loadings(emb: np.ndarray, rank: int, source: str) -> np.ndarray | None:
+    """Content loadings of every item ("content"), or None to take them from the ratings' SVD ("ratings")."""
+    assert source in ("content", "ratings"), f"loadings come from 'content' or 'ratings', not {source!r}"
+    return fit_content_basis(emb, rank).loadings(emb) if source == "content" else None
+
+
+@dataclass
+class IndividualModel:
+    model: GPO
+    spec: FeatureSpec
+    prior: PopulationPrior | None  # from all meta-train people: what test people and serving use
+    known: np.ndarray
+    kind: str
+    best_val: float
+    best_step: int
+    steps_run: int
+    wall_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+def _person_priors(
+    y: np.ndarray,
+    split: PeopleSplit,
+    index: dict[str, int],
+    rank: int,
+    loadings: np.ndarray | None,
+    n_folds: int,
+    seed: int,
+) -> tuple[PopulationPrior, np.ndarray, dict[str, tuple[PopulationPrior, np.ndarray]]]:
+    """Priors whose people never include the person they describe, and never vary with that person's ratings.
+
+    Leave-one-out would not do: a person's leave-one-out item mean (S_i - y_pi) / (n_i - 1) is their own
+    rating shifted by a per-item constant, which a network that sees each item with many people can learn and
+    decode (measured: 0.87 validation pairwise accuracy against 0.56 on test people). So the fit people are cut
+    into `n_folds` folds and a fit person's prior comes from the other folds (the same features for everyone
+    in a fold); a validation person's from all fit people; test people (and serving) get the prior of fit +
+    validation people, returned first. Rating loadings of every prior are rotated onto that one's basis.
+    """
+    rows = lambda people: np.array([index[p] for p in people])  # noqa: E731
+    full, known = fit_rating_prior(y[rows(split.fit + split.val)], rank, loadings=loadings)
+    rng = np.random.default_rng(seed + 20_000)
+    fold_of = {p: int(f) for p, f in zip(split.fit, rng.permutation(len(split.fit)) % n_folds, strict=True)}
+    out: dict[str, tuple[PopulationPrior, np.ndarray]] = {}
+    for f in range(n_folds):
+        others = [p for p in split.fit if fold_of[p] != f]
+        prior_f = fit_rating_prior(y[rows(others)], rank, reference=full.loadings, loadings=loadings)
+        out.update({p: prior_f for p in split.fit if fold_of[p] == f})
+    val_prior = fit_rating_prior(y[rows(split.fit)], rank, reference=full.loadings, loadings=loadings)
+    out.update({p: val_prior for p in split.val})
+    return full, known, out
+
+
+def train_individual_gpo(
+    ds: RatingsDataset,
+    emb: np.ndarray,
+    split: PeopleSplit,
+    spec: FeatureSpec,
+    cfg: IndividualTrainConfig | None = None,
+    kind: str = "rating",
+    model_cfg: dict | None = None,
+) -> IndividualModel:
+    """Meta-train a rating or comparison GPO on the fit people; the checkpoint kept is the one with the best
+    mean pairwise accuracy on the validation people (val_context context items, the rest as targets)."""
+    cfg = cfg or IndividualTrainConfig()
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    y = ds.matrix()  # [P, I] normalised
+    index = {p: i for i, p in enumerate(ds.people)}
+    source = list(split.fit) + list(split.val)
+    feats = PersonFeatures(spec, emb)
+    content = prior_loadings(emb, spec.prior_rank, cfg.loadings)
+    if spec.use_prior:
+        full, known, priors = _person_priors(y, split, index, spec.prior_rank, content, cfg.prior_folds, cfg.seed)
+        x_of = {p: feats.build(*priors[p]) for p in source}
+    else:
+        full, known = None, np.ones(len(ds.items), dtype=bool)
+        x_of = {p: feats.build(None, known) for p in source}
+
+    model_cfg = dict(model_cfg or {})
+    model_cfg["kind"] = kind
+    if kind == "rating" and spec.use_prior and cfg.prior_readout != "none":
+        model_cfg.setdefault("prior_feature", spec.prior_slice.start)
+        model_cfg.setdefault("prior_rank", spec.prior_rank)
+        model_cfg.setdefault("prior_readout", cfg.prior_readout)
+    model = GPO(GPOConfig(dim_x=spec.dim_x, **model_cfg))
+    all_x = torch.cat([x_of[p][torch.from_numpy(rated_rows(ds, p))] for p in split.fit])
+    if kind == "comparison":  # pair tokens are differences: centre at 0, scale by the spread of differences
+        mean, std = torch.zeros(spec.dim_x), all_x.std(dim=0) * np.sqrt(2.0)
+    else:
+        mean, std = all_x.mean(dim=0), all_x.std(dim=0)
+        if spec.use_prior:
+            flag = spec.prior_slice.start
+            mean[flag], std[flag] = 0.0, 1.0
+    model.set_feature_stats(mean, std)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    val_rng = np.random.default_rng(cfg.seed + 10_000)
+    val_cases = []
+    for p in split.val:
+        for d in range(cfg.val_draws):
+            ctx, tgt = context_draw(ds, p, cfg.val_context, cfg.seed + 10_000 + d)
+            val_cases.append((p, ctx, tgt))
+    last_parts: dict[str, float] = {}
+
+    def validate() -> float:
+        scores = []
+        for p, ctx, tgt in val_cases:
+            yp = y[index[p]]
+            pred = predict_person(model, kind, x_of[p], yp, ctx, tgt, val_rng)
+            acc = pairwise_from(kind, pred, yp, tgt)
+            if acc is not None:
+                scores.append(acc)
+        last_parts["val_pairwise"] = float(np.mean(scores))
+        return float(np.mean(scores))
+
+    fit_rated = {p: rated_rows(ds, p) for p in split.fit}
+    fit_list = list(split.fit)
+
+    def sample_batch() -> list[Episode]:
+        episodes = []
+        for _ in range(cfg.batch_size):
+            p = fit_list[int(rng.integers(len(fit_list)))]
+            rated = rng.permutation(fit_rated[p])
+            hi = max(cfg.min_context, min(cfg.max_context, len(rated) - cfg.min_targets))
+            n_ctx = int(rng.integers(cfg.min_context, hi + 1))
+            ctx, tgt = rated[:n_ctx], rated[n_ctx : n_ctx + cfg.n_targets]
+            if kind == "comparison":
+                ep, _ = comparison_episode(x_of[p], y[index[p]], ctx, tgt, rng, cfg.max_pairs, cfg.max_pairs)
+                if not bool(ep.is_context.any()) or bool(ep.is_context.all()):
+                    continue  # all context (or all target) ratings equal: no pair to learn from
+            else:
+                ep = rating_episode(x_of[p], y[index[p]], ctx, tgt)
+            episodes.append(ep)
+        return episodes or sample_batch()
+
+    best_state, best_val, best_step, step, history = meta_train_loop(
+        model, opt, cfg, sample_batch, validate if val_cases else None, last_parts, t_start
+    )
+    model.load_state_dict(best_state)
+    model.eval()
+    wall = time.perf_counter() - t_start
+    log.info("%s GPO: %d steps in %.1f s; best validation pairwise %.4f at %d", kind, step, wall, best_val, best_step)
+    return IndividualModel(model, spec, full, known, kind, best_val, best_step, step, wall, history)
+
+
+@torch.no_grad()
+def predict_person(
+    model: GPO,
+    kind: str,
+    x: torch.Tensor,
+    y: np.ndarray,
+    ctx: np.ndarray,
+    tgt: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Rating kind: normalised scores [len(tgt)]. Comparison kind: P(a preferred) over every pair of `tgt`
+    (in np.triu_indices order), a matrix-free vector [T(T-1)/2]."""
+    model.eval()
+    if kind == "rating":
+        pred = model(collate([rating_episode(x, y, ctx, tgt)]))
+        return pred.mean[0, len(ctx) :].numpy().astype(np.float64)
+    a_idx, b_idx = np.triu_indices(len(tgt), k=1)
+    ca, cb, cl = comparison_pairs(y, ctx)
+    if len(ca) == 0:  # a context of equal ratings says nothing about order: no preference
+        return np.full(len(a_idx), 0.5)
+    xa = torch.cat([x[ca] - x[cb], x[tgt[a_idx]] - x[tgt[b_idx]]])
+    yy = torch.from_numpy(np.concatenate([cl, np.zeros(len(a_idx), dtype=np.float32)]))
+    is_ctx = torch.zeros(len(yy), dtype=torch.bool)
+    is_ctx[: len(ca)] = True
+    pred = model(collate([Episode(x=xa, y=yy, is_context=is_ctx, question=torch.arange(len(yy)))]))
+    return pred.mean[0, len(ca) :].numpy().astype(np.float64)
+
+
+def pairwise_from(kind: str, pred: np.ndarray, y: np.ndarray, tgt: np.ndarray) -> float | None:
+    """Pairwise accuracy of a person's predictions over their target items."""
+    true = y[tgt]
+    if kind == "rating":
+        return pairwise_accuracy(pred, true)
+    a_idx, b_idx = np.triu_indices(len(tgt), k=1)
+    diff = np.sign(true[a_idx] - true[b_idx])
+    keep = diff != 0
+    if not keep.any():
+        return None
+    said = np.sign(pred[keep] - 0.5)
+    return float(np.mean((said == diff[keep]) + 0.5 * (said == 0)))
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+def knn_predict(
+    y: np.ndarray,
+    neighbours: np.ndarray,
+    y_person: np.ndarray,
+    ctx: np.ndarray,
+    tgt: np.ndarray,
+    k: int,
+    fallback: np.ndarray,
+) -> np.ndarray:
+    """Ratings of the k training people who agree most with the person on the context items (1 - mean absolute
+    difference on the co-rated context items, at least one co-rated), averaged with those weights over the
+    neighbours who rated each target; items no neighbour rated fall back to `fallback` (the item mean)."""
+    yn = y[neighbours]  # [N, I]
+    co = ~np.isnan(yn[:, ctx])  # [N, C]
+    n_co = co.sum(axis=1)
+    diff = np.where(co, np.abs(yn[:, ctx] - y_person[ctx][None, :]), 0.0).sum(axis=1)
+    agree = np.where(n_co > 0, 1.0 - diff / np.maximum(n_co, 1), -np.inf)
+    # more co-rated items breaks ties, so agreement on one item does not outrank agreement on many
+    order = np.lexsort((-n_co, -agree))
+    top = [i for i in order[:k] if np.isfinite(agree[i])]
+    out = fallback[tgt].astype(np.float64).copy()
+    if not top:
+        return out
+    w = np.maximum(agree[top], 1e-3)
+    vals = yn[top][:, tgt]  # [k, T]
+    has = ~np.isnan(vals)
+    num = np.where(has, vals, 0.0).T @ w
+    den = has.T.astype(np.float64) @ w
+    return np.where(den > 0, num / np.maximum(den, 1e-12), out)
+
+
+def fit_reward_model(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: float) -> np.ndarray:
+    """A non-personalised reward model: ridge regression of every training rating (people `rows`) on the item's
+    standardised embedding; returns its score for every item [I]."""
+    sub = y[rows]
+    pi, ii = np.nonzero(~np.isnan(sub))
+    mu, sd = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+    z = (emb - mu) / sd
+    xt = z[ii]
+    t = sub[pi, ii]
+    b0 = t.mean()
+    w = np.linalg.solve(xt.T @ xt + lam * len(t) * np.eye(z.shape[1]), xt.T @ (t - b0))
+    return z @ w + b0
+
+
+def latent_factor_predict(
+    prior: PopulationPrior, y_person: np.ndarray, ctx: np.ndarray, tgt: np.ndarray, lam: float
+) -> np.ndarray:
+    """mean + loadings @ z, z the ridge fit of the person's context residuals on the loadings."""
+    load = prior.loadings.astype(np.float64)
+    r = y_person[ctx] - prior.mean[ctx]
+    a = load[ctx]
+    z = np.linalg.solve(a.T @ a + lam * np.eye(load.shape[1]), a.T @ r)
+    return prior.mean[tgt] + load[tgt] @ z
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class IndividualEvalConfig:
+    train_frac: float = 0.6
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_context: tuple[int, ...] = (1, 2, 5, 10, 20)
+    main_context: int = 10  # the headline table's context size
+    prior_rank: int = 8  # rank of the baselines' latent-factor prior (GPO's comes from its FeatureSpec)
+    knn_k: tuple[int, ...] = (5, 10, 20, 40, 80)
+    reward_lambda: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
+    lf_lambda: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    comparison: bool = True  # also meta-train and score the comparison kind
+
+
+def _choose_baselines(
+    ds: RatingsDataset,
+    emb: np.ndarray,
+    y: np.ndarray,
+    split: PeopleSplit,
+    cfg: IndividualEvalConfig,
+    seed: int,
+    content: np.ndarray | None,
+) -> tuple[int, float, float, float]:
+    """(kNN k, reward-model ridge, latent-factor ridge, content-factor ridge): each fitted on the fit people and
+    chosen by mean pairwise accuracy on the validation people (main_context context items; first best on ties)."""
+    index = {p: i for i, p in enumerate(ds.people)}
+    fit_rows = np.array([index[p] for p in split.fit])
+    fit_prior, _ = fit_rating_prior(y[fit_rows], cfg.prior_rank)
+    draws = [(y[index[p]], *context_draw(ds, p, cfg.main_context, seed + 10_000)) for p in split.val]
+
+    def score(preds: list[np.ndarray]) -> float:
+        accs = [pairwise_accuracy(pr, yp[t]) for pr, (yp, _, t) in zip(preds, draws, strict=True)]
+        return float(np.mean([a for a in accs if a is not None]))
+
+    def best(candidates: Sequence, scores: list[float]):
+        return candidates[int(np.argmax(scores))]
+
+    k = best(
+        cfg.knn_k,
+        [score([knn_predict(y, fit_rows, yp, c, t, k, fit_prior.mean) for yp, c, t in draws]) for k in cfg.knn_k],
+    )
+    rewards = [fit_reward_model(emb, y, fit_rows, lam) for lam in cfg.reward_lambda]
+    lam_rm = best(cfg.reward_lambda, [score([r[t] for _, _, t in draws]) for r in rewards])
+    lam_lf = best(
+        cfg.lf_lambda,
+        [score([latent_factor_predict(fit_prior, yp, c, t, lam) for yp, c, t in draws]) for lam in cfg.lf_lambda],
+    )
+    lam_cf = 1.0
+    if content is not None:
+        cf_prior, _ = fit_rating_prior(y[fit_rows], content.shape[1], loadings=content)
+        lam_cf = best(
+            cfg.lf_lambda,
+            [score([latent_factor_predict(cf_prior, yp, c, t, lam) for yp, c, t in draws]) for lam in cfg.lf_lambda],
+        )
+    return int(k), float(lam_rm), float(lam_lf), float(lam_cf)
+
+
+def _person_metrics(ds: RatingsDataset, pred_norm: np.ndarray, y_norm: np.ndarray) -> dict[str, float | None]:
+    lo, hi = ds.scale
+    pred = lo + (hi - lo) * np.clip(pred_norm, 0.0, 1.0)
+    true = lo + (hi - lo) * y_norm
+    levels = np.arange(lo, hi + 1)
+    return {
+        "rmse": rating_rmse(pred, true),
+        "spearman": spearman(pred, true),
+        "pairwise": pairwise_accuracy(pred, true),
+        "exact": exact_accuracy(pred, true, levels),
+    }
+
+
+def evaluate_individuals(
+    ds: RatingsDataset,
+    emb: np.ndarray,
+    spec: FeatureSpec,
+    cfg: IndividualEvalConfig | None = None,
+    train_cfg: IndividualTrainConfig | None = None,
+    model_cfg: dict | None = None,
+) -> tuple[list[dict], dict]:
+    """Every method on identical people splits and context draws. Returns (records, meta): one record per
+    (method, seed, n_context) with the mean of each metric over the test people, and per-person pairwise
+    accuracies for the confidence intervals."""
+    cfg = cfg or IndividualEvalConfig()
+    train_cfg = train_cfg or IndividualTrainConfig()
+    y = ds.matrix()
+    index = {p: i for i, p in enumerate(ds.people)}
+    records: list[dict] = []
+    meta: dict = {"chosen": {}, "training": {}}
+    for seed in cfg.seeds:
+        split = split_people(ds.people, cfg.train_frac, seed)
+        train_rows = np.array([index[p] for p in split.fit + split.val])
+        prior, _ = fit_rating_prior(y[train_rows], cfg.prior_rank)
+        content = prior_loadings(emb, spec.prior_rank, train_cfg.loadings)
+        gpo_prior, gpo_known = fit_rating_prior(y[train_rows], spec.prior_rank, loadings=content)
+
+        k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(ds, emb, y, split, cfg, seed, content)
+        meta["chosen"][str(seed)] = {
+            "knn_k": k_best,
+            "reward_lambda": lam_rm,
+            "lf_lambda": lam_lf,
+            "content_lambda": lam_cf,
+        }
+        reward = fit_reward_model(emb, y, train_rows, float(lam_rm))
+
+        # the ridge readout starts at the strength the content-factor reference chose on the validation people
+        rating_cfg = {"ridge_init": lam_cf, **(model_cfg or {})}
+        models = {"gpo": train_individual_gpo(ds, emb, split, spec, train_cfg, "rating", rating_cfg)}
+        if cfg.comparison:
+            models["gpo_comparison"] = train_individual_gpo(ds, emb, split, spec, train_cfg, "comparison", model_cfg)
+        for name, m in models.items():
+            meta["training"][f"{name}/{seed}"] = {
+                "steps": m.steps_run,
+                "best_step": m.best_step,
+                "best_val_pairwise": m.best_val,
+                "wall_s": m.wall_s,
+            }
+        x_test = PersonFeatures(spec, emb).build(gpo_prior, gpo_known)
+        rng = np.random.default_rng(seed)
+        for k in cfg.n_context:
+            per: dict[str, list[dict]] = {}
+            for p in split.test:
+                yp = y[index[p]]
+                ctx, tgt = context_draw(ds, p, k, seed)
+                preds = {
+                    "gpo": predict_person(models["gpo"].model, "rating", x_test, yp, ctx, tgt, rng),
+                    "global_mean": prior.mean[tgt].astype(np.float64),
+                    "context_mean": np.full(len(tgt), float(np.mean(yp[ctx]))),
+                    "knn": knn_predict(y, train_rows, yp, ctx, tgt, int(k_best), prior.mean),
+                    "reward_model": reward[tgt],
+                    "latent_factor": latent_factor_predict(prior, yp, ctx, tgt, float(lam_lf)),
+                }
+                if content is not None:
+                    preds["content_factor"] = latent_factor_predict(gpo_prior, yp, ctx, tgt, lam_cf)
+                for name, pred in preds.items():
+                    per.setdefault(name, []).append({"person": p, **_person_metrics(ds, pred, yp[tgt])})
+                if "gpo_comparison" in models:
+                    pair_pred = predict_person(models["gpo_comparison"].model, "comparison", x_test, yp, ctx, tgt, rng)
+                    acc = pairwise_from("comparison", pair_pred, yp, tgt)
+                    per.setdefault("gpo_comparison", []).append(
+                        {"person": p, "rmse": None, "spearman": None, "pairwise": acc, "exact": None}
+                    )
+            for name, rows in per.items():
+                rec = {"method": name, "seed": seed, "n_context": k, "n_people": len(rows)}
+                for metric in ("rmse", "spearman", "pairwise", "exact"):
+                    vals = [r[metric] for r in rows if r[metric] is not None]
+                    rec[metric] = float(np.mean(vals)) if vals else None
+                rec["per_person_pairwise"] = {r["person"]: r["pairwise"] for r in rows}
+                records.append(rec)
+            log.info(
+                "seed %d, %d context items: %s",
+                seed,
+                k,
+                {
+                    n: round(np.mean([r["pairwise"] for r in rows if r["pairwise"] is not None]), 4)
+                    for n, rows in per.items()
+                },
+            )
+    return records, meta

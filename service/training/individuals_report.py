@@ -1,0 +1,190 @@
+"""The individuals section of RESULTS.md (NYT books): tables, the margin over the reward model, the context plot.
+
+The section sits between markers, so `gpo eval-individuals` can rewrite it and `gpo eval`/`gpo report`
+(which rewrite the OpinionQA part of the page) keep it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.training.report import _plt
+
+START, END = "<!-- section:individuals -->", "<!-- /section:individuals -->"
+LABELS = {
+    "gpo": "GPO, ratings (ours)",
+    "gpo_comparison": "GPO, comparisons (ours)",
+    "content_factor": "content factor (GPO's readout alone)",
+    "global_mean": "global mean (the item's mean over training people)",
+    "context_mean": "the person's own context mean",
+    "knn": "k nearest people by context agreement",
+    "reward_model": "non-personalised reward model",
+    "latent_factor": "latent factor (rating-matrix SVD)",
+}
+BASELINES = ("global_mean", "context_mean", "knn", "reward_model", "latent_factor")
+
+
+def _values(records: Sequence[dict], method: str, k: int, metric: str) -> list[float]:
+    return [r[metric] for r in records if r["method"] == method and r["n_context"] == k and r[metric] is not None]
+
+
+def _fmt(vals: list[float], digits: int = 4) -> str:
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def _t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of per-seed differences."""
+    from scipy.stats import t
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2:
+        return float(d.mean()), float("nan"), float("nan")
+    half = t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def margin(records: Sequence[dict], k: int, method: str = "gpo", over: str = "reward_model") -> dict:
+    """GPO's pairwise-accuracy margin over a baseline: per seed, a 95% t-interval over seeds, and a paired
+    bootstrap interval over test people (pooled over seeds)."""
+    seeds = sorted({r["seed"] for r in records if r["method"] == method and r["n_context"] == k})
+    per_seed, person_diffs = [], []
+    for s in seeds:
+        (a,) = [r for r in records if r["method"] == method and r["n_context"] == k and r["seed"] == s]
+        (b,) = [r for r in records if r["method"] == over and r["n_context"] == k and r["seed"] == s]
+        per_seed.append(a["pairwise"] - b["pairwise"])
+        for p, v in a["per_person_pairwise"].items():
+            w = b["per_person_pairwise"].get(p)
+            if v is not None and w is not None:
+                person_diffs.append(v - w)
+    mean, lo, hi = _t_interval(per_seed)
+    rng = np.random.default_rng(0)
+    d = np.asarray(person_diffs)
+    boots = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(2000)]
+    return {
+        "per_seed": per_seed,
+        "mean": mean,
+        "seed_ci95": [lo, hi],
+        "people": len(d),
+        "bootstrap_ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+    }
+
+
+def plot_context_curve(records: Sequence[dict], path: Path) -> None:
+    plt = _plt()
+    methods = [m for m in LABELS if any(r["method"] == m for r in records)]
+    ks = sorted({r["n_context"] for r in records})
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    for m in methods:
+        ys = [np.mean(_values(records, m, k, "pairwise")) if _values(records, m, k, "pairwise") else np.nan for k in ks]
+        style = "-o" if m.startswith("gpo") else "--."
+        ax.plot(ks, ys, style, label=LABELS[m], linewidth=2 if m.startswith("gpo") else 1)
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("items the held-out person rated in the context")
+    ax.set_ylabel("pairwise accuracy on their other items")
+    ax.set_title("NYT books, held-out people (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def individuals_markdown(records: Sequence[dict], meta: dict, figure: str | None) -> str:
+    k_main = meta["main_context"]
+    ks = sorted({r["n_context"] for r in records})
+    methods = [m for m in LABELS if any(r["method"] == m for r in records)]
+    seeds = sorted({r["seed"] for r in records})
+    lines = [
+        START,
+        "## Individuals: NYT books (a person is a group of one)",
+        "",
+        f"335 people rated 25–52 of 235 books on a 1–4 scale (“how likely would you read it”; "
+        f"`service/data/nytbooks/`). People are split {meta['train_frac']:.0%} meta-train (15% of them for "
+        f"validation: checkpoint and baseline choices) / {1 - meta['train_frac']:.0%} held out, for seeds "
+        f"{', '.join(map(str, seeds))}. A held-out person's context is k random books they rated; every other "
+        "book they rated is a target. All methods see the same people and draws. Metrics per person, then "
+        "averaged: pairwise accuracy (pairs of target books rated differently, ordered right), Spearman, RMSE "
+        "on the 1–4 scale, exact accuracy (the nearest level to the predicted score is the rating; arg-max "
+        "accuracy of the rating read as a 4-way choice).",
+        "",
+        f"Command: `{meta['command']}` ({meta['wall_s'] / 60:.0f} min on this 2-core CPU).",
+        "",
+        f"### {k_main} context items (mean ± sd over seeds)",
+        "",
+        "| method | pairwise accuracy | Spearman | RMSE | exact |",
+        "|---|---|---|---|---|",
+    ]
+    for m in methods:
+        lines.append(
+            f"| {LABELS[m]} | {_fmt(_values(records, m, k_main, 'pairwise'))} | "
+            f"{_fmt(_values(records, m, k_main, 'spearman'))} | {_fmt(_values(records, m, k_main, 'rmse'), 3)} | "
+            f"{_fmt(_values(records, m, k_main, 'exact'), 3)} |"
+        )
+    lines += ["", "### Pairwise accuracy against the number of context items (mean over seeds)", ""]
+    lines += ["| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for m in methods:
+        cells = [_values(records, m, k, "pairwise") for k in ks]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(f"{np.mean(c):.4f}" if c else "—" for c in cells) + " |")
+    lines.append("")
+    for k in ks:
+        g = margin(records, k)
+        best_base = max(BASELINES, key=lambda b: np.mean(_values(records, b, k, "pairwise") or [0.0]))
+        gb = margin(records, k, over=best_base)
+        meta.setdefault("margins", {})[str(k)] = {"over_reward_model": g, f"over_{best_base}": gb}
+    g = meta["margins"][str(k_main)]["over_reward_model"]
+    lines += [
+        f"**Margin over the non-personalised reward model at k={k_main}:** {g['mean']:+.4f} pairwise accuracy "
+        f"(per seed {', '.join(f'{d:+.4f}' for d in g['per_seed'])}; 95% t-interval over seeds "
+        f"[{g['seed_ci95'][0]:+.4f}, {g['seed_ci95'][1]:+.4f}]; paired bootstrap over {g['people']} "
+        f"held-out person-draws [{g['bootstrap_ci95'][0]:+.4f}, {g['bootstrap_ci95'][1]:+.4f}]).",
+        "",
+        "| k | GPO − reward model (95% CI over seeds) | GPO − best baseline at that k (95% CI over seeds) |",
+        "|---|---|---|",
+    ]
+    for k in ks:
+        ms = meta["margins"][str(k)]
+        (bname,) = [n for n in ms if n != "over_reward_model"] or ["over_reward_model"]
+        r, b = ms["over_reward_model"], ms[bname]
+        lines.append(
+            f"| {k} | {r['mean']:+.4f} [{r['seed_ci95'][0]:+.4f}, {r['seed_ci95'][1]:+.4f}] | "
+            f"{b['mean']:+.4f} [{b['seed_ci95'][0]:+.4f}, {b['seed_ci95'][1]:+.4f}] ({bname[5:]}) |"
+        )
+    if figure:
+        lines += ["", f"![pairwise accuracy against context size]({figure})"]
+    lines += ["", *meta.get("notes", []), "", END]
+    return "\n".join(lines) + "\n"
+
+
+def splice(page: str, section: str) -> str:
+    """`page` with its individuals section replaced by `section` (appended when it has none)."""
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END) + r"\n?", flags=re.S)
+    if pattern.search(page):
+        return pattern.sub(lambda _: section, page)
+    return page.rstrip("\n") + "\n\n" + section
+
+
+def section_of(page: str) -> str | None:
+    m = re.search(re.escape(START) + r".*?" + re.escape(END) + r"\n?", page, flags=re.S)
+    return m.group(0) if m else None
+
+
+def write_individuals_report(records: Sequence[dict], meta: dict, out: Path) -> Path:
+    """Rewrite the individuals section of `out` (RESULTS.md) and its figure in results/."""
+    out = Path(out)
+    fig_dir = out.parent / "results"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    plot_context_curve(records, fig_dir / "individuals_context.png")
+    section = individuals_markdown(records, meta, "results/individuals_context.png")
+    page = out.read_text() if out.exists() else "# Results\n"
+    out.write_text(splice(page, section))
+    return out
