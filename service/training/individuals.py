@@ -264,7 +264,8 @@ def _person_priors(
     decode (measured: 0.87 validation pairwise accuracy against 0.56 on test people). So the fit people are cut
     into `n_folds` folds and a fit person's prior comes from the other folds (the same features for everyone
     in a fold); a validation person's from all fit people; test people (and serving) get the prior of fit +
-    validation people, returned first. Rating loadings of every prior are rotated onto that one's basis.
+    validation people, returned first. Rating-SVD loadings of every prior are rotated onto that one's basis (a
+    k x k rotation: the only trace of a person's ratings in their features; content loadings have none).
     """
     rows = lambda people: np.array([index[p] for p in people])  # noqa: E731
     full, known = fit_rating_prior(y[rows(split.fit + split.val)], rank, loadings=loadings)

@@ -1,0 +1,170 @@
+"""Individuals: priors, splits and draws, the leak-free fold priors, baselines, metrics, and a small end-to-end run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from service.training.features import FeatureSpec
+from service.training.individuals import (
+    IndividualEvalConfig,
+    IndividualTrainConfig,
+    PeopleSplit,
+    _person_priors,
+    comparison_pairs,
+    context_draw,
+    evaluate_individuals,
+    fit_content_basis,
+    fit_rating_prior,
+    knn_predict,
+    latent_factor_predict,
+    pairwise_from,
+    split_people,
+)
+from service.training.metrics import exact_accuracy, pairwise_accuracy, rating_rmse, spearman
+from service.training.ratings import RatedItem, RatingsDataset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def synthetic(n_people: int = 60, n_items: int = 40, per_person: int = 20, seed: int = 0):
+    """People whose 1..4 ratings follow item popularity plus a taste direction in item-content space; the item
+    'embeddings' carry that content. Returns (dataset, embeddings)."""
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(n_items, 3))
+    emb = np.concatenate([content, rng.normal(scale=0.3, size=(n_items, 5))], axis=1).astype(np.float32)
+    pop = rng.normal(scale=0.6, size=n_items)
+    items = [RatedItem(f"i{j}", f"item number {j}") for j in range(n_items)]
+    scores = {}
+    for p in range(n_people):
+        taste = rng.normal(scale=1.2, size=3)
+        rated = rng.choice(n_items, size=per_person, replace=False)
+        latent = pop[rated] + content[rated] @ taste + rng.normal(scale=0.4, size=per_person)
+        levels = np.clip(np.round(2.5 + latent), 1, 4)
+        scores[f"p{p}"] = {f"i{j}": float(s) for j, s in zip(rated, levels, strict=True)}
+    ds = RatingsDataset(
+        items=items, people=list(scores), scores=scores, scale=(1.0, 4.0), attributes={}, prompt="Rate:"
+    )
+    return ds, emb
+
+
+def test_rating_prior_means_and_unrated_items() -> None:
+    y = np.array([[0.0, 1.0, np.nan], [1.0, np.nan, np.nan], [0.5, 0.0, np.nan]])
+    prior, known = fit_rating_prior(y, rank=2)
+    assert known.tolist() == [True, True, False]
+    assert np.allclose(prior.mean, [0.5, 0.5, 0.0])
+    assert np.all(prior.loadings[2] == 0)
+
+
+def test_content_loadings_cover_new_items() -> None:
+    _, emb = synthetic()
+    basis = fit_content_basis(emb[:30], rank=3)
+    new = basis.loadings(emb[30:])  # items nobody rated still get loadings from their embedding
+    assert new.shape == (10, 3) and np.isfinite(new).all()
+    own = basis.loadings(emb[:30]).astype(np.float64)
+    gram = own.T @ own  # coordinates on principal directions: uncorrelated, in decreasing variance
+    assert np.allclose(gram, np.diag(np.diag(gram)), atol=1e-3 * gram.max())
+    assert np.all(np.diff(np.diag(gram)) <= 1e-6)
+
+
+def test_fold_priors_never_encode_a_persons_own_ratings() -> None:
+    """The leak that leave-one-out priors have: a person's features must not change with their own ratings."""
+    ds, emb = synthetic()
+    y = ds.matrix()
+    index = {p: i for i, p in enumerate(ds.people)}
+    split = split_people(ds.people, 0.7, seed=0)
+    content = fit_content_basis(emb, 3).loadings(emb)
+    for loadings in (content, None):  # content loadings (the default), and loadings from the ratings' SVD
+        _, _, priors = _person_priors(y, split, index, rank=3, loadings=loadings, n_folds=5, seed=0)
+        for person in (split.fit[0], split.val[0]):
+            changed = y.copy()
+            row = index[person]
+            changed[row] = np.where(np.isnan(y[row]), np.nan, 1.0 - y[row])
+            _, _, priors2 = _person_priors(changed, split, index, rank=3, loadings=loadings, n_folds=5, seed=0)
+            assert np.array_equal(priors[person][0].mean, priors2[person][0].mean)
+            if loadings is not None:
+                assert np.array_equal(priors[person][0].loadings, priors2[person][0].loadings)
+            else:  # SVD loadings are rotated onto the basis of all training people: equal up to a k x k rotation
+                a, b = priors[person][0].loadings, priors2[person][0].loadings
+                u, _, vt = np.linalg.svd(b.T @ a)
+                assert np.allclose(b @ (u @ vt), a, atol=1e-4)
+
+
+def test_splits_and_draws() -> None:
+    ds, _ = synthetic()
+    split = split_people(ds.people, 0.6, seed=3)
+    assert isinstance(split, PeopleSplit)
+    assert not set(split.test) & set(split.fit + split.val) and not set(split.fit) & set(split.val)
+    assert sorted(split.fit + split.val + split.test) == sorted(ds.people)
+    c1, t1 = context_draw(ds, "p1", 5, seed=0)
+    c2, t2 = context_draw(ds, "p1", 5, seed=0)
+    assert c1.tolist() == c2.tolist() and t1.tolist() == t2.tolist()  # every method sees the same draw
+    assert len(c1) == 5 and len(t1) == 15 and not set(c1) & set(t1)
+
+
+def test_metrics() -> None:
+    true = np.array([1.0, 2.0, 3.0, 3.0])
+    assert pairwise_accuracy(np.array([0.1, 0.2, 0.3, 0.0]), true) == pytest.approx(3 / 5)
+    assert pairwise_accuracy(np.zeros(4), true) == 0.5  # ties in the prediction count one half
+    assert pairwise_accuracy(np.arange(3.0), np.ones(3)) is None
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0])) == pytest.approx(1.0)
+    assert spearman(np.ones(3), np.arange(3.0)) is None
+    assert rating_rmse(np.array([1.0, 3.0]), np.array([2.0, 3.0])) == pytest.approx(np.sqrt(0.5))
+    assert exact_accuracy(np.array([1.4, 2.6, 3.9]), np.array([1.0, 3.0, 3.0]), [1, 2, 3, 4]) == pytest.approx(2 / 3)
+
+
+def test_comparison_pairs_and_their_accuracy() -> None:
+    y = np.array([0.0, 1.0, 1.0, 0.5])
+    a, b, label = comparison_pairs(y, np.arange(4))
+    assert len(a) == 5  # (1, 2) is a tie
+    assert all(label[i] == float(y[a[i]] > y[b[i]]) for i in range(len(a)))
+    tgt = np.array([0, 1, 3])
+    perfect = np.array([0.0, 0.0, 1.0])  # P(a>b) over triu pairs (0,1), (0,3), (1,3): 0 < 1, 0 < .5, 1 > .5
+    assert pairwise_from("comparison", perfect, y, tgt) == 1.0
+    assert pairwise_from("comparison", 1.0 - perfect, y, tgt) == 0.0
+
+
+def test_baselines_personalise_on_synthetic_taste() -> None:
+    ds, emb = synthetic(n_people=120)
+    y = ds.matrix()
+    index = {p: i for i, p in enumerate(ds.people)}
+    split = split_people(ds.people, 0.7, seed=0)
+    rows = np.array([index[p] for p in split.fit + split.val])
+    content = fit_content_basis(emb, 3).loadings(emb)
+    prior, _ = fit_rating_prior(y[rows], 3, loadings=content)
+    accs = {"mean": [], "content": [], "knn": []}
+    for p in split.test:
+        c, t = context_draw(ds, p, 10, 0)
+        yp = y[index[p]]
+        accs["mean"].append(pairwise_accuracy(prior.mean[t], yp[t]))
+        accs["content"].append(pairwise_accuracy(latent_factor_predict(prior, yp, c, t, 1.0), yp[t]))
+        accs["knn"].append(pairwise_accuracy(knn_predict(y, rows, yp, c, t, 10, prior.mean), yp[t]))
+    means = {k: np.mean([a for a in v if a is not None]) for k, v in accs.items()}
+    assert means["content"] > means["mean"] + 0.05  # taste in content space is recovered from 10 ratings
+
+
+@pytest.mark.parametrize("kind_comparison", [False, True])
+def test_evaluate_individuals_end_to_end(kind_comparison: bool) -> None:
+    ds, emb = synthetic(n_people=80)
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=3)
+    cfg = IndividualEvalConfig(seeds=(0,), n_context=(5, 10), main_context=10, comparison=kind_comparison)
+    tcfg = IndividualTrainConfig(max_steps=30, eval_every=10, batch_size=4, time_budget_s=60, progress=False)
+    records, meta = evaluate_individuals(
+        ds, emb, spec, cfg, tcfg, {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+    )
+    methods = {r["method"] for r in records}
+    expected = {"gpo", "global_mean", "context_mean", "knn", "reward_model", "latent_factor", "content_factor"}
+    assert methods == expected | ({"gpo_comparison"} if kind_comparison else set())
+    for r in records:
+        assert r["n_people"] == 32 and 0.0 <= r["pairwise"] <= 1.0
+    gpo = [r for r in records if r["method"] == "gpo" and r["n_context"] == 10][0]
+    mean = [r for r in records if r["method"] == "global_mean" and r["n_context"] == 10][0]
+    assert gpo["pairwise"] > mean["pairwise"]  # the content-factor readout personalises from the first step
+    assert set(meta["chosen"]["0"]) == {"knn_k", "reward_lambda", "lf_lambda", "content_lambda"}
