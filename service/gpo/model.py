@@ -50,6 +50,10 @@ class GPOConfig:
     #   "comparison": one pair (a, b) of responses; y = probability that a is preferred; the mean is
     #                 sigmoid(score); binary cross-entropy.
     kind: str = "choice"
+    # Comparisons only: "pair" (appendix H: every token is a pair, the output is P(a preferred)) or "score"
+    # (context tokens are pairs, target tokens single responses whose output is a scalar score; trained with a
+    # Bradley-Terry loss on pairs of targets, see service.training.individuals).
+    comparison_head: str = "pair"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -218,6 +222,7 @@ class GPO(nn.Module):
         assert cfg.kind in KINDS, f"unknown kind {cfg.kind!r} (one of {KINDS})"
         assert cfg.prior_readout in ("none", "mean", "ridge"), f"unknown prior_readout {cfg.prior_readout!r}"
         assert cfg.kind != "comparison" or cfg.prior_readout == "none", "comparisons have no prior readout"
+        assert cfg.comparison_head in ("pair", "score"), f"unknown comparison_head {cfg.comparison_head!r}"
         if cfg.prior_readout != "none":
             assert cfg.prior_feature is not None, "a prior readout needs prior_feature"
             assert cfg.prior_feature + 2 + cfg.prior_rank <= cfg.dim_x, "prior block runs past dim_x"

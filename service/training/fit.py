@@ -157,15 +157,16 @@ def meta_train_loop(
     model: GPO,
     opt: torch.optim.Optimizer,
     cfg: TrainConfig,
-    sample_batch: Callable[[], list[Episode]],
+    batch_loss: Callable[[], torch.Tensor],
     validate: Callable[[], float] | None,
     last_parts: dict[str, float],
     t_start: float,
 ) -> tuple[dict[str, torch.Tensor], float, int, int, list[dict]]:
-    """The meta-training loop shared by every kind: AdamW steps on sampled episodes (warm-up + cosine learning
-    rate, gradient clipping), validation every `cfg.eval_every` steps, early stopping on `cfg.patience`, a time
-    budget. The untrained model is a candidate too. Returns (best state, a copy; best validation score; its
-    step; steps run; history). Without `validate`, the negative training loss stands in for it."""
+    """The meta-training loop shared by every kind: AdamW steps on the loss of a freshly sampled batch
+    (`batch_loss()`; warm-up + cosine learning rate, gradient clipping), validation every `cfg.eval_every` steps,
+    early stopping on `cfg.patience`, a time budget. The untrained model is a candidate too. Returns (best state,
+    a copy; best validation score; its step; steps run; history). Without `validate`, the negative training
+    loss stands in for it."""
     best_val, best_step, bad = -float("inf"), 0, 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history: list[dict] = []
@@ -176,11 +177,10 @@ def meta_train_loop(
     bar = tqdm(total=cfg.max_steps, desc="meta-training", disable=not cfg.progress)
     while step < cfg.max_steps:
         model.train()
-        batch = collate(sample_batch())
         for group_ in opt.param_groups:
             group_["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
-        loss = model.loss(batch)
+        loss = batch_loss()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -316,7 +316,10 @@ def train_gpo(
             )
         return episodes
 
-    loop = meta_train_loop(model, opt, cfg, sample_batch, validate if val_eps else None, last_parts, t_start)
+    def batch_loss() -> torch.Tensor:
+        return model.loss(collate(sample_batch()))
+
+    loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val_eps else None, last_parts, t_start)
     best_state, best_val, best_step, step, history = loop
     model.load_state_dict(best_state)
     model.eval()

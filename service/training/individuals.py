@@ -10,7 +10,11 @@ meta-test; nothing about a test person is seen before their context.
 Kinds (GPOConfig.kind):
 - "rating": one token per rated item, y = normalised score; the ridge readout starts at the latent-factor
   estimate mean + loadings @ z (z: ridge fit of the context residuals), the transformer learns corrections.
-- "comparison": one token per pair (a, b) the person rated differently, x = x_a - x_b, y = 1 if a was preferred.
+- "comparison": one token per pair (a, b) the person rated differently, x = x_a - x_b, y = 1 if a was preferred
+  (appendix H: binary classification of every target pair).
+- "comparison_bt": context tokens are such pairs, target tokens are single items whose output is a scalar score;
+  trained with a Bradley-Terry loss on pairs of targets (P(a > b) = sigmoid(s_a - s_b)). Tokens carry one more
+  feature: 1 for a pair, 0 for a single item.
 
 Metrics per test person over their target items: RMSE on the original scale, Spearman rank correlation,
 pairwise accuracy (pairs with different true scores ordered right; for the comparison kind, its predicted
@@ -203,6 +207,62 @@ def comparison_episode(
     return Episode(x=xa, y=yy, is_context=is_ctx, question=torch.arange(len(yy))), (ta, tb)
 
 
+def _oriented_pairs(
+    y: np.ndarray, items: np.ndarray, rng: np.random.Generator | None, cap: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of `items` rated differently (at most `cap`), each in a random orientation when `rng` is given."""
+    a, b, lab = comparison_pairs(y, items)
+    if rng is None:
+        return a, b, lab
+    if cap is not None and len(a) > cap:
+        pick = rng.choice(len(a), size=cap, replace=False)
+        a, b, lab = a[pick], b[pick], lab[pick]
+    flip = rng.random(len(a)) < 0.5
+    return np.where(flip, b, a), np.where(flip, a, b), np.where(flip, 1.0 - lab, lab).astype(np.float32)
+
+
+def bt_episode(
+    x: torch.Tensor,
+    y: np.ndarray,
+    ctx: np.ndarray,
+    tgt: np.ndarray,
+    rng: np.random.Generator | None,
+    cap: int | None = None,
+) -> tuple[Episode, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """comparison_bt: context pair tokens [x_a - x_b, 1], then the target items [x_i, 0]. Returns the episode and
+    the target pairs (positions among the targets, labels) the Bradley-Terry loss is taken on."""
+    ca, cb, cl = _oriented_pairs(y, ctx, rng, cap)
+    one, zero = torch.ones(len(ca), 1), torch.zeros(len(tgt), 1)
+    xs = torch.cat([torch.cat([x[ca] - x[cb], one], dim=1), torch.cat([x[tgt], zero], dim=1)])
+    yy = torch.from_numpy(np.concatenate([cl, np.zeros(len(tgt), dtype=np.float32)]))
+    is_ctx = torch.zeros(len(yy), dtype=torch.bool)
+    is_ctx[: len(ca)] = True
+    pos = {int(item): i for i, item in enumerate(tgt)}
+    ta, tb, tl = _oriented_pairs(y, tgt, rng, cap)
+    pairs = (
+        np.array([pos[int(i)] for i in ta], dtype=np.int64),
+        np.array([pos[int(i)] for i in tb], dtype=np.int64),
+        tl,
+    )
+    return Episode(x=xs, y=yy, is_context=is_ctx, question=torch.arange(len(yy))), pairs
+
+
+def bt_loss(
+    model: GPO, episodes: Sequence[Episode], pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> torch.Tensor:
+    """Bradley-Terry cross-entropy of the target pairs, summed per episode, averaged over episodes."""
+    import torch.nn.functional as F
+
+    logits = model(collate(list(episodes))).logits
+    total = logits.new_zeros(())
+    for b, (ep, (ia, ib, lab)) in enumerate(zip(episodes, pairs, strict=True)):
+        n_ctx = int(ep.is_context.sum())
+        s = logits[b, n_ctx : ep.y.shape[0]]
+        diff = s[torch.from_numpy(ia)] - s[torch.from_numpy(ib)]
+        total = total + F.binary_cross_entropy_with_logits(diff, torch.from_numpy(lab), reduction="sum")
+    return total / len(episodes)
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -308,16 +368,25 @@ def train_individual_gpo(
         full, known = None, np.ones(len(ds.items), dtype=bool)
         x_of = {p: feats.build(None, known) for p in source}
 
+    assert kind in ("rating", "comparison", "comparison_bt"), f"unknown kind {kind!r}"
     model_cfg = dict(model_cfg or {})
-    model_cfg["kind"] = kind
+    model_cfg["kind"] = "comparison" if kind == "comparison_bt" else kind
+    if kind == "comparison_bt":
+        model_cfg["comparison_head"] = "score"
+    if kind != "rating":
+        model_cfg.pop("ridge_init", None)  # the ridge readout is the rating kind's
     if kind == "rating" and spec.use_prior and cfg.prior_readout != "none":
         model_cfg.setdefault("prior_feature", spec.prior_slice.start)
         model_cfg.setdefault("prior_rank", spec.prior_rank)
         model_cfg.setdefault("prior_readout", cfg.prior_readout)
-    model = GPO(GPOConfig(dim_x=spec.dim_x, **model_cfg))
+    dim_x = spec.dim_x + (1 if kind == "comparison_bt" else 0)
+    model = GPO(GPOConfig(dim_x=dim_x, **model_cfg))
     all_x = torch.cat([x_of[p][torch.from_numpy(rated_rows(ds, p))] for p in split.fit])
     if kind == "comparison":  # pair tokens are differences: centre at 0, scale by the spread of differences
         mean, std = torch.zeros(spec.dim_x), all_x.std(dim=0) * np.sqrt(2.0)
+    elif kind == "comparison_bt":  # single items as they are; the pair/single flag column stays 0/1
+        mean = torch.cat([all_x.mean(dim=0), torch.zeros(1)])
+        std = torch.cat([all_x.std(dim=0), torch.ones(1)])
     else:
         mean, std = all_x.mean(dim=0), all_x.std(dim=0)
         if spec.use_prior:
@@ -348,9 +417,9 @@ def train_individual_gpo(
     fit_rated = {p: rated_rows(ds, p) for p in split.fit}
     fit_list = list(split.fit)
 
-    def sample_batch() -> list[Episode]:
-        episodes = []
-        for _ in range(cfg.batch_size):
+    def batch_loss() -> torch.Tensor:
+        episodes, pairs = [], []
+        while len(episodes) < cfg.batch_size:
             p = fit_list[int(rng.integers(len(fit_list)))]
             rated = rng.permutation(fit_rated[p])
             hi = max(cfg.min_context, min(cfg.max_context, len(rated) - cfg.min_targets))
@@ -360,13 +429,20 @@ def train_individual_gpo(
                 ep, _ = comparison_episode(x_of[p], y[index[p]], ctx, tgt, rng, cfg.max_pairs, cfg.max_pairs)
                 if not bool(ep.is_context.any()) or bool(ep.is_context.all()):
                     continue  # all context (or all target) ratings equal: no pair to learn from
+            elif kind == "comparison_bt":
+                ep, tp = bt_episode(x_of[p], y[index[p]], ctx, tgt, rng, cfg.max_pairs)
+                if not bool(ep.is_context.any()) or len(tp[0]) == 0:
+                    continue
+                pairs.append(tp)
             else:
                 ep = rating_episode(x_of[p], y[index[p]], ctx, tgt)
             episodes.append(ep)
-        return episodes or sample_batch()
+        if kind == "comparison_bt":
+            return bt_loss(model, episodes, pairs)
+        return model.loss(collate(episodes))
 
     best_state, best_val, best_step, step, history = meta_train_loop(
-        model, opt, cfg, sample_batch, validate if val_cases else None, last_parts, t_start
+        model, opt, cfg, batch_loss, validate if val_cases else None, last_parts, t_start
     )
     model.load_state_dict(best_state)
     model.eval()
@@ -391,6 +467,12 @@ def predict_person(
     if kind == "rating":
         pred = model(collate([rating_episode(x, y, ctx, tgt)]))
         return pred.mean[0, len(ctx) :].numpy().astype(np.float64)
+    if kind == "comparison_bt":  # scalar scores of the target items
+        ep, _ = bt_episode(x, y, ctx, tgt, None)
+        n_ctx = int(ep.is_context.sum())
+        if n_ctx == 0:
+            return np.zeros(len(tgt))
+        return model(collate([ep])).logits[0, n_ctx:].numpy().astype(np.float64)
     a_idx, b_idx = np.triu_indices(len(tgt), k=1)
     ca, cb, cl = comparison_pairs(y, ctx)
     if len(ca) == 0:  # a context of equal ratings says nothing about order: no preference
@@ -406,7 +488,7 @@ def predict_person(
 def pairwise_from(kind: str, pred: np.ndarray, y: np.ndarray, tgt: np.ndarray) -> float | None:
     """Pairwise accuracy of a person's predictions over their target items."""
     true = y[tgt]
-    if kind == "rating":
+    if kind in ("rating", "comparison_bt"):  # one score per item
         return pairwise_accuracy(pred, true)
     a_idx, b_idx = np.triu_indices(len(tgt), k=1)
     diff = np.sign(true[a_idx] - true[b_idx])
@@ -586,6 +668,9 @@ def evaluate_individuals(
         models = {"gpo": train_individual_gpo(ds, emb, split, spec, train_cfg, "rating", rating_cfg)}
         if cfg.comparison:
             models["gpo_comparison"] = train_individual_gpo(ds, emb, split, spec, train_cfg, "comparison", model_cfg)
+            models["gpo_comparison_bt"] = train_individual_gpo(
+                ds, emb, split, spec, train_cfg, "comparison_bt", model_cfg
+            )
         for name, m in models.items():
             meta["training"][f"{name}/{seed}"] = {
                 "steps": m.steps_run,
@@ -612,12 +697,14 @@ def evaluate_individuals(
                     preds["content_factor"] = latent_factor_predict(gpo_prior, yp, ctx, tgt, lam_cf)
                 for name, pred in preds.items():
                     per.setdefault(name, []).append({"person": p, **_person_metrics(ds, pred, yp[tgt])})
-                if "gpo_comparison" in models:
-                    pair_pred = predict_person(models["gpo_comparison"].model, "comparison", x_test, yp, ctx, tgt, rng)
-                    acc = pairwise_from("comparison", pair_pred, yp, tgt)
-                    per.setdefault("gpo_comparison", []).append(
-                        {"person": p, "rmse": None, "spearman": None, "pairwise": acc, "exact": None}
-                    )
+                for name, kind in (("gpo_comparison", "comparison"), ("gpo_comparison_bt", "comparison_bt")):
+                    if name in models:
+                        pair_pred = predict_person(models[name].model, kind, x_test, yp, ctx, tgt, rng)
+                        acc = pairwise_from(kind, pair_pred, yp, tgt)
+                        spear = spearman(pair_pred, yp[tgt]) if kind == "comparison_bt" else None
+                        per.setdefault(name, []).append(
+                            {"person": p, "rmse": None, "spearman": spear, "pairwise": acc, "exact": None}
+                        )
             for name, rows in per.items():
                 rec = {"method": name, "seed": seed, "n_context": k, "n_people": len(rows)}
                 for metric in ("rmse", "spearman", "pairwise", "exact"):

@@ -18,7 +18,8 @@ from service.training.report import _plt
 START, END = "<!-- section:individuals -->", "<!-- /section:individuals -->"
 LABELS = {
     "gpo": "GPO, ratings (ours)",
-    "gpo_comparison": "GPO, comparisons (ours)",
+    "gpo_comparison": "GPO, comparisons: pair classifier (appendix H)",
+    "gpo_comparison_bt": "GPO, comparisons: scores, Bradley-Terry loss",
     "content_factor": "content factor (GPO's readout alone)",
     "global_mean": "global mean (the item's mean over training people)",
     "context_mean": "the person's own context mean",
