@@ -168,5 +168,7 @@ def test_checkpoints_record_their_kind(tmp_path) -> None:
 def test_bad_kinds_are_refused() -> None:
     with pytest.raises(AssertionError, match="unknown kind"):
         GPO(GPOConfig(dim_x=4, kind="ranking"))
+    with pytest.raises(AssertionError, match="unknown comparison_head"):
+        GPO(GPOConfig(dim_x=4, kind="comparison", comparison_head="triplet"))
     with pytest.raises(AssertionError, match="no prior readout"):
         GPO(GPOConfig(dim_x=8, kind="comparison", prior_feature=0, prior_rank=3, prior_readout="ridge"))

@@ -12,6 +12,8 @@ from service.training.individuals import (
     IndividualTrainConfig,
     PeopleSplit,
     _person_priors,
+    bt_episode,
+    bt_loss,
     comparison_pairs,
     context_draw,
     evaluate_individuals,
@@ -161,10 +163,37 @@ def test_evaluate_individuals_end_to_end(kind_comparison: bool) -> None:
     )
     methods = {r["method"] for r in records}
     expected = {"gpo", "global_mean", "context_mean", "knn", "reward_model", "latent_factor", "content_factor"}
-    assert methods == expected | ({"gpo_comparison"} if kind_comparison else set())
+    assert methods == expected | ({"gpo_comparison", "gpo_comparison_bt"} if kind_comparison else set())
     for r in records:
         assert r["n_people"] == 32 and 0.0 <= r["pairwise"] <= 1.0
     gpo = [r for r in records if r["method"] == "gpo" and r["n_context"] == 10][0]
     mean = [r for r in records if r["method"] == "global_mean" and r["n_context"] == 10][0]
     assert gpo["pairwise"] > mean["pairwise"]  # the content-factor readout personalises from the first step
     assert set(meta["chosen"]["0"]) == {"knn_k", "reward_lambda", "lf_lambda", "content_lambda"}
+
+
+def test_bradley_terry_episode_and_loss() -> None:
+    """Context tokens are pairs (flag 1), targets single items (flag 0); the loss is the BT cross-entropy of the
+    target pairs: log 2 per pair when every score is equal."""
+    from service.gpo.model import GPO, GPOConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, generator=g)
+    y = np.array([0.0, 1.0, 0.5, 0.0, 1.0, 0.5])
+    ep, (ia, ib, lab) = bt_episode(x, y, np.array([0, 1, 2]), np.array([3, 4, 5]), np.random.default_rng(0))
+    n_ctx = int(ep.is_context.sum())
+    assert n_ctx == 3 and ep.x.shape == (6, 5)
+    assert ep.x[:n_ctx, -1].tolist() == [1.0] * 3 and ep.x[n_ctx:, -1].tolist() == [0.0] * 3
+    assert torch.equal(ep.x[n_ctx:, :4], x[3:])
+    tgt = np.array([3, 4, 5])
+    assert all(lab[i] == float(y[tgt[ia[i]]] > y[tgt[ib[i]]]) for i in range(len(ia)))
+    model = GPO(
+        GPOConfig(dim_x=5, d_model=8, n_layers=1, n_heads=2, d_ff=8, kind="comparison", comparison_head="score")
+    )
+    loss = bt_loss(model, [ep], [(ia, ib, lab)])
+    assert torch.isfinite(loss) and loss.requires_grad
+    with torch.no_grad():  # make the head output the item's true score: the loss must drop
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.zero_()
+    base = float(bt_loss(model, [ep], [(ia, ib, lab)]))
+    assert base == pytest.approx(len(ia) * np.log(2), rel=1e-5)  # equal scores: every pair at 1/2
