@@ -282,6 +282,9 @@ def eval_individuals_cmd(
     time_budget_s: float = 240.0,
     prior_rank: int = 8,
     loadings: Annotated[str, typer.Option(help="prior loadings: content | ratings")] = "content",
+    append: Annotated[
+        bool, typer.Option(help="merge into the records already in --json (same method, seed and k: replaced)")
+    ] = False,
     threads: int | None = None,
 ) -> None:
     """Individuals (a person is a group of one): GPO on ratings and on comparisons beside the baselines, on
@@ -313,10 +316,19 @@ def eval_individuals_cmd(
         max_steps=max_steps, time_budget_s=time_budget_s, loadings=loadings, patience=8, progress=False
     )
     records, meta = evaluate_individuals(ds, emb, spec, cfg, tcfg)
+    command = "gpo " + " ".join(sys.argv[1:])
+    if append and json_out and json_out.exists():
+        old = json.loads(json_out.read_text())
+        new_keys = {(r["method"], r["seed"], r["n_context"]) for r in records}
+        records = [r for r in old["records"] if (r["method"], r["seed"], r["n_context"]) not in new_keys] + records
+        for part in ("chosen", "training"):
+            meta[part] = {**old["meta"].get(part, {}), **meta[part]}
+        command = f"{old['meta']['command']}; then {command}"
+        meta["wall_s_before"] = old["meta"]["wall_s"] + old["meta"].get("wall_s_before", 0.0)
     meta.update(
         {
-            "command": "gpo " + " ".join(sys.argv[1:]),
-            "wall_s": time.perf_counter() - t0,
+            "command": command,
+            "wall_s": time.perf_counter() - t0 + meta.get("wall_s_before", 0.0),
             "main_context": main_context,
             "train_frac": train_frac,
             "embedder": embedder.key_prefix,

@@ -122,12 +122,13 @@ def individuals_markdown(records: Sequence[dict], meta: dict, figure: str | None
         "",
         f"### {k_main} context items (mean ± sd over seeds)",
         "",
-        "| method | pairwise accuracy | Spearman | RMSE | exact |",
-        "|---|---|---|---|---|",
+        "| method | seeds | pairwise accuracy | Spearman | RMSE | exact |",
+        "|---|---|---|---|---|---|",
     ]
     for m in methods:
+        n_seeds = len({r["seed"] for r in records if r["method"] == m and r["n_context"] == k_main})
         lines.append(
-            f"| {LABELS[m]} | {_fmt(_values(records, m, k_main, 'pairwise'))} | "
+            f"| {LABELS[m]} | {n_seeds} | {_fmt(_values(records, m, k_main, 'pairwise'))} | "
             f"{_fmt(_values(records, m, k_main, 'spearman'))} | {_fmt(_values(records, m, k_main, 'rmse'), 3)} | "
             f"{_fmt(_values(records, m, k_main, 'exact'), 3)} |"
         )
