@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
@@ -64,6 +74,7 @@ def _check_length(values: list[float] | None, info: ValidationInfo) -> None:
 class ContextItemIn(QuestionIn):
     """A question the group answered: exactly one of `distribution` (sums to 1) or `counts` (normalised)."""
 
+    kind: Literal["choice"] = Field("choice", description="a multiple-choice item (the default kind)")
     distribution: list[Probability] | None = None
     counts: list[Count] | None = None
     ordinals: list[Ordinal] | None = Field(None, description="numeric value of each option, for ordinal scales")
@@ -110,13 +121,87 @@ class ContextItemIn(QuestionIn):
         return [v / total for v in values]
 
 
+class RatingItemIn(BaseModel):
+    """A score the group (or person) gave one response to a prompt, on a declared scale."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["rating"]
+    prompt: Text
+    response: Text
+    score: Ordinal
+    scale: tuple[Ordinal, Ordinal] = Field(description="(lowest, highest) possible score, e.g. [1, 5]")
+
+    @model_validator(mode="after")
+    def _score_on_its_scale(self) -> RatingItemIn:
+        lo, hi = self.scale
+        if not lo < hi:
+            raise PydanticCustomError("scale_order", "scale must be [lowest, highest] with lowest < highest")
+        if not lo <= self.score <= hi:
+            raise PydanticCustomError(
+                "score_outside_scale",
+                "score {score} is outside the scale [{lo}, {hi}]",
+                {"score": self.score, "lo": lo, "hi": hi},
+            )
+        return self
+
+    def normalized(self) -> float:
+        lo, hi = self.scale
+        return (self.score - lo) / (hi - lo)
+
+
+class ComparisonItemIn(BaseModel):
+    """A choice between two responses to a prompt: `preferred` ("a" or "b"), or the probability that a is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["comparison"]
+    prompt: Text
+    response_a: Text
+    response_b: Text
+    preferred: Literal["a", "b"] | None = None
+    probability_a: Probability | None = Field(None, description="share of the group preferring a")
+
+    @model_validator(mode="after")
+    def _two_responses_one_answer(self) -> ComparisonItemIn:
+        if self.response_a == self.response_b:
+            raise PydanticCustomError("same_responses", "response_a and response_b must differ")
+        if (self.preferred is None) == (self.probability_a is None):
+            raise PydanticCustomError("preferred_or_probability", "give exactly one of 'preferred' or 'probability_a'")
+        return self
+
+    def probability(self) -> float:
+        if self.probability_a is not None:
+            return float(self.probability_a)
+        return 1.0 if self.preferred == "a" else 0.0
+
+
+def _item_kind(value: Any) -> str:
+    """The kind tag of a context item (choice when the field is absent)."""
+    if isinstance(value, dict):
+        kind = value.get("kind", "choice")
+        return kind if isinstance(kind, str) else "invalid"
+    return str(getattr(value, "kind", "choice"))
+
+
+AnyContextItem = Annotated[
+    Annotated[ContextItemIn, Tag("choice")]
+    | Annotated[RatingItemIn, Tag("rating")]
+    | Annotated[ComparisonItemIn, Tag("comparison")],
+    Discriminator(_item_kind),
+]
+ITEM_KINDS = ("choice", "rating", "comparison")
+
+
 class ContextWriteRequest(BaseModel):
     """`POST /groups/{group_id}/context`: append items to the group's context, or replace it."""
 
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["append", "replace"] = "append"
-    items: list[ContextItemIn] = Field(description="at least one, except for a replace that empties the context")
+    items: list[AnyContextItem] = Field(
+        description="at least one, except for a replace that empties the context; all of one kind, the group's"
+    )
     expected_version: int | None = Field(
         None,
         ge=0,
@@ -126,10 +211,20 @@ class ContextWriteRequest(BaseModel):
 
     @field_validator("items")
     @classmethod
-    def _items_unless_emptying(cls, items: list[ContextItemIn], info: ValidationInfo) -> list[ContextItemIn]:
+    def _items_unless_emptying(cls, items: list[Any], info: ValidationInfo) -> list[Any]:
         if not items and info.data.get("mode") == "append":
             raise PydanticCustomError("too_short", "appending needs at least one item (replace with [] empties)")
+        kinds = sorted({item.kind for item in items})
+        if len(kinds) > 1:
+            raise PydanticCustomError(
+                "mixed_kinds", "items of one write must be of one kind, got {kinds}", {"kinds": ", ".join(kinds)}
+            )
         return items
+
+    @property
+    def kind(self) -> str | None:
+        """The kind of the items (None for a replace that empties the context)."""
+        return self.items[0].kind if self.items else None
 
 
 class PredictRequest(BaseModel):
@@ -186,11 +281,18 @@ class GroupList(BaseModel):
 
 
 class ContextItemOut(BaseModel):
+    """A stored item. Choice: a question, its options and the distribution. Rating: question = the prompt,
+    options = [the response], distribution = [the score normalised to 0..1], with `score` and `scale`.
+    Comparison: question = the prompt, options = [response_a, response_b], distribution = [P(a), P(b)]."""
+
     id: int
+    kind: str = "choice"
     question: str
     options: list[str]
     distribution: list[float]
     ordinals: list[float] | None
+    score: float | None = None
+    scale: list[float] | None = None
 
 
 class GroupContext(BaseModel):
@@ -282,22 +384,35 @@ class Limits:
             return [_error(loc, f"at most {self.max_text_chars} characters, got {len(text)}")]
         return []
 
+    def _questions_at(self, field: str, i: int, q: QuestionIn) -> list[dict[str, Any]]:
+        errors = self._text((field, i, "question"), q.question)
+        if len(q.options) > self.max_options:
+            errors.append(_error((field, i, "options"), f"at most {self.max_options} options, got {len(q.options)}"))
+        for j, option in enumerate(q.options):
+            errors += self._text((field, i, "options", j), option)
+        return errors
+
     def _questions(self, field: str, questions: list[QuestionIn], max_count: int) -> list[dict[str, Any]]:
         if len(questions) > max_count:
             return [_error((field,), f"at most {max_count} per request, got {len(questions)}")]
         errors = []
         for i, q in enumerate(questions):
-            errors += self._text((field, i, "question"), q.question)
-            if len(q.options) > self.max_options:
-                errors.append(
-                    _error((field, i, "options"), f"at most {self.max_options} options, got {len(q.options)}")
-                )
-            for j, option in enumerate(q.options):
-                errors += self._text((field, i, "options", j), option)
+            errors += self._questions_at(field, i, q)
         return errors
 
     def check_context_write(self, body: ContextWriteRequest) -> None:
-        errors = self._questions("items", list(body.items), self.max_items_per_request)
+        if len(body.items) > self.max_items_per_request:
+            raise RequestLimitError(
+                [_error(("items",), f"at most {self.max_items_per_request} per request, got {len(body.items)}")]
+            )
+        choices = [(i, item) for i, item in enumerate(body.items) if isinstance(item, QuestionIn)]
+        errors = []
+        for i, q in choices:
+            errors += self._questions_at("items", i, q)
+        for i, item in enumerate(body.items):
+            for field in ("prompt", "response", "response_a", "response_b"):
+                if isinstance(getattr(item, field, None), str):
+                    errors += self._text(("items", i, field), getattr(item, field))
         if errors:
             raise RequestLimitError(errors)
 

@@ -26,6 +26,8 @@ from service.embeddings import ItemEmbeddings
 from service.inference import ContextItem, EmbedderMismatch, Item, ItemPrediction
 from service.schemas import (
     MAX_SEED,
+    AnyContextItem,
+    ComparisonItemIn,
     ContextItemIn,
     ContextItemOut,
     ContextWriteRequest,
@@ -40,6 +42,7 @@ from service.schemas import (
     PredictRequest,
     PredictResponse,
     QuestionIn,
+    RatingItemIn,
     ScoredResponse,
 )
 
@@ -58,6 +61,23 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 EMBEDDING_DTYPE = np.dtype("<f4")  # the stored layout: little-endian float32 [n_options, dim], row-major
+
+
+class KindNotServed(Exception):
+    """A group of a kind this deployment has no model for (HTTP 422)."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        super().__init__(
+            f"group {name!r} holds {kind} items, and this deployment serves multiple-choice groups only: "
+            f"its checkpoint is a choice model"
+        )
+        self.name = name
+        self.kind = kind
+
+
+def _check_served_kind(name: str, kind: str) -> None:
+    if kind != "choice":
+        raise KindNotServed(name, kind)
 
 
 class EmptyContext(Exception):
@@ -197,33 +217,55 @@ def _group_out(info: repo.GroupInfo) -> GroupOut:
 # ---------------------------------------------------------------------------------------------- groups
 
 
+def _new_item(item: AnyContextItem, block: np.ndarray | None, embedder_key: str | None) -> repo.NewItem:
+    """The stored form of a context item of any kind (see ContextItemOut for the layout)."""
+    if isinstance(item, RatingItemIn):
+        return repo.NewItem(
+            question=item.prompt,
+            options=[item.response],
+            distribution=[item.normalized()],
+            kind="rating",
+            payload={"score": item.score, "scale": list(item.scale)},
+        )
+    if isinstance(item, ComparisonItemIn):
+        p = item.probability()
+        return repo.NewItem(
+            question=item.prompt,
+            options=[item.response_a, item.response_b],
+            distribution=[p, 1.0 - p],
+            kind="comparison",
+            payload={"preferred": item.preferred} if item.preferred is not None else None,
+        )
+    return repo.NewItem(
+        question=item.question,
+        options=list(item.options),
+        distribution=item.probabilities(),
+        ordinals=item.ordinals,
+        embedder_key=embedder_key if block is not None else None,
+        embeddings=None if block is None else _to_bytes(block),
+    )
+
+
 async def register_context(
     services: Services, tenant: str, group_id: str, body: ContextWriteRequest
 ) -> ContextWriteResponse:
     """Embed every option of every item (cache, then worker), then store the items in one transaction."""
     predictor = services.predictor
+    kind = body.kind or "choice"
     embedder_key: str | None = None
     blocks: list[np.ndarray | None] = [None] * len(body.items)
-    if predictor.uses_embedding and body.items:
+    if kind == "choice" and predictor.uses_embedding and body.items:
         embedder_key = (await services.embedder_keys()).choice
         texts = [predictor.choice_texts(item.question, item.options) for item in body.items]
         vectors = await services.embed([t for item_texts in texts for t in item_texts], embedder_key)
         blocks = list(_split(vectors, [len(t) for t in texts]))
-    items = [
-        repo.NewItem(
-            question=item.question,
-            options=list(item.options),
-            distribution=item.probabilities(),
-            ordinals=item.ordinals,
-            embedder_key=embedder_key if block is not None else None,
-            embeddings=None if block is None else _to_bytes(block),
-        )
-        for item, block in zip(body.items, blocks, strict=True)
-    ]
+    # Rating and comparison items are stored without embeddings: they are embedded (and stored back) by the
+    # first prediction of a model of their kind, as items of another embedder are.
+    items = [_new_item(item, block, embedder_key) for item, block in zip(body.items, blocks, strict=True)]
 
     def write() -> repo.GroupInfo:
         with services.transaction() as session:
-            info = repo.write_context(session, tenant, group_id, items, body.mode, body.expected_version)
+            info = repo.write_context(session, tenant, group_id, items, body.mode, body.expected_version, kind=kind)
             services.limits.check_context_size(info.size)  # raising here rolls the whole write back
             return info
 
@@ -253,7 +295,14 @@ def get_context(services: Services, tenant: str, group_id: str) -> GroupContext:
         size=info.size,
         items=[
             ContextItemOut(
-                id=i.id, question=i.question, options=i.options, distribution=i.distribution, ordinals=i.ordinals
+                id=i.id,
+                kind=i.kind,
+                question=i.question,
+                options=i.options,
+                distribution=i.distribution,
+                ordinals=i.ordinals,
+                score=(i.payload or {}).get("score"),
+                scale=(i.payload or {}).get("scale"),
             )
             for i in items
         ],
@@ -280,6 +329,7 @@ async def _stored_context(services: Services, tenant: str, group_id: str) -> tup
     """The group's context items with their stored embeddings; items embedded by another embedder (or not at
     all) are embedded again and stored back, so the next prediction finds them."""
     info, stored = await in_thread(_read_context, services, tenant, group_id)
+    _check_served_kind(group_id, info.kind)
     if not stored:
         raise EmptyContext(group_id)
     predictor = services.predictor
@@ -331,7 +381,8 @@ async def _embedded(services: Services, questions: Sequence[QuestionIn | Context
 def _cached_state(services: Services, tenant: str, group_id: str, embedder_key: str) -> tuple[int, ContextState | None]:
     """(context version, encoded context or None): one row read for the version, then the context cache."""
     with services.engine.connect() as connection:
-        row, version = repo.group_version(connection, tenant, group_id)
+        row, version, kind = repo.group_version(connection, tenant, group_id)
+    _check_served_kind(group_id, kind)
     state, where = services.contexts.get(StateKey(services.predictor.model_version, embedder_key, row, version))
     services.metrics.context_states.labels(where).inc()
     return version, state

@@ -15,11 +15,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from service.auth import Unauthorized
 from service.batching import QueueFull
-from service.db.repository import GroupNotFound, ItemNotFound, VersionConflict
+from service.db.repository import GroupKindMismatch, GroupNotFound, ItemNotFound, VersionConflict
 from service.embedder.client import WorkerRequestError, WorkerUnavailable
 from service.inference import EmbedderMismatch
 from service.schemas import ErrorResponse, RequestLimitError
-from service.serving import EmptyContext
+from service.serving import EmptyContext, KindNotServed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,9 @@ TOO_LARGE: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "the request body is larger than GPO_MAX_BODY_BYTES"}
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "unknown group or item"}}
-CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": ErrorResponse, "description": "concurrent change"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "a concurrent change, or items of another kind than the group's"}
+}
 BUSY: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "the prediction queue is full; retry after Retry-After seconds"}
 }
@@ -100,6 +102,10 @@ async def _empty_context(request: Request, exc: Exception) -> JSONResponse:
     return _answer(422, _validation_error(["body", "group_id"], str(exc), "empty_context"))
 
 
+async def _kind_not_served(request: Request, exc: Exception) -> JSONResponse:
+    return _answer(422, _validation_error(["body", "group_id"], str(exc), "kind_not_served"))
+
+
 async def _limit(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestLimitError)
     return _answer(422, exc.errors)
@@ -150,6 +156,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GroupNotFound, _not_found)
     app.add_exception_handler(ItemNotFound, _not_found)
     app.add_exception_handler(VersionConflict, _conflict)
+    app.add_exception_handler(GroupKindMismatch, _conflict)
+    app.add_exception_handler(KindNotServed, _kind_not_served)
     app.add_exception_handler(EmptyContext, _empty_context)
     app.add_exception_handler(RequestLimitError, _limit)
     app.add_exception_handler(WorkerUnavailable, _worker_unavailable)

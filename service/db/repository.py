@@ -51,6 +51,16 @@ class VersionConflict(RepositoryError):
         self.actual = actual
 
 
+class GroupKindMismatch(RepositoryError):
+    """A write of items of another kind than the group holds (a group holds one kind)."""
+
+    def __init__(self, name: str, group_kind: str, kind: str) -> None:
+        super().__init__(f"group {name!r} holds {group_kind} items; this write has {kind} items")
+        self.name = name
+        self.group_kind = group_kind
+        self.kind = kind
+
+
 @dataclass(frozen=True, slots=True)
 class NewItem:
     """A context item to store. `embeddings`: float32 bytes of a [len(options), dim] array, row-major."""
@@ -223,6 +233,10 @@ def write_context(
     assert group is not None, "the group was just created"
     if expected_version is not None and group.version != expected_version:
         raise VersionConflict(name, expected_version, group.version)
+    if items and group.kind != kind:
+        raise GroupKindMismatch(name, group.kind, kind)
+    if any(item.kind != kind for item in items):
+        raise ValueError(f"every item of a {kind} write must be of kind {kind}")
 
     if mode == "replace":
         session.execute(delete(ContextItem).where(ContextItem.group_id == group.id))
@@ -325,14 +339,14 @@ def get_group(session: Session, tenant: str, name: str) -> GroupInfo:
     return _info(row[0], row[1])
 
 
-def group_version(connection: Connection | Session, tenant: str, name: str) -> tuple[int, int]:
-    """(row id, context version) of a group: the one-row read the prediction fast path makes per request."""
+def group_version(connection: Connection | Session, tenant: str, name: str) -> tuple[int, int, str]:
+    """(row id, context version, kind) of a group: the one-row read the prediction fast path makes per request."""
     row = connection.execute(
-        select(Group.id, Group.version).where(Group.tenant == tenant, Group.name == name)
+        select(Group.id, Group.version, Group.kind).where(Group.tenant == tenant, Group.name == name)
     ).one_or_none()
     if row is None:
         raise GroupNotFound(tenant, name)
-    return int(row[0]), int(row[1])
+    return int(row[0]), int(row[1]), str(row[2])
 
 
 def list_groups(session: Session, tenant: str, limit: int = 100, offset: int = 0) -> list[GroupInfo]:
@@ -421,6 +435,7 @@ __all__ = [
     "DEFAULT_TENANT",
     "ApiKeyInfo",
     "GroupInfo",
+    "GroupKindMismatch",
     "GroupNotFound",
     "ItemNotFound",
     "NewItem",

@@ -32,7 +32,8 @@ def test_context_lists_items_without_embeddings(client: TestClient) -> None:
     context = client.get("/groups/a/context").json()
     assert (context["group_id"], context["version"], context["size"]) == ("a", 1, 2)
     first, second = context["items"]
-    assert set(first) == {"id", "question", "options", "distribution", "ordinals"}
+    assert set(first) == {"id", "kind", "question", "options", "distribution", "ordinals", "score", "scale"}
+    assert (first["kind"], first["score"], first["scale"]) == ("choice", None, None)
     assert (first["question"], first["options"], first["ordinals"]) == (BASE[0]["question"], BASE[0]["options"], [1, 2])
     assert first["distribution"] == pytest.approx(BASE[0]["distribution"], abs=1e-12)
     assert second["ordinals"] is None and second["id"] > first["id"]

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import ContextItem, Group
 from service.db.repository import (
+    GroupKindMismatch,
     GroupNotFound,
     ItemNotFound,
     NewItem,
@@ -19,6 +20,7 @@ from service.db.repository import (
     delete_item,
     get_context,
     get_group,
+    group_version,
     list_groups,
     set_item_embeddings,
     write_context,
@@ -309,3 +311,23 @@ def test_new_item_checks_its_shapes() -> None:
         NewItem(question="q", options=["a", "b"], distribution=[0.5, 0.5], embeddings=b"\0" * 16)
     with pytest.raises(ValueError, match="not float32"):
         NewItem(question="q", options=["a", "b"], distribution=[0.5, 0.5], embedder_key="k", embeddings=b"\0" * 12)
+
+
+def test_a_group_keeps_its_kind(session: Session) -> None:
+    rating = NewItem(question="Rate it.", options=["reply"], distribution=[0.75], kind="rating", payload={"score": 4})
+    info = write_context(session, T, "r", [rating], "append", kind="rating")
+    assert info.kind == "rating" and group_version(session, T, "r")[2] == "rating"
+    with pytest.raises(GroupKindMismatch, match="group 'r' holds rating items; this write has choice items"):
+        write_context(session, T, "r", [new_item("x")], "append")
+    with pytest.raises(ValueError, match="must be of kind rating"):
+        write_context(session, T, "r", [new_item("x")], "append", kind="rating")
+    assert write_context(session, T, "r", [], "replace", kind="choice").kind == "rating"  # emptying keeps the kind
+    assert get_group(session, T, "r").size == 0
+    write_context(session, T, "r", [rating], "append", kind="rating")
+    (stored,) = get_context(session, T, "r")[1]
+    assert (stored.kind, stored.options, stored.distribution, stored.payload) == (
+        "rating",
+        ["reply"],
+        [0.75],
+        {"score": 4},
+    )

@@ -1,0 +1,107 @@
+"""Rating and comparison context items through the API: stored, versioned and validated like choice items; a group
+holds one kind; a deployment with a choice checkpoint refuses to predict for the other kinds, naming why."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+
+from .conftest import context_item, question
+from .test_tenants import snapshot
+
+RATING = {"kind": "rating", "prompt": "Rate this reply.", "response": "It is fine.", "score": 4, "scale": [1, 5]}
+COMPARISON = {
+    "kind": "comparison",
+    "prompt": "Which reply is better?",
+    "response_a": "Short answer.",
+    "response_b": "A longer, kinder answer.",
+    "preferred": "b",
+}
+
+
+def test_rating_items_are_stored_and_versioned(client: TestClient) -> None:
+    c = client
+    written = c.post("/groups/r/context", json={"items": [RATING, {**RATING, "response": "Bad.", "score": 1}]})
+    assert (written.status_code, written.json()["version"], written.json()["size"]) == (200, 1, 2)
+    assert c.get("/groups/r").json()["kind"] == "rating"
+    items = c.get("/groups/r/context").json()["items"]
+    assert [(i["kind"], i["question"], i["options"], i["distribution"], i["score"], i["scale"]) for i in items] == [
+        ("rating", "Rate this reply.", ["It is fine."], [0.75], 4.0, [1.0, 5.0]),
+        ("rating", "Rate this reply.", ["Bad."], [0.0], 1.0, [1.0, 5.0]),
+    ]
+    assert c.delete(f"/groups/r/context/{items[0]['id']}").json()["version"] == 2
+
+
+def test_comparison_items_are_stored(client: TestClient) -> None:
+    c = client
+    items = [COMPARISON, {**COMPARISON, "preferred": None, "probability_a": 0.7}]
+    items[1].pop("preferred")
+    assert c.post("/groups/cmp/context", json={"items": items}).status_code == 200
+    stored = c.get("/groups/cmp/context").json()["items"]
+    assert [(i["kind"], i["options"], i["distribution"]) for i in stored] == [
+        ("comparison", ["Short answer.", "A longer, kinder answer."], [0.0, 1.0]),
+        ("comparison", ["Short answer.", "A longer, kinder answer."], [0.7, pytest.approx(0.3)]),
+    ]
+    assert c.get("/groups/cmp").json()["kind"] == "comparison"
+
+
+def test_a_group_holds_one_kind(client: TestClient, settings: Settings) -> None:
+    c = client
+    assert c.post("/groups/g/context", json={"items": [context_item(0)]}).status_code == 200
+    before = snapshot(settings.database_url)
+    refused = c.post("/groups/g/context", json={"items": [RATING]})
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == "group 'g' holds choice items; this write has rating items"
+    mixed = c.post("/groups/h/context", json={"items": [RATING, context_item(1)]})
+    assert mixed.status_code == 422 and "one kind" in mixed.text
+    assert snapshot(settings.database_url) == before
+
+
+@pytest.mark.parametrize(
+    "item,words",
+    [
+        ({**RATING, "score": 6}, ["outside the scale"]),
+        ({**RATING, "scale": [5, 1]}, ["lowest < highest"]),
+        ({**RATING, "score": float("nan")}, ["finite"]),
+        ({k: v for k, v in RATING.items() if k != "scale"}, ["scale", "missing"]),
+        ({**RATING, "response": "  "}, ["response"]),
+        ({**COMPARISON, "response_b": "Short answer."}, ["must differ"]),
+        ({**COMPARISON, "probability_a": 0.5}, ["exactly one"]),
+        ({k: v for k, v in COMPARISON.items() if k != "preferred"}, ["exactly one"]),
+        ({**COMPARISON, "preferred": "c"}, ["preferred"]),
+        ({**COMPARISON, "preferred": None, "probability_a": 1.5}, ["probability_a"]),
+        ({**RATING, "kind": "ranking"}, ["kind", "ranking"]),
+        ({**RATING, "extra": 1}, ["extra"]),
+    ],
+)
+def test_malformed_items_of_the_new_kinds(client: TestClient, settings: Settings, item: dict, words: list[str]) -> None:
+    before = snapshot(settings.database_url)
+    answer = client.post(
+        "/groups/k/context", content=_json({"items": [item]}), headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422, answer.text
+    for word in words:
+        assert word.lower() in answer.text.lower(), (word, answer.text)
+    assert snapshot(settings.database_url) == before
+
+
+def test_predict_and_generate_name_the_kind_this_deployment_does_not_serve(client: TestClient) -> None:
+    c = client
+    assert c.post("/groups/r/context", json={"items": [RATING]}).status_code == 200
+    for path, body in [
+        ("/predict", {"group_id": "r", "questions": [question(1)]}),
+        ("/generate", {"group_id": "r", "prompt": "Say hi.", "n": 2, "max_new_tokens": 4, "seed": 1}),
+    ]:
+        answer = c.post(path, json=body)
+        assert answer.status_code == 422, answer.text
+        (error,) = answer.json()["detail"]
+        assert error["loc"] == ["body", "group_id"] and "holds rating items" in error["msg"]
+        assert "serves multiple-choice groups only" in error["msg"]
+
+
+def _json(body: dict) -> bytes:
+    import json
+
+    return json.dumps(body).encode()  # NaN is written as the JSON extension NaN, which the API must refuse
