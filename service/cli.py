@@ -258,8 +258,15 @@ def eval_cmd(
         _meta_path(json_out).write_text(json.dumps({"meta": meta, "examples": examples}, indent=1))
     for subset in ("all", "contentious"):
         typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset))
-    gpo = [r["alignment"] for r in records if r["method"] == "gpo" and r["subset"] == "all" and r["split"] == 0.6
-           and r["protocol"] == "groups" and r["n_context"] == n_context]
+    gpo = [
+        r["alignment"]
+        for r in records
+        if r["method"] == "gpo"
+        and r["subset"] == "all"
+        and r["split"] == 0.6
+        and r["protocol"] == "groups"
+        and r["n_context"] == n_context
+    ]
     if gpo:
         typer.echo(f"\nGPO mean alignment at the 60% split (all questions): {np.mean(gpo):.4f}")
     if report:
@@ -338,16 +345,68 @@ def eval_individuals_cmd(
     )
     for k in cfg.n_context:
         rows = [r for r in records if r["n_context"] == k]
-        typer.echo(f"\n{k} context items: " + ", ".join(
-            f"{m} {np.mean([r['pairwise'] for r in rows if r['method'] == m]):.4f}"
-            for m in dict.fromkeys(r["method"] for r in rows)
-        ))
+        typer.echo(
+            f"\n{k} context items: "
+            + ", ".join(
+                f"{m} {np.mean([r['pairwise'] for r in rows if r['method'] == m]):.4f}"
+                for m in dict.fromkeys(r["method"] for r in rows)
+            )
+        )
     if report:
         typer.echo(f"wrote {write_individuals_report(records, meta, report)}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"records": records, "meta": meta}, indent=1, default=float))
         typer.echo(f"wrote {json_out}")
+
+
+@app.command("train-individuals")
+def train_individuals_cmd(
+    data: Annotated[Path | None, typer.Option(help="per-person ratings JSONL (default: shipped NYT books)")] = None,
+    name: Annotated[str, typer.Option(help="checkpoint name under the model store")] = "nytbooks-rating",
+    max_steps: int = 1500,
+    time_budget_s: float = 300.0,
+    prior_rank: int = 8,
+    ridge_init: Annotated[float, typer.Option(help="starting strength of the ridge readout")] = 1.0,
+    seed: int = 0,
+    threads: int | None = None,
+) -> None:
+    """Meta-train a rating GPO on every person of a ratings dataset (15% of them for validation) and save a
+    servable checkpoint (model, feature spec, item prior bank, content basis)."""
+    _setup(threads)
+    from service.config import get_settings
+    from service.embedder.embed import build_embedder
+    from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
+    from service.gpo.checkpoint import save_checkpoint
+    from service.training.features import FeatureSpec
+    from service.training.individuals import (
+        IndividualTrainConfig,
+        rating_checkpoint,
+        split_people,
+        train_individual_gpo,
+    )
+    from service.training.ratings import load_nytbooks, read_ratings_jsonl
+
+    settings = get_settings()
+    ds = read_ratings_jsonl(data) if data else load_nytbooks()
+    embedder = build_embedder(settings, template_version=RESPONSE_TEMPLATE_VERSION)
+    emb = embedder.embed([format_response_item(ds.prompt, it.text) for it in ds.items], progress=True)
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=prior_rank)
+    split = split_people(ds.people, 1.0, seed)
+    cfg = IndividualTrainConfig(max_steps=max_steps, time_budget_s=time_budget_s, seed=seed, patience=8, progress=False)
+    result = train_individual_gpo(ds, emb, split, spec, cfg, "rating", {"ridge_init": ridge_init})
+    embedder_meta = {
+        "key_prefix": embedder.key_prefix,
+        "name": settings.embedder,
+        "pooling": settings.pooling,
+        "template_version": RESPONSE_TEMPLATE_VERSION,
+        "dim": int(emb.shape[1]),
+    }
+    data_meta = {
+        "data": {"path": str(data) if data else "shipped nytbooks", "people": len(ds.people), "items": len(ds.items)}
+    }
+    out = save_checkpoint(rating_checkpoint(result, ds, emb, embedder_meta, data_meta), settings.model_store, name)
+    typer.echo(f"saved {out} (best validation pairwise {result.best_val:.4f} at step {result.best_step})")
 
 
 def config_dict_of(cfg) -> dict:

@@ -44,7 +44,7 @@ class ContextItem(Item):
 
 @dataclass
 class ItemPrediction:
-    distribution: np.ndarray  # [n_options] float64, sums to 1
+    distribution: np.ndarray  # [n_options] float64: sums to 1 (choice); [1] the normalised score (rating)
     std: np.ndarray  # [n_options]
 
 
@@ -66,6 +66,18 @@ class Predictor:
         if self.spec.use_prior and ckpt.bank is None:
             raise CheckpointError(f"{ckpt.path}: the features use a population prior but no prior bank is stored")
         self.embedder_meta: dict = ckpt.meta.get("embedder", {})
+        self.kind = self.model.cfg.kind
+        # Rating models: items outside the prior bank get content loadings from their embedding and the
+        # training people's mean score (see service.training.individuals.ContentBasis).
+        self.content: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
+        if {"content_mu", "content_sd", "content_components"} <= set(ckpt.extra):
+            self.content = (
+                ckpt.extra["content_mu"],
+                ckpt.extra["content_sd"],
+                ckpt.extra["content_components"],
+                int(ckpt.meta.get("content_basis_n", 1)),
+            )
 
     @classmethod
     def from_store(cls, store: Path, name: str, device: torch.device | str = "cpu") -> Predictor:
@@ -109,6 +121,13 @@ class Predictor:
 
     # ------------------------------------------------------------------ items -> features
 
+    def item_texts(self, question: str, options: Sequence[str]) -> list[str]:
+        """Texts to embed for one item of this checkpoint's kind: a choice question's options (the multiple-choice
+        template), or a rating item's response to its prompt (the response template)."""
+        if self.kind == "rating":
+            return self.response_texts(question, options)
+        return self.choice_texts(question, options)
+
     def choice_texts(self, question: str, options: Sequence[str]) -> list[str]:
         """Texts to embed for a multiple-choice question: one per option (the training template)."""
         return format_items(question, list(options))
@@ -138,10 +157,14 @@ class Predictor:
             bank = self.ckpt.bank
             assert bank is not None
             rows = bank.lookup(question_key(item.question, item.options), n)
-            if rows is None:
-                parts.append(np.zeros((n, self.spec.dim_x - sum(p.shape[1] for p in parts)), dtype=np.float32))
-            else:
+            if rows is not None:
                 parts.append(bank.prior.features(rows))
+            elif self.content is not None and self.spec.use_embedding:  # new item: content loadings, mean score
+                mu, sd, components, n_fit = self.content
+                load = ((emb - mu) / sd) @ components / np.sqrt(n_fit)
+                parts.append(np.concatenate([np.ones((n, 1)), np.full((n, 1), self.global_mean), load], axis=1))
+            else:
+                parts.append(np.zeros((n, self.spec.dim_x - sum(p.shape[1] for p in parts)), dtype=np.float32))
         return np.concatenate(parts, axis=1).astype(np.float32)
 
     # ------------------------------------------------------------------ prediction
@@ -189,11 +212,16 @@ class Predictor:
             preds, pos = [], n_ctx
             for t in targets:
                 k = len(t.options)
-                dist = mean[b, pos : pos + k]
-                preds.append(ItemPrediction(distribution=dist / dist.sum(), std=std[b, pos : pos + k]))
+                preds.append(self._prediction(mean[b, pos : pos + k], std[b, pos : pos + k]))
                 pos += k
             out.append(preds)
         return out
+
+    def _prediction(self, mean: np.ndarray, std: np.ndarray) -> ItemPrediction:
+        """A choice question's distribution (renormalised against rounding), or a rating item's normalised score."""
+        if self.kind == "choice":
+            return ItemPrediction(distribution=mean / mean.sum(), std=std)
+        return ItemPrediction(distribution=mean.copy(), std=std)
 
     def predict(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[ItemPrediction]:
         """The full forward (context and targets together); equals `predict_encoded(encode(context), ...)`."""
@@ -259,8 +287,7 @@ class Predictor:
             preds = []
             for t in targets:
                 k = len(t.options)
-                dist = mean[b, pos : pos + k]
-                preds.append(ItemPrediction(distribution=dist / dist.sum(), std=std[b, pos : pos + k]))
+                preds.append(self._prediction(mean[b, pos : pos + k], std[b, pos : pos + k]))
                 pos += k
             out.append(preds)
         return out

@@ -53,6 +53,8 @@ class Checkpoint:
     bank: PriorBank | None = None
     metrics: dict = field(default_factory=dict)
     path: Path | None = None
+    # Named arrays the serving features need besides the model (e.g. a rating model's content basis).
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def version(self) -> str:
@@ -97,6 +99,8 @@ def save_checkpoint(ckpt: Checkpoint, store: Path, name: str, version: str | Non
             tensors["prior.mean"] = torch.from_numpy(np.ascontiguousarray(ckpt.bank.prior.mean))
             tensors["prior.loadings"] = torch.from_numpy(np.ascontiguousarray(ckpt.bank.prior.loadings))
             bank_rows = {k: list(v) for k, v in ckpt.bank.rows.items()}
+        for k, v in ckpt.extra.items():
+            tensors[f"extra.{k}"] = torch.from_numpy(np.ascontiguousarray(v))
         save_file(tensors, str(tmp / "model.safetensors"))
         config = {
             **ckpt.meta,  # first: the name and version written here win over a re-saved checkpoint's
@@ -149,4 +153,5 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Checkpoin
     meta = {k: v for k, v in config.items() if k not in ("architecture", "prior_bank", "format_version")}
     metrics_path = path / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return Checkpoint(model=model, meta=meta, bank=bank, metrics=metrics, path=path)
+    extra = {k[len("extra.") :]: v.numpy() for k, v in tensors.items() if k.startswith("extra.")}
+    return Checkpoint(model=model, meta=meta, bank=bank, metrics=metrics, path=path, extra=extra)

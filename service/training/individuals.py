@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from service.gpo.batch import Episode, collate
+from service.gpo.checkpoint import Checkpoint, PriorBank
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
 from service.training.features import FeatureSpec
@@ -722,3 +723,43 @@ def evaluate_individuals(
                 },
             )
     return records, meta
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def rating_checkpoint(
+    result: IndividualModel, ds: RatingsDataset, emb: np.ndarray, embedder_meta: dict, extra_meta: dict | None = None
+) -> Checkpoint:
+    """A servable rating checkpoint: the model, its feature spec, the prior bank of the dataset's items (keyed by
+    prompt + item text, as a served rating item is), and the content basis that gives any other item its
+    loadings, with the training people's mean score for them."""
+    assert result.kind == "rating" and result.prior is not None, "a rating model with a prior"
+    from service.gpo.prior import question_key
+
+    rows = {question_key(ds.prompt, [it.text]): (i, 1) for i, it in enumerate(ds.items)}
+    known = result.known
+    basis = fit_content_basis(emb, result.spec.prior_rank)
+    meta = {
+        "kind": "rating",
+        "embedder": embedder_meta,
+        "features": result.spec.to_dict(),
+        "global_mean": float(result.prior.mean[known].mean()) if known.any() else 0.5,
+        "content_basis_n": basis.n,
+        "scale": list(ds.scale),
+        "prompt": ds.prompt,
+        **(extra_meta or {}),
+    }
+    extra = {
+        "content_mu": basis.mu.astype(np.float32),
+        "content_sd": basis.sd.astype(np.float32),
+        "content_components": basis.components.astype(np.float32),
+    }
+    metrics = {
+        "best_val_pairwise": result.best_val,
+        "best_step": result.best_step,
+        "steps_run": result.steps_run,
+        "wall_s": result.wall_s,
+        "history": result.history,
+    }
+    return Checkpoint(result.model, meta, PriorBank(result.prior, rows), metrics, extra=extra)

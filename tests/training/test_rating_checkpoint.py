@@ -1,0 +1,75 @@
+"""A rating GPO saved as a servable checkpoint: the Predictor gives what the offline evaluation gives, for known
+items (prior bank) and new ones (content loadings from their embedding), through the full and the cached path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.embedder.prompts import format_response_item
+from service.gpo.checkpoint import save_checkpoint
+from service.inference import ContextItem, Item, Predictor
+from service.training.features import FeatureSpec
+from service.training.individuals import (
+    IndividualTrainConfig,
+    PersonFeatures,
+    context_draw,
+    fit_content_basis,
+    predict_person,
+    rating_checkpoint,
+    split_people,
+    train_individual_gpo,
+)
+
+from .test_individuals import synthetic
+
+TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    ds, emb = synthetic(n_people=50)
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=3)
+    split = split_people(ds.people, 0.7, seed=0)
+    cfg = IndividualTrainConfig(max_steps=20, eval_every=10, batch_size=4, time_budget_s=60, progress=False)
+    result = train_individual_gpo(ds, emb, split, spec, cfg, "rating", {**TINY, "ridge_init": 1.0})
+    meta = {"key_prefix": "synthetic", "template_version": "gpo-resp-v1", "dim": int(emb.shape[1])}
+    path = save_checkpoint(rating_checkpoint(result, ds, emb, meta), tmp_path_factory.mktemp("store"), "ratings")
+    return ds, emb, spec, split, result, Predictor.from_store(path.parent.parent, "ratings")
+
+
+def test_the_predictor_serves_what_the_evaluation_scores(trained) -> None:
+    ds, emb, spec, split, result, predictor = trained
+    assert predictor.kind == "rating" and predictor.model_version == "ratings/v0001"
+    y = ds.matrix()
+    x = PersonFeatures(spec, emb).build(result.prior, result.known)
+    for person in split.test[:5]:
+        yp = y[ds.people.index(person)]
+        ctx, tgt = context_draw(ds, person, 6, seed=0)
+        offline = predict_person(result.model, "rating", x, yp, ctx, tgt, np.random.default_rng(0))
+        context = [
+            ContextItem(ds.prompt, [ds.items[i].text], emb[i : i + 1], np.array([yp[i]], dtype=np.float32)) for i in ctx
+        ]
+        targets = [Item(ds.prompt, [ds.items[i].text], emb[i : i + 1]) for i in tgt]
+        served = [p.distribution[0] for p in predictor.predict(context, targets)]
+        assert np.allclose(served, offline, atol=1e-5)
+        cached = [p.distribution[0] for p in predictor.predict_encoded([(predictor.encode(context), targets)])[0]]
+        assert np.allclose(cached, served, atol=1e-5)
+
+
+def test_a_new_item_gets_content_loadings_and_the_mean_score(trained) -> None:
+    ds, emb, spec, _, result, predictor = trained
+    new_emb = emb[:1] + 0.5  # an item nobody rated
+    f = predictor.features(Item("A prompt nobody used?", ["a new response"], new_emb))
+    basis = fit_content_basis(emb, spec.prior_rank)
+    p = spec.prior_slice
+    assert f[0, p.start] == 1.0  # known to the readout: its ridge estimate applies
+    assert f[0, p.start + 1] == pytest.approx(float(result.prior.mean[result.known].mean()), abs=1e-6)
+    assert np.allclose(f[0, p.start + 2 :], basis.loadings(new_emb)[0], atol=1e-5)
+    known = predictor.features(Item(ds.prompt, [ds.items[3].text], emb[3:4]))
+    assert np.allclose(known[0, p], result.prior.features(np.array([3]))[0], atol=1e-6)
+
+
+def test_texts_follow_the_kind(trained) -> None:
+    _, _, _, _, _, predictor = trained
+    assert predictor.item_texts("Rate it.", ["Fine."]) == [format_response_item("Rate it.", "Fine.")]
