@@ -45,6 +45,18 @@ def _load_predictor(settings: Settings) -> Predictor:
     return Predictor.from_store(settings.model_store, settings.checkpoint, device=resolve_device(settings.device))
 
 
+def _load_rating_predictor(settings: Settings) -> Predictor:
+    from service.embedder.loading import resolve_device
+
+    assert settings.rating_checkpoint
+    rating = Predictor.from_store(
+        settings.model_store, settings.rating_checkpoint, device=resolve_device(settings.device)
+    )
+    if rating.kind != "rating":
+        raise CheckpointError(f"{rating.model_version} is a {rating.kind} checkpoint, not a rating one")
+    return rating
+
+
 @asynccontextmanager
 async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[Services]:
     """Migrate the database, open it, the cache, the worker and the checkpoint; check the checkpoint against the
@@ -64,7 +76,15 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             log.error("refusing to start: %s (train one with `gpo train`, or set GPO_MODEL_STORE/GPO_CHECKPOINT)", exc)
             raise
         log.info("checkpoint %s loaded", predictor.model_version)
-        services = Services(settings, engine, make_sessionmaker(engine), cache, worker, predictor, metrics)
+        rating = None
+        if settings.rating_checkpoint:
+            try:
+                rating = await anyio.to_thread.run_sync(_load_rating_predictor, settings)
+            except CheckpointError as exc:
+                log.error("refusing to start: %s (GPO_RATING_CHECKPOINT)", exc)
+                raise
+            log.info("rating checkpoint %s loaded", rating.model_version)
+        services = Services(settings, engine, make_sessionmaker(engine), cache, worker, predictor, metrics, rating)
         stack.push_async_callback(services.aclose)
 
         if isinstance(worker, LocalWorker):

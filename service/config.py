@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(PROJECT_ROOT / ".cache", description="embedding cache and converted model weights")
     model_store: Path = Field(PROJECT_ROOT / "model_store", description="root of versioned GPO checkpoints")
     checkpoint: str = Field("opinionqa-gpo", description="checkpoint name under model_store (latest version)")
+    rating_checkpoint: str | None = Field(
+        None, description="rating checkpoint (gpo train-individuals) serving rating groups; unset: not predicted"
+    )
 
     # --- service (issue 3) ---
     database_url: str = Field(

@@ -227,19 +227,34 @@ class ContextWriteRequest(BaseModel):
         return self.items[0].kind if self.items else None
 
 
+class ResponseIn(BaseModel):
+    """A response to a prompt, to be scored for a rating group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Text
+    response: Text
+
+
 class PredictRequest(BaseModel):
-    """`POST /predict`: a stored group (`group_id`) or an inline `context`, and the questions to predict."""
+    """`POST /predict`: a stored group (`group_id`) or an inline `context`, and what to predict: `questions`
+    (multiple-choice groups) or `responses` (rating groups: a predicted score per response)."""
 
     model_config = ConfigDict(extra="forbid")
 
     group_id: GroupId | None = None
     context: list[ContextItemIn] | None = Field(None, min_length=1)
-    questions: list[QuestionIn] = Field(min_length=1)
+    questions: list[QuestionIn] | None = Field(None, min_length=1)
+    responses: list[ResponseIn] | None = Field(None, min_length=1, description="for a rating group (group_id)")
 
     @model_validator(mode="after")
     def _one_of_group_or_context(self) -> PredictRequest:
         if (self.group_id is None) == (self.context is None):
             raise PydanticCustomError("group_or_context", "give exactly one of 'group_id' or 'context'")
+        if (self.questions is None) == (self.responses is None):
+            raise PydanticCustomError("questions_or_responses", "give exactly one of 'questions' or 'responses'")
+        if self.responses is not None and self.context is not None:
+            raise PydanticCustomError("responses_inline", "'responses' are scored for a stored rating group (group_id)")
         return self
 
 
@@ -307,15 +322,24 @@ class Prediction(BaseModel):
     std: list[float] = Field(description="the model's standard deviation of each probability")
 
 
+class RatingPrediction(BaseModel):
+    score: float = Field(description="the group's predicted score on its items' scale")
+    std: float = Field(description="the model's standard deviation of the score, on the same scale")
+
+
 class PredictResponse(BaseModel):
-    predictions: list[Prediction] = Field(description="one per question, in request order")
+    predictions: list[Prediction] = Field(description="one per question, in request order (questions)")
+    scores: list[RatingPrediction] | None = Field(None, description="one per response, in request order (responses)")
     model_version: str
     context_version: int | None = Field(description="the group's context version; null for an inline context")
 
 
 class ScoredResponse(BaseModel):
     text: str
-    score: float = Field(description="GPO's probability that the group prefers this response among them")
+    score: float = Field(
+        description="choice group: GPO's probability that the group prefers this response among them; "
+        "rating group: the group's predicted score on its scale"
+    )
 
 
 class GenerateResponse(BaseModel):
@@ -424,7 +448,16 @@ class Limits:
             )
 
     def check_predict(self, body: PredictRequest) -> None:
-        errors = self._questions("questions", list(body.questions), self.max_questions_per_request)
+        errors = self._questions("questions", list(body.questions or []), self.max_questions_per_request)
+        responses = body.responses or []
+        if len(responses) > self.max_questions_per_request:
+            errors.append(
+                _error(("responses",), f"at most {self.max_questions_per_request} per request, got {len(responses)}")
+            )
+        for i, r in enumerate(responses):
+            errors += self._text(("responses", i, "prompt"), r.prompt) + self._text(
+                ("responses", i, "response"), r.response
+            )
         if body.context is not None:
             errors += self._questions("context", list(body.context), self.max_items_per_request)
         if errors:

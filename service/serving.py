@@ -43,6 +43,7 @@ from service.schemas import (
     PredictResponse,
     QuestionIn,
     RatingItemIn,
+    RatingPrediction,
     ScoredResponse,
 )
 
@@ -64,20 +65,27 @@ EMBEDDING_DTYPE = np.dtype("<f4")  # the stored layout: little-endian float32 [n
 
 
 class KindNotServed(Exception):
-    """A group of a kind this deployment has no model for (HTTP 422)."""
+    """A group of a kind this deployment has no model for, or asked for the other kind's targets (HTTP 422)."""
 
-    def __init__(self, name: str, kind: str) -> None:
-        super().__init__(
-            f"group {name!r} holds {kind} items, and this deployment serves multiple-choice groups only: "
-            f"its checkpoint is a choice model"
-        )
+    def __init__(self, name: str, kind: str, reason: str) -> None:
+        super().__init__(f"group {name!r} holds {kind} items: {reason}")
         self.name = name
         self.kind = kind
 
 
-def _check_served_kind(name: str, kind: str) -> None:
-    if kind != "choice":
-        raise KindNotServed(name, kind)
+def _check_served_kind(name: str, kind: str, services: Services | None = None) -> None:
+    """For the multiple-choice paths (questions; best-of-n as one question)."""
+    if kind == "choice":
+        return
+    if kind == "rating" and services is not None and services.rating is not None:
+        raise KindNotServed(name, kind, "send 'responses' to predict its scores")
+    raise KindNotServed(
+        name,
+        kind,
+        "this deployment serves multiple-choice groups only (no GPO_RATING_CHECKPOINT)"
+        if kind == "rating"
+        else "this deployment serves no comparison model yet",
+    )
 
 
 class EmptyContext(Exception):
@@ -94,6 +102,7 @@ class EmbedderKeys:
 
     choice: str  # multiple-choice items, in the checkpoint's template (stored with context items)
     response: str  # sampled responses, pooled in the sampling pass (best-of-n; vectors are not cached)
+    rating: str | None = None  # rating items (prompt + response), in the rating checkpoint's template
 
 
 class Services:
@@ -108,8 +117,10 @@ class Services:
         worker: Worker,
         predictor: Predictor,
         metrics: Metrics,
+        rating: Predictor | None = None,
     ) -> None:
         self.settings = settings
+        self.rating = rating  # serves rating groups (GPO_RATING_CHECKPOINT), when configured
         self.engine = engine
         self.sessions = sessions
         self.cache = cache
@@ -159,7 +170,13 @@ class Services:
                 if info.dim is None:
                     raise WorkerUnavailable("the worker has not loaded its model yet (embedding size unknown)")
                 self.predictor.check_embedder(info.key_prefix(template), info.dim)
-                self._keys = EmbedderKeys(info.key_prefix(template), info.key_prefix(RESPONSE_POOLED_TEMPLATE_VERSION))
+                rating_key = None
+                if self.rating is not None:
+                    rating_key = info.key_prefix(self.rating.template_version)
+                    self.rating.check_embedder(rating_key, info.dim)
+                self._keys = EmbedderKeys(
+                    info.key_prefix(template), info.key_prefix(RESPONSE_POOLED_TEMPLATE_VERSION), rating_key
+                )
                 log.info("embedder %s matches checkpoint %s", self._keys.choice, self.predictor.model_version)
         return self._keys
 
@@ -325,18 +342,27 @@ def delete_item(services: Services, tenant: str, group_id: str, item_id: int) ->
 # ---------------------------------------------------------------------------------------------- prediction
 
 
-async def _stored_context(services: Services, tenant: str, group_id: str) -> tuple[repo.GroupInfo, list[ContextItem]]:
+async def _stored_context(
+    services: Services, tenant: str, group_id: str, kind: str = "choice"
+) -> tuple[repo.GroupInfo, list[ContextItem], list[repo.StoredItem]]:
     """The group's context items with their stored embeddings; items embedded by another embedder (or not at
-    all) are embedded again and stored back, so the next prediction finds them."""
+    all) are embedded again and stored back, so the next prediction finds them. `kind`: the kind the caller
+    serves (the choice checkpoint, or the rating one)."""
     info, stored = await in_thread(_read_context, services, tenant, group_id)
-    _check_served_kind(group_id, info.kind)
+    if kind == "choice":
+        _check_served_kind(group_id, info.kind, services)
+    elif info.kind != kind:
+        raise KindNotServed(group_id, info.kind, "send 'questions' to predict a multiple-choice group")
     if not stored:
         raise EmptyContext(group_id)
-    predictor = services.predictor
+    predictor = services.predictor if kind == "choice" else services.rating
+    assert predictor is not None, "checked by the caller"
     context = [ContextItem(s.question, s.options, None, np.asarray(s.distribution, dtype=np.float32)) for s in stored]
     if not predictor.uses_embedding:
-        return info, context
-    key = (await services.embedder_keys()).choice
+        return info, context, stored
+    keys = await services.embedder_keys()
+    key = keys.choice if kind == "choice" else keys.rating
+    assert key is not None
     dim = predictor.spec.emb_dim
     stale: list[int] = []
     for i, s in enumerate(stored):
@@ -344,7 +370,7 @@ async def _stored_context(services: Services, tenant: str, group_id: str) -> tup
         if context[i].embeddings is None:
             stale.append(i)
     if stale:
-        texts = [predictor.choice_texts(stored[i].question, stored[i].options) for i in stale]
+        texts = [predictor.item_texts(stored[i].question, stored[i].options) for i in stale]
         vectors = await services.embed([t for item_texts in texts for t in item_texts], key)
         blocks = _split(vectors, [len(t) for t in texts])
         for i, block in zip(stale, blocks, strict=True):
@@ -359,7 +385,7 @@ async def _stored_context(services: Services, tenant: str, group_id: str) -> tup
         updated = await in_thread(store_back)
         services.metrics.reembedded_items.inc(updated)
         log.info("group %s/%s: %d context items re-embedded with %s", tenant, group_id, updated, key)
-    return info, context
+    return info, context, stored
 
 
 def _read_context(services: Services, tenant: str, group_id: str) -> tuple[repo.GroupInfo, list[repo.StoredItem]]:
@@ -382,7 +408,7 @@ def _cached_state(services: Services, tenant: str, group_id: str, embedder_key: 
     """(context version, encoded context or None): one row read for the version, then the context cache."""
     with services.engine.connect() as connection:
         row, version, kind = repo.group_version(connection, tenant, group_id)
-    _check_served_kind(group_id, kind)
+    _check_served_kind(group_id, kind, services)
     state, where = services.contexts.get(StateKey(services.predictor.model_version, embedder_key, row, version))
     services.metrics.context_states.labels(where).inc()
     return version, state
@@ -404,7 +430,7 @@ async def group_state(services: Services, tenant: str, group_id: str) -> tuple[i
         version, state = await in_thread(_cached_state, services, tenant, group_id, embedder_key)
         if state is not None:
             return version, state
-    info, context = await _stored_context(services, tenant, group_id)
+    info, context, _ = await _stored_context(services, tenant, group_id)
     state = await in_thread(_encode, services, context)
     if services.contexts.enabled:
         key = StateKey(services.predictor.model_version, embedder_key, info.id, info.version)
@@ -412,8 +438,47 @@ async def group_state(services: Services, tenant: str, group_id: str) -> tuple[i
     return info.version, state
 
 
+async def rated(
+    services: Services, tenant: str, group_id: str, prompt_responses: Sequence[tuple[str, str]]
+) -> tuple[repo.GroupInfo, list[tuple[float, float]]]:
+    """(group, [(score, std)] on the group's scale) of each (prompt, response) for a rating group."""
+    rating = services.rating
+    if rating is None:
+        info = await in_thread(_group_info, services, tenant, group_id)
+        _check_served_kind(group_id, info.kind, services)
+        raise KindNotServed(group_id, info.kind, "send 'questions' to predict a multiple-choice group")
+    info, context, stored = await _stored_context(services, tenant, group_id, kind="rating")
+    key = (await services.embedder_keys()).rating
+    assert key is not None
+    texts = [t for p, r in prompt_responses for t in rating.item_texts(p, [r])]
+    vectors = await services.embed(texts, key)
+    targets = [Item(p, [r], vectors[i : i + 1]) for i, (p, r) in enumerate(prompt_responses)]
+    predictions = await in_thread(rating.predict, context, targets)
+    lo, hi = (stored[0].payload or {}).get("scale", (0.0, 1.0))  # the group's scale: its items'
+    return info, [(lo + (hi - lo) * float(p.distribution[0]), (hi - lo) * float(p.std[0])) for p in predictions]
+
+
+def _group_info(services: Services, tenant: str, group_id: str) -> repo.GroupInfo:
+    with services.transaction() as session:
+        return repo.get_group(session, tenant, group_id)
+
+
 async def predict(services: Services, tenant: str, body: PredictRequest) -> PredictResponse:
-    """Distributions over each question's options given a stored group's context or an inline one."""
+    """Distributions over each question's options given a stored group's context or an inline one; or, for a
+    rating group, a predicted score for each response."""
+    if body.responses is not None:
+        assert body.group_id is not None, "validated: responses go with a stored group"
+        pairs = [(r.prompt, r.response) for r in body.responses]
+        info, scores = await rated(services, tenant, body.group_id, pairs)
+        assert services.rating is not None
+        services.metrics.predictions.labels("rating").inc(len(scores))
+        return PredictResponse(
+            predictions=[],
+            scores=[RatingPrediction(score=s, std=sd) for s, sd in scores],
+            model_version=services.rating.model_version,
+            context_version=info.version,
+        )
+    assert body.questions is not None, "validated: questions or responses"
     context_version: int | None = None
     if body.group_id is not None:
         context_version, state = await group_state(services, tenant, body.group_id)
@@ -486,6 +551,10 @@ async def generate(
     the seconds spent on "context" (the group's encoded context), "sample" (the base LLM) and "score" (GPO).
     """
     t0 = time.perf_counter()
+    if services.rating is not None:
+        info = await in_thread(_group_info, services, tenant, body.group_id)  # 404 before any sampling
+        if info.kind == "rating":
+            return await _generate_rated(services, tenant, body, timings)
     context_version, state = await group_state(services, tenant, body.group_id)  # 404 before any sampling
     t1 = time.perf_counter()
     predictor = services.predictor
@@ -500,6 +569,26 @@ async def generate(
         responses=[ScoredResponse(text=responses[i], score=float(scores[i])) for i in order],
         model_version=predictor.model_version,
         context_version=context_version,
+        n_sampled=n_sampled,
+    )
+
+
+async def _generate_rated(
+    services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float] | None
+) -> GenerateResponse:
+    """Best-of-n for a rating group: the samples ranked by the group's predicted score (highest first)."""
+    assert services.rating is not None
+    t0 = time.perf_counter()
+    responses, _, n_sampled = await sample_distinct(services, body)
+    t1 = time.perf_counter()
+    info, scores = await rated(services, tenant, body.group_id, [(body.prompt, r) for r in responses])
+    order = sorted(range(len(responses)), key=lambda i: -scores[i][0])  # stable: ties keep sampling order
+    if timings is not None:
+        timings.update(sample=t1 - t0, score=time.perf_counter() - t1)
+    return GenerateResponse(
+        responses=[ScoredResponse(text=responses[i], score=scores[i][0]) for i in order],
+        model_version=services.rating.model_version,
+        context_version=info.version,
         n_sampled=n_sampled,
     )
 

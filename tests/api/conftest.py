@@ -84,6 +84,51 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, tiny_lm_path: Path) ->
     return root / "store"
 
 
+RATING_CHECKPOINT = "api-rating"
+RATING_PROMPT = "Rate this reply."
+
+
+def ratings_dataset(n_people: int = 40, n_items: int = 30, seed: int = 0):
+    """People rating replies 1..5: a popularity per reply plus a personal taste; enough to train on."""
+    from service.training.ratings import RatedItem, RatingsDataset
+
+    rng = np.random.default_rng(seed)
+    pop, feat = rng.normal(size=n_items), rng.normal(size=(n_items, 2))
+    items = [RatedItem(f"r{j}", f"reply number {j} talks about topic {j % 7}") for j in range(n_items)]
+    scores = {}
+    for p in range(n_people):
+        taste = rng.normal(size=2)
+        rated = rng.choice(n_items, size=15, replace=False)
+        latent = pop[rated] + feat[rated] @ taste + rng.normal(scale=0.3, size=15)
+        levels = np.clip(np.round(3 + latent), 1, 5)
+        scores[f"person{p}"] = {f"r{j}": float(v) for j, v in zip(rated, levels, strict=True)}
+    return RatingsDataset(items=items, people=list(scores), scores=scores, scale=(1.0, 5.0), prompt=RATING_PROMPT)
+
+
+@pytest.fixture(scope="session")
+def rating_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory, tiny_lm_path: Path) -> Path:
+    """The choice checkpoint's store plus a rating checkpoint trained by `gpo train-individuals` on the tiny LM."""
+    from service.training.ratings import write_ratings_jsonl
+
+    root = tmp_path_factory.mktemp("rating-store")
+    store = root / "store"
+    shutil.copytree(model_store, store)
+    data = root / "ratings.jsonl"
+    write_ratings_jsonl(ratings_dataset(), data)
+    env = {
+        **os.environ,
+        "GPO_EMBEDDER": str(tiny_lm_path),
+        "GPO_CACHE_DIR": str(root / "cache"),
+        "GPO_MODEL_STORE": str(store),
+        "GPO_TORCH_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "service.cli", "train-individuals", "--data", str(data), "--name", RATING_CHECKPOINT]
+    cmd += ["--max-steps", "20", "--time-budget-s", "60", "--prior-rank", "3", "--threads", "1"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return store
+
+
 @pytest.fixture(scope="session")
 def mismatched_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same checkpoint, but its config says it was trained on another embedder."""

@@ -3,6 +3,7 @@ holds one kind; a deployment with a choice checkpoint refuses to predict for the
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -105,3 +106,71 @@ def _json(body: dict) -> bytes:
     import json
 
     return json.dumps(body).encode()  # NaN is written as the JSON extension NaN, which the API must refuse
+
+
+# ---------------------------------------------------------------------------------------------- rating groups served
+
+
+@pytest.fixture
+def rating_client(make_settings, sqlite_url: str, rating_store) -> TestClient:
+    from .conftest import RATING_CHECKPOINT, authed_client
+
+    settings = make_settings(sqlite_url, model_store=rating_store, rating_checkpoint=RATING_CHECKPOINT)
+    with authed_client(settings) as c:
+        yield c
+
+
+def _rating(j: int, score: float) -> dict:
+    from .conftest import RATING_PROMPT
+
+    return {
+        "kind": "rating",
+        "prompt": RATING_PROMPT,
+        "response": f"reply number {j} talks about topic {j % 7}",
+        "score": score,
+        "scale": [1, 5],
+    }
+
+
+def test_a_rating_group_gets_predicted_scores(rating_client: TestClient) -> None:
+    c = rating_client
+    assert c.post("/groups/p1/context", json={"items": [_rating(j, 1 + j % 5) for j in range(8)]}).status_code == 200
+    body = {
+        "group_id": "p1",
+        "responses": [
+            {"prompt": "Rate this reply.", "response": t}
+            for t in ("reply number 9 talks about topic 2", "Something new entirely.")
+        ],
+    }
+    answer = c.post("/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    out = answer.json()
+    assert out["model_version"] == "api-rating/v0001" and out["context_version"] == 1 and out["predictions"] == []
+    assert len(out["scores"]) == 2 and all(np.isfinite(s["score"]) and s["std"] > 0 for s in out["scores"])
+    # the rating items' embeddings were stored back on first use: a second call gives the same scores
+    assert c.post("/predict", json=body).json()["scores"] == out["scores"]
+    # the other kind's targets are refused, naming what to send
+    wrong = c.post("/predict", json={"group_id": "p1", "questions": [question(1)]})
+    assert wrong.status_code == 422 and "send 'responses'" in wrong.text
+    assert c.post("/groups/c1/context", json={"items": [context_item(0)]}).status_code == 200
+    wrong = c.post("/predict", json={"group_id": "c1", "responses": body["responses"]})
+    assert wrong.status_code == 422 and "send 'questions'" in wrong.text
+
+
+def test_generate_for_a_rating_group_returns_the_sample_gpo_scores_highest(rating_client: TestClient) -> None:
+    c = rating_client
+    assert c.post("/groups/p2/context", json={"items": [_rating(j, 5 - j % 5) for j in range(10)]}).status_code == 200
+    out = c.post(
+        "/generate", json={"group_id": "p2", "prompt": "Rate this reply.", "n": 4, "max_new_tokens": 6, "seed": 3}
+    )
+    assert out.status_code == 200, out.text
+    ranked = out.json()["responses"]
+    assert len(ranked) >= 2 and out.json()["model_version"] == "api-rating/v0001"
+    # score every returned sample on its own through /predict: the first returned is the one scored highest
+    alone = c.post(
+        "/predict",
+        json={"group_id": "p2", "responses": [{"prompt": "Rate this reply.", "response": r["text"]} for r in ranked]},
+    ).json()["scores"]
+    assert [round(r["score"], 5) for r in ranked] == [round(s["score"], 5) for s in alone]
+    assert ranked[0]["score"] == max(r["score"] for r in ranked)
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)

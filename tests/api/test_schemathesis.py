@@ -15,7 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
-from .conftest import SettingsFactory, api_key, bearer, context_item, served_app
+from .conftest import RATING_CHECKPOINT, SettingsFactory, api_key, bearer, context_item, served_app
 
 EXAMPLES = int(os.environ.get("GPO_FUZZ_EXAMPLES", "25"))
 # Every check of schemathesis runs except one: positive_data_acceptance expects every schema-valid body to be
@@ -27,17 +27,26 @@ EXCLUDED = [positive_data_acceptance]
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def fuzz_target(
-    request: pytest.FixtureRequest, module_settings: SettingsFactory, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    module_settings: SettingsFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+    rating_store: Path,
 ) -> Iterator[tuple[str, dict]]:
     if request.param == "sqlite":
         db: Path = tmp_path_factory.mktemp("fuzz") / "gpo.sqlite3"
         url = f"sqlite:///{db}"
     else:  # the session's Postgres database; the groups are the fuzz tenant's own
         url = request.getfixturevalue("postgres_session_url")
-    with served_app(module_settings(url, max_generate_n=4, max_new_tokens=8)) as base:
+    settings = module_settings(
+        url, max_generate_n=4, max_new_tokens=8, model_store=rating_store, rating_checkpoint=RATING_CHECKPOINT
+    )
+    with served_app(settings) as base:
         headers = bearer(api_key(url, "fuzz"))
         # A group the fuzzer may hit by name, so predictions and deletes reach their happy paths too.
         seeded = httpx.post(f"{base}/groups/a/context", json={"items": [context_item(0)]}, headers=headers)
+        assert seeded.status_code == 200, seeded.text
+        rating = {"kind": "rating", "prompt": "Rate this reply.", "response": "Fine.", "score": 3, "scale": [1, 5]}
+        seeded = httpx.post(f"{base}/groups/b/context", json={"items": [rating]}, headers=headers)
         assert seeded.status_code == 200, seeded.text
         yield base, headers
 
