@@ -45,16 +45,13 @@ def _load_predictor(settings: Settings) -> Predictor:
     return Predictor.from_store(settings.model_store, settings.checkpoint, device=resolve_device(settings.device))
 
 
-def _load_rating_predictor(settings: Settings) -> Predictor:
+def _load_kind_predictor(settings: Settings, name: str, kind: str) -> Predictor:
     from service.embedder.loading import resolve_device
 
-    assert settings.rating_checkpoint
-    rating = Predictor.from_store(
-        settings.model_store, settings.rating_checkpoint, device=resolve_device(settings.device)
-    )
-    if rating.kind != "rating":
-        raise CheckpointError(f"{rating.model_version} is a {rating.kind} checkpoint, not a rating one")
-    return rating
+    predictor = Predictor.from_store(settings.model_store, name, device=resolve_device(settings.device))
+    if predictor.kind != kind:
+        raise CheckpointError(f"{predictor.model_version} is a {predictor.kind} checkpoint, not a {kind} one")
+    return predictor
 
 
 @asynccontextmanager
@@ -76,15 +73,27 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
             log.error("refusing to start: %s (train one with `gpo train`, or set GPO_MODEL_STORE/GPO_CHECKPOINT)", exc)
             raise
         log.info("checkpoint %s loaded", predictor.model_version)
-        rating = None
-        if settings.rating_checkpoint:
+        by_kind: dict[str, Predictor] = {}
+        for kind, name in (("rating", settings.rating_checkpoint), ("comparison", settings.comparison_checkpoint)):
+            if not name:
+                continue
             try:
-                rating = await anyio.to_thread.run_sync(_load_rating_predictor, settings)
+                by_kind[kind] = await anyio.to_thread.run_sync(_load_kind_predictor, settings, name, kind)
             except CheckpointError as exc:
-                log.error("refusing to start: %s (GPO_RATING_CHECKPOINT)", exc)
+                log.error("refusing to start: %s (GPO_%s_CHECKPOINT)", exc, kind.upper())
                 raise
-            log.info("rating checkpoint %s loaded", rating.model_version)
-        services = Services(settings, engine, make_sessionmaker(engine), cache, worker, predictor, metrics, rating)
+            log.info("%s checkpoint %s loaded", kind, by_kind[kind].model_version)
+        services = Services(
+            settings,
+            engine,
+            make_sessionmaker(engine),
+            cache,
+            worker,
+            predictor,
+            metrics,
+            by_kind.get("rating"),
+            by_kind.get("comparison"),
+        )
         stack.push_async_callback(services.aclose)
 
         if isinstance(worker, LocalWorker):

@@ -368,11 +368,14 @@ def train_individuals_cmd(
     time_budget_s: float = 300.0,
     prior_rank: int = 8,
     ridge_init: Annotated[float, typer.Option(help="starting strength of the ridge readout")] = 1.0,
+    kind: Annotated[str, typer.Option(help="rating | comparison (pair classifier on pairs of rated items)")] = "rating",
     seed: int = 0,
     threads: int | None = None,
 ) -> None:
-    """Meta-train a rating GPO on every person of a ratings dataset (15% of them for validation) and save a
-    servable checkpoint (model, feature spec, item prior bank, content basis)."""
+    """Meta-train a rating (or comparison) GPO on every person of a ratings dataset (15% of them for validation)
+    and save a servable checkpoint (model, feature spec, item prior bank, content basis)."""
+    if kind not in ("rating", "comparison"):
+        raise typer.BadParameter(f"kind is rating or comparison, not {kind!r}")
     _setup(threads)
     from service.config import get_settings
     from service.embedder.embed import build_embedder
@@ -394,7 +397,7 @@ def train_individuals_cmd(
     spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=prior_rank)
     split = split_people(ds.people, 1.0, seed)
     cfg = IndividualTrainConfig(max_steps=max_steps, time_budget_s=time_budget_s, seed=seed, patience=8, progress=False)
-    result = train_individual_gpo(ds, emb, split, spec, cfg, "rating", {"ridge_init": ridge_init})
+    result = train_individual_gpo(ds, emb, split, spec, cfg, kind, {"ridge_init": ridge_init})
     embedder_meta = {
         "key_prefix": embedder.key_prefix,
         "name": settings.embedder,

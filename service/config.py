@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     rating_checkpoint: str | None = Field(
         None, description="rating checkpoint (gpo train-individuals) serving rating groups; unset: not predicted"
     )
+    comparison_checkpoint: str | None = Field(
+        None, description="comparison checkpoint (gpo train-individuals --kind comparison) serving comparison groups"
+    )
 
     # --- service (issue 3) ---
     database_url: str = Field(

@@ -123,10 +123,36 @@ class Predictor:
 
     def item_texts(self, question: str, options: Sequence[str]) -> list[str]:
         """Texts to embed for one item of this checkpoint's kind: a choice question's options (the multiple-choice
-        template), or a rating item's response to its prompt (the response template)."""
-        if self.kind == "rating":
+        template), or the responses to a prompt of a rating or comparison item (the response template)."""
+        if self.kind in ("rating", "comparison"):
             return self.response_texts(question, options)
         return self.choice_texts(question, options)
+
+    @torch.inference_mode()
+    def predict_pairs(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[float]:
+        """Comparison models: P(first response preferred) for each target pair, given context pairs. Items have
+        two options (response a, response b) with their embeddings; a context item's distribution is [P(a), P(b)].
+        A pair token is the difference of its two responses' features."""
+        if self.kind != "comparison":
+            raise ValueError(f"{self.model_version} is a {self.kind} model, not a comparison one")
+        if not context:
+            raise ValueError("a prediction needs at least one context item")
+
+        def token(item: Item) -> np.ndarray:
+            if len(item.options) != 2:
+                raise ValueError("a comparison item has exactly two responses")
+            f = self.features(item)
+            return f[0] - f[1]
+
+        x = np.stack([token(c) for c in context] + [token(t) for t in targets]).astype(np.float32)
+        y = np.array([float(np.asarray(c.distribution)[0]) for c in context] + [0.0] * len(targets), dtype=np.float32)
+        is_ctx = torch.zeros(len(y), dtype=torch.bool)
+        is_ctx[: len(context)] = True
+        episode = Episode(
+            x=torch.from_numpy(x), y=torch.from_numpy(y), is_context=is_ctx, question=torch.arange(len(y))
+        )
+        pred = self.model(collate([episode]).to(self.device))
+        return [float(v) for v in pred.mean[0, len(context) :].double().cpu().numpy()]
 
     def choice_texts(self, question: str, options: Sequence[str]) -> list[str]:
         """Texts to embed for a multiple-choice question: one per option (the training template)."""
@@ -156,16 +182,31 @@ class Predictor:
         if self.spec.use_prior:
             bank = self.ckpt.bank
             assert bank is not None
-            rows = bank.lookup(question_key(item.question, item.options), n)
-            if rows is not None:
-                parts.append(bank.prior.features(rows))
-            elif self.content is not None and self.spec.use_embedding:  # new item: content loadings, mean score
-                mu, sd, components, n_fit = self.content
-                load = ((emb - mu) / sd) @ components / np.sqrt(n_fit)
-                parts.append(np.concatenate([np.ones((n, 1)), np.full((n, 1), self.global_mean), load], axis=1))
-            else:
-                parts.append(np.zeros((n, self.spec.dim_x - sum(p.shape[1] for p in parts)), dtype=np.float32))
+            if self.kind == "choice":
+                rows = bank.lookup(question_key(item.question, item.options), n)
+                if rows is not None:
+                    parts.append(bank.prior.features(rows))
+                else:
+                    parts.append(np.zeros((n, self.spec.dim_x - sum(p.shape[1] for p in parts)), dtype=np.float32))
+            else:  # rating / comparison: every response is its own item (prompt + response)
+                vecs = emb if self.spec.use_embedding else np.zeros((n, 1), dtype=np.float32)
+                priors = [self._response_prior(item.question, o, vecs[j]) for j, o in enumerate(item.options)]
+                parts.append(np.concatenate(priors))
         return np.concatenate(parts, axis=1).astype(np.float32)
+
+    def _response_prior(self, prompt: str, response: str, emb: np.ndarray) -> np.ndarray:
+        """[1, 2 + k] prior features of one response: from the bank when it is a training item; otherwise, with a
+        content basis, its content loadings and the population's mean score (flag 1); else the unknown encoding."""
+        bank = self.ckpt.bank
+        assert bank is not None
+        rows = bank.lookup(question_key(prompt, [response]), 1)
+        if rows is not None:
+            return bank.prior.features(rows)
+        if self.content is None or not self.spec.use_embedding:
+            return np.zeros((1, 2 + bank.prior.rank), dtype=np.float32)
+        mu, sd, components, n_fit = self.content
+        load = ((emb[None, :] - mu) / sd) @ components / np.sqrt(n_fit)
+        return np.concatenate([np.ones((1, 1)), np.full((1, 1), self.global_mean), load], axis=1).astype(np.float32)
 
     # ------------------------------------------------------------------ prediction
 

@@ -236,9 +236,20 @@ class ResponseIn(BaseModel):
     response: Text
 
 
+class PairIn(BaseModel):
+    """Two responses to a prompt, for a comparison group: which one would it prefer?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Text
+    response_a: Text
+    response_b: Text
+
+
 class PredictRequest(BaseModel):
     """`POST /predict`: a stored group (`group_id`) or an inline `context`, and what to predict: `questions`
-    (multiple-choice groups) or `responses` (rating groups: a predicted score per response)."""
+    (multiple-choice groups), `responses` (rating groups: a predicted score per response) or `pairs` (comparison
+    groups: the probability that the group prefers response a)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -246,15 +257,16 @@ class PredictRequest(BaseModel):
     context: list[ContextItemIn] | None = Field(None, min_length=1)
     questions: list[QuestionIn] | None = Field(None, min_length=1)
     responses: list[ResponseIn] | None = Field(None, min_length=1, description="for a rating group (group_id)")
+    pairs: list[PairIn] | None = Field(None, min_length=1, description="for a comparison group (group_id)")
 
     @model_validator(mode="after")
     def _one_of_group_or_context(self) -> PredictRequest:
         if (self.group_id is None) == (self.context is None):
             raise PydanticCustomError("group_or_context", "give exactly one of 'group_id' or 'context'")
-        if (self.questions is None) == (self.responses is None):
-            raise PydanticCustomError("questions_or_responses", "give exactly one of 'questions' or 'responses'")
-        if self.responses is not None and self.context is not None:
-            raise PydanticCustomError("responses_inline", "'responses' are scored for a stored rating group (group_id)")
+        if sum(t is not None for t in (self.questions, self.responses, self.pairs)) != 1:
+            raise PydanticCustomError("targets", "give exactly one of 'questions', 'responses' or 'pairs'")
+        if (self.responses is not None or self.pairs is not None) and self.context is not None:
+            raise PydanticCustomError("inline_kind", "'responses' and 'pairs' are predicted for a stored group")
         return self
 
 
@@ -327,9 +339,14 @@ class RatingPrediction(BaseModel):
     std: float = Field(description="the model's standard deviation of the score, on the same scale")
 
 
+class PairPrediction(BaseModel):
+    probability_a: float = Field(description="the probability that the group prefers response a to response b")
+
+
 class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="one per question, in request order (questions)")
     scores: list[RatingPrediction] | None = Field(None, description="one per response, in request order (responses)")
+    preferences: list[PairPrediction] | None = Field(None, description="one per pair, in request order (pairs)")
     model_version: str
     context_version: int | None = Field(description="the group's context version; null for an inline context")
 
@@ -338,7 +355,8 @@ class ScoredResponse(BaseModel):
     text: str
     score: float = Field(
         description="choice group: GPO's probability that the group prefers this response among them; "
-        "rating group: the group's predicted score on its scale"
+        "rating group: the group's predicted score on its scale; comparison group: the response's mean predicted "
+        "win rate against the other samples"
     )
 
 
@@ -460,6 +478,12 @@ class Limits:
             )
         if body.context is not None:
             errors += self._questions("context", list(body.context), self.max_items_per_request)
+        pairs = body.pairs or []
+        if len(pairs) > self.max_questions_per_request:
+            errors.append(_error(("pairs",), f"at most {self.max_questions_per_request} per request, got {len(pairs)}"))
+        for i, pr in enumerate(pairs):
+            for field in ("prompt", "response_a", "response_b"):
+                errors += self._text(("pairs", i, field), getattr(pr, field))
         if errors:
             raise RequestLimitError(errors)
 

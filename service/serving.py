@@ -38,6 +38,7 @@ from service.schemas import (
     GroupList,
     GroupOut,
     Limits,
+    PairPrediction,
     Prediction,
     PredictRequest,
     PredictResponse,
@@ -73,19 +74,25 @@ class KindNotServed(Exception):
         self.kind = kind
 
 
-def _check_served_kind(name: str, kind: str, services: Services | None = None) -> None:
-    """For the multiple-choice paths (questions; best-of-n as one question)."""
-    if kind == "choice":
+TARGETS = {"choice": "questions", "rating": "responses", "comparison": "pairs"}
+SETTING = {"rating": "GPO_RATING_CHECKPOINT", "comparison": "GPO_COMPARISON_CHECKPOINT"}
+
+
+def _served(services: Services | None, kind: str) -> Predictor | None:
+    if services is None:
+        return None
+    return {"choice": services.predictor, "rating": services.rating, "comparison": services.comparison}.get(kind)
+
+
+def _check_served_kind(name: str, kind: str, services: Services | None = None, asked: str = "choice") -> None:
+    """The group's kind must be the one asked for (`asked`: which targets the request sent) and be served."""
+    if kind == asked and _served(services, kind) is not None:
         return
-    if kind == "rating" and services is not None and services.rating is not None:
-        raise KindNotServed(name, kind, "send 'responses' to predict its scores")
-    raise KindNotServed(
-        name,
-        kind,
-        "this deployment serves multiple-choice groups only (no GPO_RATING_CHECKPOINT)"
-        if kind == "rating"
-        else "this deployment serves no comparison model yet",
-    )
+    if _served(services, kind) is None:
+        raise KindNotServed(
+            name, kind, f"this deployment serves no {kind} model (set {SETTING.get(kind, 'GPO_CHECKPOINT')})"
+        )
+    raise KindNotServed(name, kind, f"send '{TARGETS[kind]}' to predict it")
 
 
 class EmptyContext(Exception):
@@ -103,6 +110,7 @@ class EmbedderKeys:
     choice: str  # multiple-choice items, in the checkpoint's template (stored with context items)
     response: str  # sampled responses, pooled in the sampling pass (best-of-n; vectors are not cached)
     rating: str | None = None  # rating items (prompt + response), in the rating checkpoint's template
+    comparison: str | None = None  # comparison items' responses, in the comparison checkpoint's template
 
 
 class Services:
@@ -118,9 +126,11 @@ class Services:
         predictor: Predictor,
         metrics: Metrics,
         rating: Predictor | None = None,
+        comparison: Predictor | None = None,
     ) -> None:
         self.settings = settings
         self.rating = rating  # serves rating groups (GPO_RATING_CHECKPOINT), when configured
+        self.comparison = comparison  # serves comparison groups (GPO_COMPARISON_CHECKPOINT), when configured
         self.engine = engine
         self.sessions = sessions
         self.cache = cache
@@ -170,12 +180,13 @@ class Services:
                 if info.dim is None:
                     raise WorkerUnavailable("the worker has not loaded its model yet (embedding size unknown)")
                 self.predictor.check_embedder(info.key_prefix(template), info.dim)
-                rating_key = None
-                if self.rating is not None:
-                    rating_key = info.key_prefix(self.rating.template_version)
-                    self.rating.check_embedder(rating_key, info.dim)
+                kind_keys: dict[str, str | None] = {"rating": None, "comparison": None}
+                for kind, other in (("rating", self.rating), ("comparison", self.comparison)):
+                    if other is not None:
+                        kind_keys[kind] = info.key_prefix(other.template_version)
+                        other.check_embedder(kind_keys[kind], info.dim)
                 self._keys = EmbedderKeys(
-                    info.key_prefix(template), info.key_prefix(RESPONSE_POOLED_TEMPLATE_VERSION), rating_key
+                    info.key_prefix(template), info.key_prefix(RESPONSE_POOLED_TEMPLATE_VERSION), **kind_keys
                 )
                 log.info("embedder %s matches checkpoint %s", self._keys.choice, self.predictor.model_version)
         return self._keys
@@ -349,19 +360,16 @@ async def _stored_context(
     all) are embedded again and stored back, so the next prediction finds them. `kind`: the kind the caller
     serves (the choice checkpoint, or the rating one)."""
     info, stored = await in_thread(_read_context, services, tenant, group_id)
-    if kind == "choice":
-        _check_served_kind(group_id, info.kind, services)
-    elif info.kind != kind:
-        raise KindNotServed(group_id, info.kind, "send 'questions' to predict a multiple-choice group")
+    _check_served_kind(group_id, info.kind, services, asked=kind)
     if not stored:
         raise EmptyContext(group_id)
-    predictor = services.predictor if kind == "choice" else services.rating
-    assert predictor is not None, "checked by the caller"
+    predictor = _served(services, kind)
+    assert predictor is not None, "checked above"
     context = [ContextItem(s.question, s.options, None, np.asarray(s.distribution, dtype=np.float32)) for s in stored]
     if not predictor.uses_embedding:
         return info, context, stored
     keys = await services.embedder_keys()
-    key = keys.choice if kind == "choice" else keys.rating
+    key = {"choice": keys.choice, "rating": keys.rating, "comparison": keys.comparison}[kind]
     assert key is not None
     dim = predictor.spec.emb_dim
     stale: list[int] = []
@@ -442,20 +450,28 @@ async def rated(
     services: Services, tenant: str, group_id: str, prompt_responses: Sequence[tuple[str, str]]
 ) -> tuple[repo.GroupInfo, list[tuple[float, float]]]:
     """(group, [(score, std)] on the group's scale) of each (prompt, response) for a rating group."""
-    rating = services.rating
-    if rating is None:
-        info = await in_thread(_group_info, services, tenant, group_id)
-        _check_served_kind(group_id, info.kind, services)
-        raise KindNotServed(group_id, info.kind, "send 'questions' to predict a multiple-choice group")
     info, context, stored = await _stored_context(services, tenant, group_id, kind="rating")
-    key = (await services.embedder_keys()).rating
-    assert key is not None
+    rating, key = services.rating, (await services.embedder_keys()).rating
+    assert rating is not None and key is not None, "checked by _stored_context"
     texts = [t for p, r in prompt_responses for t in rating.item_texts(p, [r])]
     vectors = await services.embed(texts, key)
     targets = [Item(p, [r], vectors[i : i + 1]) for i, (p, r) in enumerate(prompt_responses)]
     predictions = await in_thread(rating.predict, context, targets)
     lo, hi = (stored[0].payload or {}).get("scale", (0.0, 1.0))  # the group's scale: its items'
     return info, [(lo + (hi - lo) * float(p.distribution[0]), (hi - lo) * float(p.std[0])) for p in predictions]
+
+
+async def compared(
+    services: Services, tenant: str, group_id: str, pairs: Sequence[tuple[str, str, str]]
+) -> tuple[repo.GroupInfo, list[float]]:
+    """(group, P(a preferred)) of each (prompt, response a, response b) for a comparison group."""
+    info, context, _ = await _stored_context(services, tenant, group_id, kind="comparison")
+    model, key = services.comparison, (await services.embedder_keys()).comparison
+    assert model is not None and key is not None, "checked by _stored_context"
+    texts = [t for p, a, b in pairs for t in model.item_texts(p, [a, b])]
+    vectors = await services.embed(texts, key)
+    targets = [Item(p, [a, b], vectors[2 * i : 2 * i + 2]) for i, (p, a, b) in enumerate(pairs)]
+    return info, await in_thread(model.predict_pairs, context, targets)
 
 
 def _group_info(services: Services, tenant: str, group_id: str) -> repo.GroupInfo:
@@ -466,6 +482,19 @@ def _group_info(services: Services, tenant: str, group_id: str) -> repo.GroupInf
 async def predict(services: Services, tenant: str, body: PredictRequest) -> PredictResponse:
     """Distributions over each question's options given a stored group's context or an inline one; or, for a
     rating group, a predicted score for each response."""
+    if body.pairs is not None:
+        assert body.group_id is not None, "validated: pairs go with a stored group"
+        info, probs = await compared(
+            services, tenant, body.group_id, [(p.prompt, p.response_a, p.response_b) for p in body.pairs]
+        )
+        assert services.comparison is not None
+        services.metrics.predictions.labels("comparison").inc(len(probs))
+        return PredictResponse(
+            predictions=[],
+            preferences=[PairPrediction(probability_a=v) for v in probs],
+            model_version=services.comparison.model_version,
+            context_version=info.version,
+        )
     if body.responses is not None:
         assert body.group_id is not None, "validated: responses go with a stored group"
         pairs = [(r.prompt, r.response) for r in body.responses]
@@ -551,10 +580,12 @@ async def generate(
     the seconds spent on "context" (the group's encoded context), "sample" (the base LLM) and "score" (GPO).
     """
     t0 = time.perf_counter()
-    if services.rating is not None:
+    if services.rating is not None or services.comparison is not None:
         info = await in_thread(_group_info, services, tenant, body.group_id)  # 404 before any sampling
-        if info.kind == "rating":
+        if info.kind == "rating" and services.rating is not None:
             return await _generate_rated(services, tenant, body, timings)
+        if info.kind == "comparison" and services.comparison is not None:
+            return await _generate_compared(services, tenant, body, timings)
     context_version, state = await group_state(services, tenant, body.group_id)  # 404 before any sampling
     t1 = time.perf_counter()
     predictor = services.predictor
@@ -588,6 +619,35 @@ async def _generate_rated(
     return GenerateResponse(
         responses=[ScoredResponse(text=responses[i], score=scores[i][0]) for i in order],
         model_version=services.rating.model_version,
+        context_version=info.version,
+        n_sampled=n_sampled,
+    )
+
+
+async def _generate_compared(
+    services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float] | None
+) -> GenerateResponse:
+    """Best-of-n for a comparison group: every ordered pair of samples in one forward; a sample's score is its mean
+    win rate against the others (each pair counted both ways, (P(i over j) + 1 - P(j over i)) / 2)."""
+    assert services.comparison is not None
+    t0 = time.perf_counter()
+    responses, _, n_sampled = await sample_distinct(services, body)
+    t1 = time.perf_counter()
+    n = len(responses)
+    ordered = [(i, j) for i in range(n) for j in range(n) if i != j]
+    info, probs = await compared(
+        services, tenant, body.group_id, [(body.prompt, responses[i], responses[j]) for i, j in ordered]
+    )
+    p = dict(zip(ordered, probs, strict=True))
+    wins = [
+        float(np.mean([(p[i, j] + 1.0 - p[j, i]) / 2 for j in range(n) if j != i])) if n > 1 else 0.5 for i in range(n)
+    ]
+    order = sorted(range(n), key=lambda i: -wins[i])  # stable: ties keep sampling order
+    if timings is not None:
+        timings.update(sample=t1 - t0, score=time.perf_counter() - t1)
+    return GenerateResponse(
+        responses=[ScoredResponse(text=responses[i], score=wins[i]) for i in order],
+        model_version=services.comparison.model_version,
         context_version=info.version,
         n_sampled=n_sampled,
     )

@@ -731,17 +731,17 @@ def evaluate_individuals(
 def rating_checkpoint(
     result: IndividualModel, ds: RatingsDataset, emb: np.ndarray, embedder_meta: dict, extra_meta: dict | None = None
 ) -> Checkpoint:
-    """A servable rating checkpoint: the model, its feature spec, the prior bank of the dataset's items (keyed by
-    prompt + item text, as a served rating item is), and the content basis that gives any other item its
-    loadings, with the training people's mean score for them."""
-    assert result.kind == "rating" and result.prior is not None, "a rating model with a prior"
+    """A servable rating (or comparison: pair classifier) checkpoint: the model, its feature spec, the prior bank
+    of the dataset's items (keyed by prompt + item text, as a served item is), and the content basis that gives
+    any other item its loadings, with the training people's mean score for them."""
+    assert result.kind in ("rating", "comparison") and result.prior is not None, "a rating or comparison model"
     from service.gpo.prior import question_key
 
     rows = {question_key(ds.prompt, [it.text]): (i, 1) for i, it in enumerate(ds.items)}
     known = result.known
     basis = fit_content_basis(emb, result.spec.prior_rank)
     meta = {
-        "kind": "rating",
+        "kind": result.kind,
         "embedder": embedder_meta,
         "features": result.spec.to_dict(),
         "global_mean": float(result.prior.mean[known].mean()) if known.any() else 0.5,

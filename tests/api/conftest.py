@@ -85,6 +85,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, tiny_lm_path: Path) ->
 
 
 RATING_CHECKPOINT = "api-rating"
+COMPARISON_CHECKPOINT = "api-comparison"
 RATING_PROMPT = "Rate this reply."
 
 
@@ -107,7 +108,8 @@ def ratings_dataset(n_people: int = 40, n_items: int = 30, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def rating_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory, tiny_lm_path: Path) -> Path:
-    """The choice checkpoint's store plus a rating checkpoint trained by `gpo train-individuals` on the tiny LM."""
+    """The choice checkpoint's store plus a rating and a comparison checkpoint trained by `gpo train-individuals` on
+    the tiny LM."""
     from service.training.ratings import write_ratings_jsonl
 
     root = tmp_path_factory.mktemp("rating-store")
@@ -122,10 +124,11 @@ def rating_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory, ti
         "GPO_MODEL_STORE": str(store),
         "GPO_TORCH_THREADS": "1",
     }
-    cmd = [sys.executable, "-m", "service.cli", "train-individuals", "--data", str(data), "--name", RATING_CHECKPOINT]
-    cmd += ["--max-steps", "20", "--time-budget-s", "60", "--prior-rank", "3", "--threads", "1"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    for name, kind in ((RATING_CHECKPOINT, "rating"), (COMPARISON_CHECKPOINT, "comparison")):
+        cmd = [sys.executable, "-m", "service.cli", "train-individuals", "--data", str(data), "--name", name]
+        cmd += ["--kind", kind, "--max-steps", "20", "--time-budget-s", "60", "--prior-rank", "3", "--threads", "1"]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
     return store
 
 

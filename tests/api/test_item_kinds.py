@@ -99,7 +99,7 @@ def test_predict_and_generate_name_the_kind_this_deployment_does_not_serve(clien
         assert answer.status_code == 422, answer.text
         (error,) = answer.json()["detail"]
         assert error["loc"] == ["body", "group_id"] and "holds rating items" in error["msg"]
-        assert "serves multiple-choice groups only" in error["msg"]
+        assert "serves no rating model (set GPO_RATING_CHECKPOINT)" in error["msg"]
 
 
 def _json(body: dict) -> bytes:
@@ -174,3 +174,68 @@ def test_generate_for_a_rating_group_returns_the_sample_gpo_scores_highest(ratin
     assert [round(r["score"], 5) for r in ranked] == [round(s["score"], 5) for s in alone]
     assert ranked[0]["score"] == max(r["score"] for r in ranked)
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+
+
+@pytest.fixture
+def comparison_client(make_settings, sqlite_url: str, rating_store) -> TestClient:
+    from .conftest import COMPARISON_CHECKPOINT, authed_client
+
+    settings = make_settings(sqlite_url, model_store=rating_store, comparison_checkpoint=COMPARISON_CHECKPOINT)
+    with authed_client(settings) as c:
+        yield c
+
+
+def _comparison(a: int, b: int, preferred: str) -> dict:
+    from .conftest import RATING_PROMPT
+
+    def text(j: int) -> str:
+        return f"reply number {j} talks about topic {j % 7}"
+
+    return {
+        "kind": "comparison",
+        "prompt": RATING_PROMPT,
+        "response_a": text(a),
+        "response_b": text(b),
+        "preferred": preferred,
+    }
+
+
+def test_a_comparison_group_gets_preference_probabilities(comparison_client: TestClient) -> None:
+    c = comparison_client
+    items = [_comparison(j, j + 1, "a" if j % 2 else "b") for j in range(6)]
+    assert c.post("/groups/cp/context", json={"items": items}).status_code == 200
+    pairs = [{"prompt": "Rate this reply.", "response_a": "A short reply.", "response_b": "A long, careful reply."}]
+    answer = c.post("/predict", json={"group_id": "cp", "pairs": pairs})
+    assert answer.status_code == 200, answer.text
+    out = answer.json()
+    assert out["model_version"] == "api-comparison/v0001" and out["context_version"] == 1
+    (pref,) = out["preferences"]
+    assert 0.0 < pref["probability_a"] < 1.0
+    wrong = c.post("/predict", json={"group_id": "cp", "responses": [{"prompt": "x", "response": "y"}]})
+    assert wrong.status_code == 422 and "send 'pairs'" in wrong.text
+
+
+def test_generate_for_a_comparison_group_ranks_by_win_rate(comparison_client: TestClient) -> None:
+    c = comparison_client
+    items = [_comparison(j, j + 2, "a") for j in range(8)]
+    assert c.post("/groups/cq/context", json={"items": items}).status_code == 200
+    out = c.post(
+        "/generate", json={"group_id": "cq", "prompt": "Rate this reply.", "n": 3, "max_new_tokens": 6, "seed": 4}
+    )
+    assert out.status_code == 200, out.text
+    ranked = out.json()["responses"]
+    texts = [r["text"] for r in ranked]
+    n = len(texts)
+    assert n >= 2
+    # recompute every sample's win rate from /predict on all ordered pairs: the ranking is by it, best first
+    ordered = [(i, j) for i in range(n) for j in range(n) if i != j]
+    body = {
+        "group_id": "cq",
+        "pairs": [{"prompt": "Rate this reply.", "response_a": texts[i], "response_b": texts[j]} for i, j in ordered],
+    }
+    p = dict(
+        zip(ordered, [x["probability_a"] for x in c.post("/predict", json=body).json()["preferences"]], strict=True)
+    )
+    wins = [np.mean([(p[i, j] + 1 - p[j, i]) / 2 for j in range(n) if j != i]) for i in range(n)]
+    assert [r["score"] for r in ranked] == pytest.approx(wins, abs=1e-5)
+    assert wins[0] == max(wins)

@@ -15,7 +15,15 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
-from .conftest import RATING_CHECKPOINT, SettingsFactory, api_key, bearer, context_item, served_app
+from .conftest import (
+    COMPARISON_CHECKPOINT,
+    RATING_CHECKPOINT,
+    SettingsFactory,
+    api_key,
+    bearer,
+    context_item,
+    served_app,
+)
 
 EXAMPLES = int(os.environ.get("GPO_FUZZ_EXAMPLES", "25"))
 # Every check of schemathesis runs except one: positive_data_acceptance expects every schema-valid body to be
@@ -38,7 +46,12 @@ def fuzz_target(
     else:  # the session's Postgres database; the groups are the fuzz tenant's own
         url = request.getfixturevalue("postgres_session_url")
     settings = module_settings(
-        url, max_generate_n=4, max_new_tokens=8, model_store=rating_store, rating_checkpoint=RATING_CHECKPOINT
+        url,
+        max_generate_n=4,
+        max_new_tokens=8,
+        model_store=rating_store,
+        rating_checkpoint=RATING_CHECKPOINT,
+        comparison_checkpoint=COMPARISON_CHECKPOINT,
     )
     with served_app(settings) as base:
         headers = bearer(api_key(url, "fuzz"))
@@ -47,6 +60,9 @@ def fuzz_target(
         assert seeded.status_code == 200, seeded.text
         rating = {"kind": "rating", "prompt": "Rate this reply.", "response": "Fine.", "score": 3, "scale": [1, 5]}
         seeded = httpx.post(f"{base}/groups/b/context", json={"items": [rating]}, headers=headers)
+        assert seeded.status_code == 200, seeded.text
+        pair = {"kind": "comparison", "prompt": "Which?", "response_a": "One.", "response_b": "Two.", "preferred": "a"}
+        seeded = httpx.post(f"{base}/groups/c/context", json={"items": [pair]}, headers=headers)
         assert seeded.status_code == 200, seeded.text
         yield base, headers
 
