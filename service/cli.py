@@ -340,7 +340,7 @@ def eval_individuals_cmd(
             "train_frac": train_frac,
             "embedder": embedder.key_prefix,
             "features": spec.to_dict(),
-            "training": config_dict_of(tcfg),
+            "train_config": config_dict_of(tcfg),
         }
     )
     for k in cfg.n_context:
@@ -367,7 +367,12 @@ def train_individuals_cmd(
     max_steps: int = 1500,
     time_budget_s: float = 300.0,
     prior_rank: int = 8,
-    ridge_init: Annotated[float, typer.Option(help="starting strength of the ridge readout")] = 1.0,
+    ridge_init: Annotated[
+        float, typer.Option(help="starting strength of the ridge readout (cross-validation's choice on NYT books)")
+    ] = 10.0,
+    reward_lambda: Annotated[
+        float, typer.Option(help="ridge of the reward model that gives every item its prior mean")
+    ] = 1.0,
     kind: Annotated[str, typer.Option(help="rating | comparison (pair classifier on pairs of rated items)")] = "rating",
     seed: int = 0,
     threads: int | None = None,
@@ -396,7 +401,14 @@ def train_individuals_cmd(
     emb = embedder.embed([format_response_item(ds.prompt, it.text) for it in ds.items], progress=True)
     spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=prior_rank)
     split = split_people(ds.people, 1.0, seed)
-    cfg = IndividualTrainConfig(max_steps=max_steps, time_budget_s=time_budget_s, seed=seed, patience=8, progress=False)
+    cfg = IndividualTrainConfig(
+        max_steps=max_steps,
+        time_budget_s=time_budget_s,
+        seed=seed,
+        patience=8,
+        progress=False,
+        reward_lambda=reward_lambda,
+    )
     result = train_individual_gpo(ds, emb, split, spec, cfg, kind, {"ridge_init": ridge_init})
     embedder_meta = {
         "key_prefix": embedder.key_prefix,

@@ -67,8 +67,9 @@ class Predictor:
             raise CheckpointError(f"{ckpt.path}: the features use a population prior but no prior bank is stored")
         self.embedder_meta: dict = ckpt.meta.get("embedder", {})
         self.kind = self.model.cfg.kind
-        # Rating models: items outside the prior bank get content loadings from their embedding and the
-        # training people's mean score (see service.training.individuals.ContentBasis).
+        # Rating models: items outside the prior bank get content loadings from their embedding and, as their
+        # mean, the checkpoint's reward model's estimate from the embedding (older checkpoints: the training
+        # people's mean score). See service.training.individuals.ContentBasis and RewardModel.
         self.content: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
         if {"content_mu", "content_sd", "content_components"} <= set(ckpt.extra):
@@ -78,6 +79,10 @@ class Predictor:
                 ckpt.extra["content_components"],
                 int(ckpt.meta.get("content_basis_n", 1)),
             )
+        self.reward: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+        if {"reward_mu", "reward_sd", "reward_w", "reward_b"} <= set(ckpt.extra):
+            x = ckpt.extra
+            self.reward = (x["reward_mu"], x["reward_sd"], x["reward_w"], float(x["reward_b"].reshape(-1)[0]))
 
     @classmethod
     def from_store(cls, store: Path, name: str, device: torch.device | str = "cpu") -> Predictor:
@@ -196,7 +201,8 @@ class Predictor:
 
     def _response_prior(self, prompt: str, response: str, emb: np.ndarray) -> np.ndarray:
         """[1, 2 + k] prior features of one response: from the bank when it is a training item; otherwise, with a
-        content basis, its content loadings and the population's mean score (flag 1); else the unknown encoding."""
+        content basis, its content loadings and, as its mean, the reward model's estimate (or the population's
+        mean score) (flag 1); else the unknown encoding."""
         bank = self.ckpt.bank
         assert bank is not None
         rows = bank.lookup(question_key(prompt, [response]), 1)
@@ -206,7 +212,11 @@ class Predictor:
             return np.zeros((1, 2 + bank.prior.rank), dtype=np.float32)
         mu, sd, components, n_fit = self.content
         load = ((emb[None, :] - mu) / sd) @ components / np.sqrt(n_fit)
-        return np.concatenate([np.ones((1, 1)), np.full((1, 1), self.global_mean), load], axis=1).astype(np.float32)
+        mean = self.global_mean
+        if self.reward is not None:
+            r_mu, r_sd, r_w, r_b = self.reward
+            mean = float(((emb - r_mu) / r_sd) @ r_w + r_b)
+        return np.concatenate([np.ones((1, 1)), np.full((1, 1), mean), load], axis=1).astype(np.float32)
 
     # ------------------------------------------------------------------ prediction
 

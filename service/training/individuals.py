@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -78,19 +78,29 @@ def fit_content_basis(emb: np.ndarray, rank: int) -> ContentBasis:
 
 
 def fit_rating_prior(
-    y: np.ndarray, rank: int, reference: np.ndarray | None = None, loadings: np.ndarray | None = None
+    y: np.ndarray,
+    rank: int,
+    reference: np.ndarray | None = None,
+    loadings: np.ndarray | None = None,
+    mean: np.ndarray | None = None,
 ) -> tuple[PopulationPrior, np.ndarray]:
     """(prior, known [I]) from normalised ratings y [P, I] (NaN = unrated).
 
     mean: each item's mean over the people who rated it; loadings: the top `rank` right singular vectors of
     the mean-centred matrix (unrated = 0) times S / sqrt(P), rotated onto `reference` when given (orthogonal
     Procrustes), so leave-one-out priors share one basis. Items nobody rated are not known (flag 0, zeros).
-    Given `loadings` [I, rank] (content loadings, see ContentBasis), they are used as they are.
+    Given `loadings` [I, rank] (content loadings, see ContentBasis), they are used as they are. Given `mean` [I]
+    (a reward model's estimate from the item's embedding, see RewardModel), it replaces the item means and
+    every item is known: its mean and content loadings come from its text, as a new item's do when served.
     """
     rated = ~np.isnan(y)
     counts = rated.sum(axis=0)
     known = counts > 0
-    mean = np.where(known, np.nansum(y, axis=0) / np.maximum(counts, 1), 0.0)
+    if mean is not None:
+        assert mean.shape == (y.shape[1],), "mean must be [items]"
+        known = np.ones(y.shape[1], dtype=bool)
+    else:
+        mean = np.where(known, np.nansum(y, axis=0) / np.maximum(counts, 1), 0.0)
     resid = np.where(rated, y - mean[None, :], 0.0)
     if loadings is not None:
         assert loadings.shape == (y.shape[1], rank), f"loadings must be [items, {rank}]"
@@ -279,7 +289,12 @@ class IndividualTrainConfig(TrainConfig):
     min_targets: int = 5
     n_targets: int = 40
     prior_dropout: float = 0.0
-    val_context: int = 10
+    # validation: every context size of the evaluation, `val_draws` draws each (the rest of a person's items are
+    # the targets), so the checkpoint kept is the best over the sizes it will be used at
+    val_sizes: tuple[int, ...] = (1, 2, 5, 10, 20)
+    # rating kind: the trained checkpoint replaces the untrained one (its ridge readout exactly) only when it is
+    # better on validation by more than this many standard errors of the per-person difference
+    min_gain_se: float = 1.0
     time_budget_s: float | None = 300.0
     max_pairs: int = 300  # comparison kind: pairs per episode side at most
     # Where the prior's loadings come from: "content" (principal directions of the item embeddings: a person's
@@ -287,6 +302,12 @@ class IndividualTrainConfig(TrainConfig):
     loadings: str = "content"
     val_draws: int = 4  # context draws per validation person
     prior_folds: int = 5  # a fit person's prior comes from the fit people of the other folds
+    # The prior's mean score of an item: "reward" (a non-personalised reward model's estimate from the item's
+    # embedding, ridge `reward_lambda`, fitted on the prior's people) or "items" (the item's mean rating over
+    # them). Measured on held-out NYT people (benchmarks/experiments/individual_prior_mean.py): the reward
+    # model's estimate makes the personal readout better at every context size.
+    prior_mean: str = "reward"
+    reward_lambda: float = 1.0  # what cross-validation chose in every seed of `gpo eval-individuals`
 
 
 def prior_loadings(emb: np.ndarray, rank: int, source: str) -> np.ndarray | None:
@@ -301,6 +322,7 @@ class IndividualModel:
     spec: FeatureSpec
     prior: PopulationPrior | None  # from all meta-train people: what test people and serving use
     known: np.ndarray
+    reward: RewardModel | None  # the prior's mean for any item (prior_mean "reward"), from all meta-train people
     kind: str
     best_val: float
     best_step: int
@@ -317,6 +339,7 @@ def _person_priors(
     loadings: np.ndarray | None,
     n_folds: int,
     seed: int,
+    mean_of: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[PopulationPrior, np.ndarray, dict[str, tuple[PopulationPrior, np.ndarray]]]:
     """Priors whose people never include the person they describe, and never vary with that person's ratings.
 
@@ -327,17 +350,24 @@ def _person_priors(
     in a fold); a validation person's from all fit people; test people (and serving) get the prior of fit +
     validation people, returned first. Rating-SVD loadings of every prior are rotated onto that one's basis (a
     k x k rotation: the only trace of a person's ratings in their features; content loadings have none).
+    `mean_of(rows)`, when given, is the prior's mean of every item from those people's ratings (a reward
+    model's estimate); it follows the same folds.
     """
     rows = lambda people: np.array([index[p] for p in people])  # noqa: E731
-    full, known = fit_rating_prior(y[rows(split.fit + split.val)], rank, loadings=loadings)
+
+    def prior_of(people: list[str], reference: np.ndarray | None) -> tuple[PopulationPrior, np.ndarray]:
+        mean = mean_of(rows(people)).astype(np.float32) if mean_of is not None else None
+        return fit_rating_prior(y[rows(people)], rank, reference=reference, loadings=loadings, mean=mean)
+
+    full, known = prior_of(split.fit + split.val, None)
     rng = np.random.default_rng(seed + 20_000)
     fold_of = {p: int(f) for p, f in zip(split.fit, rng.permutation(len(split.fit)) % n_folds, strict=True)}
     out: dict[str, tuple[PopulationPrior, np.ndarray]] = {}
     for f in range(n_folds):
         others = [p for p in split.fit if fold_of[p] != f]
-        prior_f = fit_rating_prior(y[rows(others)], rank, reference=full.loadings, loadings=loadings)
+        prior_f = prior_of(others, full.loadings)
         out.update({p: prior_f for p in split.fit if fold_of[p] == f})
-    val_prior = fit_rating_prior(y[rows(split.fit)], rank, reference=full.loadings, loadings=loadings)
+    val_prior = prior_of(list(split.fit), full.loadings)
     out.update({p: val_prior for p in split.val})
     return full, known, out
 
@@ -352,7 +382,7 @@ def train_individual_gpo(
     model_cfg: dict | None = None,
 ) -> IndividualModel:
     """Meta-train a rating or comparison GPO on the fit people; the checkpoint kept is the one with the best
-    mean pairwise accuracy on the validation people (val_context context items, the rest as targets)."""
+    mean pairwise accuracy on the validation people (each of val_sizes context items, the rest as targets)."""
     cfg = cfg or IndividualTrainConfig()
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -362,8 +392,16 @@ def train_individual_gpo(
     source = list(split.fit) + list(split.val)
     feats = PersonFeatures(spec, emb)
     content = prior_loadings(emb, spec.prior_rank, cfg.loadings)
+    assert cfg.prior_mean in ("reward", "items"), f"prior_mean is 'reward' or 'items', not {cfg.prior_mean!r}"
+    reward = None
     if spec.use_prior:
-        full, known, priors = _person_priors(y, split, index, spec.prior_rank, content, cfg.prior_folds, cfg.seed)
+        mean_of = None
+        if cfg.prior_mean == "reward":
+            mean_of = lambda rows: fit_reward_model(emb, y, rows, cfg.reward_lambda)  # noqa: E731
+            reward = fit_reward_regressor(emb, y, np.array([index[p] for p in source]), cfg.reward_lambda)
+        full, known, priors = _person_priors(
+            y, split, index, spec.prior_rank, content, cfg.prior_folds, cfg.seed, mean_of
+        )
         x_of = {p: feats.build(*priors[p]) for p in source}
     else:
         full, known = None, np.ones(len(ds.items), dtype=bool)
@@ -399,21 +437,27 @@ def train_individual_gpo(
     val_rng = np.random.default_rng(cfg.seed + 10_000)
     val_cases = []
     for p in split.val:
-        for d in range(cfg.val_draws):
-            ctx, tgt = context_draw(ds, p, cfg.val_context, cfg.seed + 10_000 + d)
-            val_cases.append((p, ctx, tgt))
+        for k in cfg.val_sizes:
+            for d in range(cfg.val_draws):
+                ctx, tgt = context_draw(ds, p, k, cfg.seed + 10_000 + d)
+                val_cases.append((p, ctx, tgt))
     last_parts: dict[str, float] = {}
 
-    def validate() -> float:
-        scores = []
+    def per_person() -> dict[str, float]:
+        """Mean validation pairwise accuracy of each validation person (over sizes and draws)."""
+        scores: dict[str, list[float]] = {}
         for p, ctx, tgt in val_cases:
             yp = y[index[p]]
             pred = predict_person(model, kind, x_of[p], yp, ctx, tgt, val_rng)
             acc = pairwise_from(kind, pred, yp, tgt)
             if acc is not None:
-                scores.append(acc)
-        last_parts["val_pairwise"] = float(np.mean(scores))
-        return float(np.mean(scores))
+                scores.setdefault(p, []).append(acc)
+        return {p: float(np.mean(v)) for p, v in scores.items()}
+
+    def validate() -> float:
+        score = float(np.mean(list(per_person().values())))
+        last_parts["val_pairwise"] = score
+        return score
 
     fit_rated = {p: rated_rows(ds, p) for p in split.fit}
     fit_list = list(split.fit)
@@ -442,14 +486,33 @@ def train_individual_gpo(
             return bt_loss(model, episodes, pairs)
         return model.loss(collate(episodes))
 
+    readout_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    readout = per_person() if val_cases and model.cfg.prior_readout == "ridge" else None
     best_state, best_val, best_step, step, history = meta_train_loop(
         model, opt, cfg, batch_loss, validate if val_cases else None, last_parts, t_start
     )
     model.load_state_dict(best_state)
     model.eval()
+    if readout is not None and best_step > 0:
+        # The untrained model is the ridge readout exactly. Validation picks the best of many checkpoints, so a
+        # small edge over the readout is mostly luck: keep the transformer's corrections only when they beat the
+        # readout by more than `min_gain_se` standard errors of the paired per-person difference.
+        trained = per_person()
+        diff = np.array([trained[p] - readout[p] for p in readout if p in trained])
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("inf")
+        if float(diff.mean()) <= cfg.min_gain_se * se:
+            log.info(
+                "%s GPO: the trained checkpoint beats its readout by %+.4f on validation (se %.4f): readout kept",
+                kind,
+                float(diff.mean()),
+                se,
+            )
+            model.load_state_dict(readout_state)
+            best_val, best_step = float(np.mean(list(readout.values()))), 0
+            model.eval()
     wall = time.perf_counter() - t_start
     log.info("%s GPO: %d steps in %.1f s; best validation pairwise %.4f at %d", kind, step, wall, best_val, best_step)
-    return IndividualModel(model, spec, full, known, kind, best_val, best_step, step, wall, history)
+    return IndividualModel(model, spec, full, known, reward, kind, best_val, best_step, step, wall, history)
 
 
 @torch.no_grad()
@@ -534,18 +597,36 @@ def knn_predict(
     return np.where(den > 0, num / np.maximum(den, 1e-12), out)
 
 
-def fit_reward_model(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: float) -> np.ndarray:
-    """A non-personalised reward model: ridge regression of every training rating (people `rows`) on the item's
-    standardised embedding; returns its score for every item [I]."""
+@dataclass(frozen=True)
+class RewardModel:
+    """A non-personalised reward model: a linear score of the item's standardised embedding."""
+
+    mu: np.ndarray  # [D]
+    sd: np.ndarray  # [D]
+    w: np.ndarray  # [D]
+    b: float
+
+    def score(self, emb: np.ndarray) -> np.ndarray:
+        return ((emb - self.mu) / self.sd) @ self.w + self.b
+
+
+def fit_reward_regressor(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: float) -> RewardModel:
+    """Ridge regression of every training rating (people `rows`, normalised scores) on the item's standardised
+    embedding (standardised over all items, which uses no rating); the penalty is lam per rating."""
     sub = y[rows]
     pi, ii = np.nonzero(~np.isnan(sub))
     mu, sd = emb.mean(axis=0), emb.std(axis=0) + 1e-6
     z = (emb - mu) / sd
     xt = z[ii]
     t = sub[pi, ii]
-    b0 = t.mean()
+    b0 = float(t.mean())
     w = np.linalg.solve(xt.T @ xt + lam * len(t) * np.eye(z.shape[1]), xt.T @ (t - b0))
-    return z @ w + b0
+    return RewardModel(mu, sd, w, b0)
+
+
+def fit_reward_model(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: float) -> np.ndarray:
+    """The reward model's score for every item [I] (see fit_reward_regressor)."""
+    return fit_reward_regressor(emb, y, rows, lam).score(emb)
 
 
 def latent_factor_predict(
@@ -569,10 +650,12 @@ class IndividualEvalConfig:
     n_context: tuple[int, ...] = (1, 2, 5, 10, 20)
     main_context: int = 10  # the headline table's context size
     prior_rank: int = 8  # rank of the baselines' latent-factor prior (GPO's comes from its FeatureSpec)
-    knn_k: tuple[int, ...] = (5, 10, 20, 40, 80)
-    reward_lambda: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
-    lf_lambda: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    knn_k: tuple[int, ...] = (5, 10, 20, 40, 80, 160)
+    reward_lambda: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    lf_lambda: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
     comparison: bool = True  # also meta-train and score the comparison kind
+    val_draws: int = 2  # context draws per person and context size when choosing settings by cross-validation
+    cv_folds: int = 5
 
 
 def _choose_baselines(
@@ -583,38 +666,61 @@ def _choose_baselines(
     cfg: IndividualEvalConfig,
     seed: int,
     content: np.ndarray | None,
+    prior_mean: str,
 ) -> tuple[int, float, float, float]:
-    """(kNN k, reward-model ridge, latent-factor ridge, content-factor ridge): each fitted on the fit people and
-    chosen by mean pairwise accuracy on the validation people (main_context context items; first best on ties)."""
+    """(kNN k, reward-model ridge, latent-factor ridge, content-factor ridge), chosen by cross-validation over
+    the training people (fit + validation; `cv_folds` folds): each candidate is fitted on the other folds and
+    scored by mean pairwise accuracy on the fold's people, over every evaluated context size up to main_context
+    with `val_draws` context draws each; the best mean over all training people wins (first best on ties).
+    The content-factor reference starts from the chosen reward model when prior_mean is "reward"."""
     index = {p: i for i, p in enumerate(ds.people)}
-    fit_rows = np.array([index[p] for p in split.fit])
-    fit_prior, _ = fit_rating_prior(y[fit_rows], cfg.prior_rank)
-    draws = [(y[index[p]], *context_draw(ds, p, cfg.main_context, seed + 10_000)) for p in split.val]
+    people = list(split.fit) + list(split.val)
+    fold_of = np.random.default_rng(seed + 30_000).permutation(len(people)) % cfg.cv_folds
+    sizes = [k for k in cfg.n_context if k <= cfg.main_context] or [cfg.main_context]
+    folds = []  # (rows the candidates are fitted on, [(y of the person, context, targets)])
+    for f in range(cfg.cv_folds):
+        rows = np.array([index[p] for p, g in zip(people, fold_of, strict=True) if g != f])
+        draws = [
+            (y[index[p]], *context_draw(ds, p, k, seed + 10_000 + d))
+            for p, g in zip(people, fold_of, strict=True)
+            if g == f
+            for k in sizes
+            for d in range(cfg.val_draws)
+        ]
+        folds.append((rows, draws))
 
-    def score(preds: list[np.ndarray]) -> float:
-        accs = [pairwise_accuracy(pr, yp[t]) for pr, (yp, _, t) in zip(preds, draws, strict=True)]
-        return float(np.mean([a for a in accs if a is not None]))
+    def choose(candidates: Sequence, predict) -> float | int:
+        """predict(candidate, rows) -> a function (y_person, ctx, tgt) -> prediction."""
+        means = []
+        for cand in candidates:
+            accs = []
+            for rows, draws in folds:
+                fn = predict(cand, rows)
+                accs += [pairwise_accuracy(fn(yp, c, t), yp[t]) for yp, c, t in draws]
+            means.append(float(np.mean([a for a in accs if a is not None])))
+        return candidates[int(np.argmax(means))]
 
-    def best(candidates: Sequence, scores: list[float]):
-        return candidates[int(np.argmax(scores))]
+    def knn(k: int, rows: np.ndarray):
+        mean = fit_rating_prior(y[rows], 0)[0].mean
+        return lambda yp, c, t: knn_predict(y, rows, yp, c, t, k, mean)
 
-    k = best(
-        cfg.knn_k,
-        [score([knn_predict(y, fit_rows, yp, c, t, k, fit_prior.mean) for yp, c, t in draws]) for k in cfg.knn_k],
-    )
-    rewards = [fit_reward_model(emb, y, fit_rows, lam) for lam in cfg.reward_lambda]
-    lam_rm = best(cfg.reward_lambda, [score([r[t] for _, _, t in draws]) for r in rewards])
-    lam_lf = best(
-        cfg.lf_lambda,
-        [score([latent_factor_predict(fit_prior, yp, c, t, lam) for yp, c, t in draws]) for lam in cfg.lf_lambda],
-    )
+    def reward(lam: float, rows: np.ndarray):
+        r = fit_reward_model(emb, y, rows, lam)
+        return lambda yp, c, t: r[t]
+
+    def factor(lam: float, rows: np.ndarray, loadings: np.ndarray | None = None, mean_lam: float | None = None):
+        mean = fit_reward_model(emb, y, rows, mean_lam).astype(np.float32) if mean_lam is not None else None
+        rank = loadings.shape[1] if loadings is not None else cfg.prior_rank
+        prior, _ = fit_rating_prior(y[rows], rank, loadings=loadings, mean=mean)
+        return lambda yp, c, t: latent_factor_predict(prior, yp, c, t, lam)
+
+    k = choose(cfg.knn_k, knn)
+    lam_rm = choose(cfg.reward_lambda, reward)
+    lam_lf = choose(cfg.lf_lambda, factor)
     lam_cf = 1.0
     if content is not None:
-        cf_prior, _ = fit_rating_prior(y[fit_rows], content.shape[1], loadings=content)
-        lam_cf = best(
-            cfg.lf_lambda,
-            [score([latent_factor_predict(cf_prior, yp, c, t, lam) for yp, c, t in draws]) for lam in cfg.lf_lambda],
-        )
+        mean_lam = lam_rm if prior_mean == "reward" else None
+        lam_cf = choose(cfg.lf_lambda, lambda lam, rows: factor(lam, rows, content, mean_lam))
     return int(k), float(lam_rm), float(lam_lf), float(lam_cf)
 
 
@@ -653,24 +759,26 @@ def evaluate_individuals(
         train_rows = np.array([index[p] for p in split.fit + split.val])
         prior, _ = fit_rating_prior(y[train_rows], cfg.prior_rank)
         content = prior_loadings(emb, spec.prior_rank, train_cfg.loadings)
-        gpo_prior, gpo_known = fit_rating_prior(y[train_rows], spec.prior_rank, loadings=content)
+        k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(ds, emb, y, split, cfg, seed, content, train_cfg.prior_mean)
+        reward = fit_reward_model(emb, y, train_rows, float(lam_rm))
+        # GPO's prior (and the content-factor reference's) starts from this very reward model: the baseline
+        seed_cfg = replace(train_cfg, reward_lambda=float(lam_rm))
+        gpo_mean = reward.astype(np.float32) if train_cfg.prior_mean == "reward" else None
+        gpo_prior, gpo_known = fit_rating_prior(y[train_rows], spec.prior_rank, loadings=content, mean=gpo_mean)
 
-        k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(ds, emb, y, split, cfg, seed, content)
         meta["chosen"][str(seed)] = {
             "knn_k": k_best,
             "reward_lambda": lam_rm,
             "lf_lambda": lam_lf,
             "content_lambda": lam_cf,
         }
-        reward = fit_reward_model(emb, y, train_rows, float(lam_rm))
-
         # the ridge readout starts at the strength the content-factor reference chose on the validation people
         rating_cfg = {"ridge_init": lam_cf, **(model_cfg or {})}
-        models = {"gpo": train_individual_gpo(ds, emb, split, spec, train_cfg, "rating", rating_cfg)}
+        models = {"gpo": train_individual_gpo(ds, emb, split, spec, seed_cfg, "rating", rating_cfg)}
         if cfg.comparison:
-            models["gpo_comparison"] = train_individual_gpo(ds, emb, split, spec, train_cfg, "comparison", model_cfg)
+            models["gpo_comparison"] = train_individual_gpo(ds, emb, split, spec, seed_cfg, "comparison", model_cfg)
             models["gpo_comparison_bt"] = train_individual_gpo(
-                ds, emb, split, spec, train_cfg, "comparison_bt", model_cfg
+                ds, emb, split, spec, seed_cfg, "comparison_bt", model_cfg
             )
         for name, m in models.items():
             meta["training"][f"{name}/{seed}"] = {
@@ -733,7 +841,8 @@ def rating_checkpoint(
 ) -> Checkpoint:
     """A servable rating (or comparison: pair classifier) checkpoint: the model, its feature spec, the prior bank
     of the dataset's items (keyed by prompt + item text, as a served item is), and the content basis that gives
-    any other item its loadings, with the training people's mean score for them."""
+    any other item its loadings, with the reward model's estimate as its mean (or, for a model whose prior mean
+    is the item mean, the training people's mean score)."""
     assert result.kind in ("rating", "comparison") and result.prior is not None, "a rating or comparison model"
     from service.gpo.prior import question_key
 
@@ -755,6 +864,15 @@ def rating_checkpoint(
         "content_sd": basis.sd.astype(np.float32),
         "content_components": basis.components.astype(np.float32),
     }
+    if result.reward is not None:
+        extra.update(
+            {
+                "reward_mu": result.reward.mu.astype(np.float32),
+                "reward_sd": result.reward.sd.astype(np.float32),
+                "reward_w": result.reward.w.astype(np.float32),
+                "reward_b": np.array([result.reward.b], dtype=np.float32),
+            }
+        )
     metrics = {
         "best_val_pairwise": result.best_val,
         "best_step": result.best_step,

@@ -11,6 +11,7 @@ from service.training.individuals import (
     IndividualEvalConfig,
     IndividualTrainConfig,
     PeopleSplit,
+    PersonFeatures,
     _person_priors,
     bt_episode,
     bt_loss,
@@ -19,10 +20,13 @@ from service.training.individuals import (
     evaluate_individuals,
     fit_content_basis,
     fit_rating_prior,
+    fit_reward_model,
     knn_predict,
     latent_factor_predict,
     pairwise_from,
+    predict_person,
     split_people,
+    train_individual_gpo,
 )
 from service.training.metrics import exact_accuracy, pairwise_accuracy, rating_rmse, spearman
 from service.training.ratings import RatedItem, RatingsDataset
@@ -83,14 +87,29 @@ def test_fold_priors_never_encode_a_persons_own_ratings() -> None:
     index = {p: i for i, p in enumerate(ds.people)}
     split = split_people(ds.people, 0.7, seed=0)
     content = fit_content_basis(emb, 3).loadings(emb)
-    for loadings in (content, None):  # content loadings (the default), and loadings from the ratings' SVD
-        _, _, priors = _person_priors(y, split, index, rank=3, loadings=loadings, n_folds=5, seed=0)
+
+    def reward_of(matrix: np.ndarray):
+        return lambda rows: fit_reward_model(emb, matrix, rows, 0.1)
+
+    # content loadings with the reward model's mean (the default), with item means, and SVD loadings
+    for loadings, reward in ((content, True), (content, False), (None, False)):
+        _, _, priors = _person_priors(
+            y, split, index, 3, loadings, n_folds=5, seed=0, mean_of=reward_of(y) if reward else None
+        )
         for person in (split.fit[0], split.val[0]):
             changed = y.copy()
             row = index[person]
             changed[row] = np.where(np.isnan(y[row]), np.nan, 1.0 - y[row])
-            _, _, priors2 = _person_priors(changed, split, index, rank=3, loadings=loadings, n_folds=5, seed=0)
+            _, _, priors2 = _person_priors(
+                changed, split, index, 3, loadings, n_folds=5, seed=0, mean_of=reward_of(changed) if reward else None
+            )
             assert np.array_equal(priors[person][0].mean, priors2[person][0].mean)
+            # ... while the prior of test people (all training people) does follow them
+            full, full2 = (
+                _person_priors(m, split, index, 3, loadings, 5, 0, reward_of(m) if reward else None)[0]
+                for m in (y, changed)
+            )
+            assert not np.allclose(full.mean, full2.mean)
             if loadings is not None:
                 assert np.array_equal(priors[person][0].loadings, priors2[person][0].loadings)
             else:  # SVD loadings are rotated onto the basis of all training people: equal up to a k x k rotation
@@ -150,6 +169,35 @@ def test_baselines_personalise_on_synthetic_taste() -> None:
         accs["knn"].append(pairwise_accuracy(knn_predict(y, rows, yp, c, t, 10, prior.mean), yp[t]))
     means = {k: np.mean([a for a in v if a is not None]) for k, v in accs.items()}
     assert means["content"] > means["mean"] + 0.05  # taste in content space is recovered from 10 ratings
+
+
+@pytest.mark.parametrize("min_gain_se", [float("inf"), -float("inf")])
+def test_the_readout_is_kept_unless_training_beats_it_on_validation(min_gain_se: float) -> None:
+    """The untrained rating GPO is its ridge readout exactly (the content-factor estimate from the reward model's
+    mean); the trained checkpoint replaces it only when it wins on validation by the required margin."""
+    ds, emb = synthetic(n_people=60)
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=3)
+    split = split_people(ds.people, 0.7, seed=0)
+    cfg = IndividualTrainConfig(
+        max_steps=30, eval_every=10, batch_size=4, time_budget_s=60, progress=False, min_gain_se=min_gain_se
+    )
+    tiny = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16, "ridge_init": 2.0}
+    result = train_individual_gpo(ds, emb, split, spec, cfg, "rating", tiny)
+    y = ds.matrix()
+    x = PersonFeatures(spec, emb).build(result.prior, result.known)
+    person = split.test[0]
+    yp = y[ds.people.index(person)]
+    c, t = context_draw(ds, person, 8, seed=0)
+    pred = predict_person(result.model, "rating", x, yp, c, t, np.random.default_rng(0))
+    readout = latent_factor_predict(result.prior, yp, c, t, 2.0)
+    if min_gain_se == float("inf"):  # no gain is enough: the readout is kept
+        assert result.best_step == 0
+        assert np.allclose(pred, readout, atol=1e-5)
+    else:  # any checkpoint better than step 0 on validation is kept
+        assert result.best_step == min(h["step"] for h in result.history if h["val_alignment"] == result.best_val)
+    index = {q: i for i, q in enumerate(ds.people)}
+    rows = np.array([index[q] for q in split.fit + split.val])
+    assert np.allclose(result.prior.mean, fit_reward_model(emb, y, rows, cfg.reward_lambda), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind_comparison", [False, True])

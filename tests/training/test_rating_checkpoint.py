@@ -15,6 +15,7 @@ from service.training.individuals import (
     PersonFeatures,
     context_draw,
     fit_content_basis,
+    fit_reward_regressor,
     predict_person,
     rating_checkpoint,
     split_people,
@@ -57,15 +58,22 @@ def test_the_predictor_serves_what_the_evaluation_scores(trained) -> None:
         assert np.allclose(cached, served, atol=1e-5)
 
 
-def test_a_new_item_gets_content_loadings_and_the_mean_score(trained) -> None:
-    ds, emb, spec, _, result, predictor = trained
+def test_a_new_item_gets_content_loadings_and_the_reward_models_estimate(trained) -> None:
+    ds, emb, spec, split, result, predictor = trained
     new_emb = emb[:1] + 0.5  # an item nobody rated
     f = predictor.features(Item("A prompt nobody used?", ["a new response"], new_emb))
     basis = fit_content_basis(emb, spec.prior_rank)
     p = spec.prior_slice
     assert f[0, p.start] == 1.0  # known to the readout: its ridge estimate applies
-    assert f[0, p.start + 1] == pytest.approx(float(result.prior.mean[result.known].mean()), abs=1e-6)
+    # the mean is the reward model of the meta-train people, fitted independently here
+    index = {q: i for i, q in enumerate(ds.people)}
+    rows = np.array([index[q] for q in split.fit + split.val])
+    reward = fit_reward_regressor(emb, ds.matrix(), rows, IndividualTrainConfig().reward_lambda)
+    assert f[0, p.start + 1] == pytest.approx(float(reward.score(new_emb)[0]), abs=1e-5)
+    assert f[0, p.start + 1] != pytest.approx(float(reward.score(emb[:1])[0]), abs=1e-4)  # it depends on the text
     assert np.allclose(f[0, p.start + 2 :], basis.loadings(new_emb)[0], atol=1e-5)
+    # a training item's prior mean is the same reward model's estimate of it
+    assert result.prior.mean[3] == pytest.approx(float(reward.score(emb[3:4])[0]), abs=1e-5)
     known = predictor.features(Item(ds.prompt, [ds.items[3].text], emb[3:4]))
     assert np.allclose(known[0, p], result.prior.features(np.array([3]))[0], atol=1e-6)
 
