@@ -373,7 +373,16 @@ def train_individuals_cmd(
     reward_lambda: Annotated[
         float, typer.Option(help="ridge of the reward model that gives every item its prior mean")
     ] = 1.0,
-    kind: Annotated[str, typer.Option(help="rating | comparison (pair classifier on pairs of rated items)")] = "rating",
+    kind: Annotated[
+        str, typer.Option(help="rating | comparison (on pairs of items a person rated differently)")
+    ] = "rating",
+    head: Annotated[
+        str,
+        typer.Option(
+            help="comparison kind: 'score' (a score per response, Bradley-Terry loss) or 'pair' (appendix H: "
+            "P(a preferred) per pair)"
+        ),
+    ] = "score",
     seed: int = 0,
     threads: int | None = None,
 ) -> None:
@@ -381,6 +390,8 @@ def train_individuals_cmd(
     and save a servable checkpoint (model, feature spec, item prior bank, content basis)."""
     if kind not in ("rating", "comparison"):
         raise typer.BadParameter(f"kind is rating or comparison, not {kind!r}")
+    if head not in ("score", "pair"):
+        raise typer.BadParameter(f"head is score or pair, not {head!r}")
     _setup(threads)
     from service.config import get_settings
     from service.embedder.embed import build_embedder
@@ -409,7 +420,8 @@ def train_individuals_cmd(
         progress=False,
         reward_lambda=reward_lambda,
     )
-    result = train_individual_gpo(ds, emb, split, spec, cfg, kind, {"ridge_init": ridge_init})
+    train_kind = "comparison_bt" if kind == "comparison" and head == "score" else kind
+    result = train_individual_gpo(ds, emb, split, spec, cfg, train_kind, {"ridge_init": ridge_init})
     embedder_meta = {
         "key_prefix": embedder.key_prefix,
         "name": settings.embedder,

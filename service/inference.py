@@ -59,7 +59,9 @@ class Predictor:
         if feats is None:
             raise CheckpointError(f"{ckpt.path}: config.json has no 'features' section")
         self.spec = FeatureSpec(**feats)
-        if self.spec.dim_x != self.model.cfg.dim_x:
+        # a comparison model with a score head reads one more column: 1 for a pair token, 0 for a single response
+        self.score_head = self.model.cfg.kind == "comparison" and self.model.cfg.comparison_head == "score"
+        if self.spec.dim_x + int(self.score_head) != self.model.cfg.dim_x:
             raise CheckpointError(
                 f"{ckpt.path}: feature spec gives dim_x {self.spec.dim_x}, the model has {self.model.cfg.dim_x}"
             )
@@ -137,26 +139,46 @@ class Predictor:
     def predict_pairs(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[float]:
         """Comparison models: P(first response preferred) for each target pair, given context pairs. Items have
         two options (response a, response b) with their embeddings; a context item's distribution is [P(a), P(b)].
-        A pair token is the difference of its two responses' features."""
+        A pair token is the difference of its two responses' features. Pair head: a target token is a pair and
+        its output is P(a). Score head: a target token is one response, its output a score, P(a) = sigmoid(s_a -
+        s_b); pair tokens carry a 1 in the extra column, single responses a 0."""
         if self.kind != "comparison":
             raise ValueError(f"{self.model_version} is a {self.kind} model, not a comparison one")
         if not context:
             raise ValueError("a prediction needs at least one context item")
+        if not targets:
+            return []
 
-        def token(item: Item) -> np.ndarray:
+        def feats(item: Item) -> np.ndarray:
             if len(item.options) != 2:
                 raise ValueError("a comparison item has exactly two responses")
-            f = self.features(item)
-            return f[0] - f[1]
+            return self.features(item)
 
-        x = np.stack([token(c) for c in context] + [token(t) for t in targets]).astype(np.float32)
-        y = np.array([float(np.asarray(c.distribution)[0]) for c in context] + [0.0] * len(targets), dtype=np.float32)
+        ctx = [f[0] - f[1] for f in map(feats, context)]
+        if self.score_head:
+            singles = [row for t in targets for row in feats(t)]  # a, b of every target pair
+            x = np.concatenate(
+                [
+                    np.column_stack([np.stack(ctx), np.ones(len(ctx))]),
+                    np.column_stack([singles, np.zeros(len(singles))]),
+                ]
+            )
+        else:
+            x = np.stack(ctx + [f[0] - f[1] for f in map(feats, targets)])
+        n_tgt = len(x) - len(ctx)
+        y = np.array([float(np.asarray(c.distribution)[0]) for c in context] + [0.0] * n_tgt, dtype=np.float32)
         is_ctx = torch.zeros(len(y), dtype=torch.bool)
         is_ctx[: len(context)] = True
         episode = Episode(
-            x=torch.from_numpy(x), y=torch.from_numpy(y), is_context=is_ctx, question=torch.arange(len(y))
+            x=torch.from_numpy(x.astype(np.float32)),
+            y=torch.from_numpy(y),
+            is_context=is_ctx,
+            question=torch.arange(len(y)),
         )
         pred = self.model(collate([episode]).to(self.device))
+        if self.score_head:
+            s = pred.logits[0, len(context) :].double().cpu()
+            return [float(v) for v in torch.sigmoid(s[0::2] - s[1::2]).numpy()]
         return [float(v) for v in pred.mean[0, len(context) :].double().cpu().numpy()]
 
     def choice_texts(self, question: str, options: Sequence[str]) -> list[str]:

@@ -235,6 +235,17 @@ class GPO(nn.Module):
                 self.head[-1].bias[0].zero_()
 
     @torch.no_grad()
+    def set_constant_std(self, std: float) -> None:
+        """Make the predicted std this constant for every token (the head's std output no longer depends on the
+        token): what an untrained network's ridge readout serves with, its std set to the readout's residual
+        spread instead of whatever the random head gives."""
+        assert std > self.cfg.min_std, f"std must exceed min_std {self.cfg.min_std}"
+        last = self.head[-1]
+        assert isinstance(last, nn.Linear)
+        last.weight[1].zero_()
+        last.bias[1] = math.log(math.expm1(std - self.cfg.min_std))  # inverse softplus
+
+    @torch.no_grad()
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardisation statistics of the training features (std floored to avoid blow-ups)."""
         assert mean.shape == (self.cfg.dim_x,) and std.shape == (self.cfg.dim_x,), "stats must be [dim_x]"

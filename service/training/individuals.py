@@ -510,6 +510,12 @@ def train_individual_gpo(
             model.load_state_dict(readout_state)
             best_val, best_step = float(np.mean(list(readout.values()))), 0
             model.eval()
+    if kind == "rating" and best_step == 0 and val_cases:
+        # the readout's std is the random head's: set it to the readout's residual spread on validation
+        res = np.concatenate(
+            [predict_person(model, kind, x_of[p], y[index[p]], c, t, val_rng) - y[index[p]][t] for p, c, t in val_cases]
+        )
+        model.set_constant_std(max(float(np.sqrt(np.mean(res**2))), 2 * model.cfg.min_std))
     wall = time.perf_counter() - t_start
     log.info("%s GPO: %d steps in %.1f s; best validation pairwise %.4f at %d", kind, step, wall, best_val, best_step)
     return IndividualModel(model, spec, full, known, reward, kind, best_val, best_step, step, wall, history)
@@ -843,14 +849,16 @@ def rating_checkpoint(
     of the dataset's items (keyed by prompt + item text, as a served item is), and the content basis that gives
     any other item its loadings, with the reward model's estimate as its mean (or, for a model whose prior mean
     is the item mean, the training people's mean score)."""
-    assert result.kind in ("rating", "comparison") and result.prior is not None, "a rating or comparison model"
+    assert result.kind in ("rating", "comparison", "comparison_bt") and result.prior is not None, (
+        "a rating or comparison model"
+    )
     from service.gpo.prior import question_key
 
     rows = {question_key(ds.prompt, [it.text]): (i, 1) for i, it in enumerate(ds.items)}
     known = result.known
     basis = fit_content_basis(emb, result.spec.prior_rank)
     meta = {
-        "kind": result.kind,
+        "kind": result.model.cfg.kind,
         "embedder": embedder_meta,
         "features": result.spec.to_dict(),
         "global_mean": float(result.prior.mean[known].mean()) if known.any() else 0.5,

@@ -193,6 +193,14 @@ def test_the_readout_is_kept_unless_training_beats_it_on_validation(min_gain_se:
     if min_gain_se == float("inf"):  # no gain is enough: the readout is kept
         assert result.best_step == 0
         assert np.allclose(pred, readout, atol=1e-5)
+        # its std is one constant: the readout's residual spread on the validation people, not the random head's
+        from service.gpo.batch import collate
+        from service.training.individuals import rating_episode
+
+        with torch.no_grad():
+            std = result.model(collate([rating_episode(x, yp, c, t)])).std[0, len(c) :]
+        rms = float(np.sqrt(np.mean((readout - yp[t]) ** 2)))
+        assert torch.allclose(std, std[0]) and 0.5 * rms < float(std[0]) < 2.0 * rms
     else:  # any checkpoint better than step 0 on validation is kept
         assert result.best_step == min(h["step"] for h in result.history if h["val_alignment"] == result.best_val)
     index = {q: i for i, q in enumerate(ds.people)}

@@ -13,6 +13,7 @@ from service.training.features import FeatureSpec
 from service.training.individuals import (
     IndividualTrainConfig,
     PersonFeatures,
+    comparison_pairs,
     context_draw,
     fit_content_basis,
     fit_reward_regressor,
@@ -81,3 +82,42 @@ def test_a_new_item_gets_content_loadings_and_the_reward_models_estimate(trained
 def test_texts_follow_the_kind(trained) -> None:
     _, _, _, _, _, predictor = trained
     assert predictor.item_texts("Rate it.", ["Fine."]) == [format_response_item("Rate it.", "Fine.")]
+
+
+@pytest.mark.parametrize("kind", ["comparison", "comparison_bt"])
+def test_a_comparison_checkpoint_serves_what_the_evaluation_scores(
+    kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Pair head (appendix H) and score head (Bradley-Terry): /predict's P(a preferred) for pairs of a person's
+    target items equals the offline evaluation's, given the pairs of their context items."""
+    ds, emb = synthetic(n_people=50)
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=3)
+    split = split_people(ds.people, 0.7, seed=0)
+    cfg = IndividualTrainConfig(max_steps=20, eval_every=10, batch_size=4, time_budget_s=60, progress=False)
+    result = train_individual_gpo(ds, emb, split, spec, cfg, kind, dict(TINY))
+    meta = {"key_prefix": "synthetic", "template_version": "gpo-resp-v1", "dim": int(emb.shape[1])}
+    store = tmp_path_factory.mktemp("store")
+    save_checkpoint(rating_checkpoint(result, ds, emb, meta), store, "pairs")
+    predictor = Predictor.from_store(store, "pairs")
+    assert predictor.kind == "comparison" and predictor.score_head == (kind == "comparison_bt")
+    y = ds.matrix()
+    x = PersonFeatures(spec, emb).build(result.prior, result.known)
+    person = split.test[0]
+    yp = y[ds.people.index(person)]
+    ctx, tgt = context_draw(ds, person, 8, seed=0)
+    offline = predict_person(result.model, kind, x, yp, ctx, tgt, np.random.default_rng(0))
+    a_idx, b_idx = np.triu_indices(len(tgt), k=1)
+    if kind == "comparison_bt":  # scores of the targets: P(a) = sigmoid(s_a - s_b)
+        offline = 1.0 / (1.0 + np.exp(-(offline[a_idx] - offline[b_idx])))
+    ca, cb, label = comparison_pairs(yp, ctx)
+
+    def item(i: int, j: int) -> Item:
+        return Item(ds.prompt, [ds.items[i].text, ds.items[j].text], emb[[i, j]])
+
+    context = [
+        ContextItem(ds.prompt, [ds.items[i].text, ds.items[j].text], emb[[i, j]], np.array([lab, 1 - lab]))
+        for i, j, lab in zip(ca, cb, label, strict=True)
+    ]
+    served = predictor.predict_pairs(context, [item(tgt[i], tgt[j]) for i, j in zip(a_idx, b_idx, strict=True)])
+    assert np.allclose(served, offline, atol=1e-5)
+    assert predictor.predict_pairs(context, []) == []

@@ -1,0 +1,43 @@
+"""The checkpoints shipped in model_store/ load, are of the kind they are served as, match the bundled embedder,
+and predict: what `gpo serve` with the documented settings starts from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.inference import ContextItem, Item, Predictor
+
+STORE = Path(__file__).resolve().parents[2] / "model_store"
+SHIPPED = {"opinionqa-gpo": "choice", "nytbooks-rating": "rating", "nytbooks-comparison": "comparison"}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_a_shipped_checkpoint_loads_and_is_its_kind(name: str) -> None:
+    predictor = Predictor.from_store(STORE, name)
+    assert predictor.kind == SHIPPED[name]
+    meta = predictor.embedder_meta
+    assert meta["name"] == "smollm2" and meta["pooling"] == "mean" and meta["dim"] == predictor.spec.emb_dim
+    assert meta["key_prefix"].startswith("smollm2-135m-instruct")
+
+
+def test_the_shipped_rating_model_scores_new_responses_from_their_text() -> None:
+    """A response nobody rated gets the stored reward model's score as its prior mean, and a rating context moves
+    the predictions towards the person."""
+    predictor = Predictor.from_store(STORE, "nytbooks-rating")
+    assert predictor.reward is not None and predictor.content is not None
+    rng = np.random.default_rng(0)
+    dim = predictor.spec.emb_dim
+    a, b = rng.normal(size=(1, dim)).astype(np.float32), rng.normal(size=(1, dim)).astype(np.float32)
+    mu, sd, w, bias = predictor.reward
+    for emb in (a, b):
+        f = predictor.features(Item("Rate it.", ["a response nobody rated"], emb))
+        assert f[0, predictor.spec.prior_slice.start + 1] == pytest.approx(float(((emb[0] - mu) / sd) @ w + bias))
+    likes_a = [ContextItem("Rate it.", ["liked"], a + 0.1, np.array([1.0], dtype=np.float32))]
+    likes_b = [ContextItem("Rate it.", ["liked"], b + 0.1, np.array([1.0], dtype=np.float32))]
+    targets = [Item("Rate it.", ["first"], a), Item("Rate it.", ["second"], b)]
+    for_a = [p.distribution[0] for p in predictor.predict(likes_a, targets)]
+    for_b = [p.distribution[0] for p in predictor.predict(likes_b, targets)]
+    assert for_a[0] - for_a[1] > for_b[0] - for_b[1]  # liking something like a ranks a higher
