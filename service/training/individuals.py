@@ -258,6 +258,19 @@ def bt_episode(
     return Episode(x=xs, y=yy, is_context=is_ctx, question=torch.arange(len(yy))), pairs
 
 
+def rank_loss(batch, mean: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Pairwise logistic ranking loss of predicted scores [B, N] over the target pairs rated differently: per row,
+    the mean over its pairs times its number of targets (the NLL's scale: a sum over targets), averaged over rows."""
+    import torch.nn.functional as F
+
+    t = batch.is_target
+    better = (batch.y[:, :, None] > batch.y[:, None, :]) & t[:, :, None] & t[:, None, :]  # [B, N, N]
+    margin = (mean[:, :, None] - mean[:, None, :]) / temperature
+    per_pair = F.softplus(-margin).masked_fill(~better, 0.0)
+    n_pairs = better.sum(dim=(1, 2)).clamp_min(1)
+    return (per_pair.sum(dim=(1, 2)) / n_pairs * t.sum(dim=1)).mean()
+
+
 def bt_loss(
     model: GPO, episodes: Sequence[Episode], pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
 ) -> torch.Tensor:
@@ -295,6 +308,10 @@ class IndividualTrainConfig(TrainConfig):
     # rating kind: the trained checkpoint replaces the untrained one (its ridge readout exactly) only when it is
     # better on validation by more than this many standard errors of the per-person difference
     min_gain_se: float = 1.0
+    # rating kind: weight of a pairwise ranking loss on the targets (logistic on the difference of predicted
+    # scores over `rank_temperature`, for every pair the person rated differently), added to the Gaussian NLL
+    rank_weight: float = 0.0
+    rank_temperature: float = 0.05
     time_budget_s: float | None = 300.0
     max_pairs: int = 300  # comparison kind: pairs per episode side at most
     # Where the prior's loadings come from: "content" (principal directions of the item embeddings: a person's
@@ -484,7 +501,11 @@ def train_individual_gpo(
             episodes.append(ep)
         if kind == "comparison_bt":
             return bt_loss(model, episodes, pairs)
-        return model.loss(collate(episodes))
+        batch = collate(episodes)
+        if kind == "rating" and cfg.rank_weight > 0:
+            pred = model(batch)
+            return model.loss(batch, pred) + cfg.rank_weight * rank_loss(batch, pred.mean, cfg.rank_temperature)
+        return model.loss(batch)
 
     readout_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     readout = per_person() if val_cases and model.cfg.prior_readout == "ridge" else None
