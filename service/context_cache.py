@@ -63,8 +63,10 @@ class ContextCache:
     def enabled(self) -> bool:
         return self.max_bytes > 0 or self.shared is not None
 
-    def get(self, key: StateKey) -> tuple[ContextState | None, str]:
-        """(state, where it was found: "local" | "shared" | "miss")."""
+    def get(self, key: StateKey, predictor: Predictor | None = None) -> tuple[ContextState | None, str]:
+        """(state, where it was found: "local" | "shared" | "miss"). `predictor`: the model the state belongs to
+        (default: the choice model), whose layout a shared value is read with."""
+        predictor = predictor or self.predictor
         k = str(key)
         with self._lock:
             hit = self._items.get(k)
@@ -76,7 +78,7 @@ class ContextCache:
             array = self.shared.get(k)
             if array is not None:
                 try:
-                    state = self.predictor.state_from_array(array)
+                    state = predictor.state_from_array(array)
                 except ValueError as exc:  # another checkpoint's layout under our key: never trust it
                     log.warning("context cache: unusable shared value for %s (%s)", k, exc)
                 else:
@@ -88,11 +90,11 @@ class ContextCache:
             self.misses += 1
         return None, "miss"
 
-    def put(self, key: StateKey, state: ContextState) -> None:
+    def put(self, key: StateKey, state: ContextState, predictor: Predictor | None = None) -> None:
         k = str(key)
         self._put_local(k, state)
         if self.shared is not None:
-            self.shared.put(k, self.predictor.state_to_array(state))
+            self.shared.put(k, (predictor or self.predictor).state_to_array(state))
 
     def _put_local(self, k: str, state: ContextState) -> None:
         size = _nbytes(state)

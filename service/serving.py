@@ -412,53 +412,75 @@ async def _embedded(services: Services, questions: Sequence[QuestionIn | Context
     return list(_split(vectors, [len(t) for t in texts]))
 
 
-def _cached_state(services: Services, tenant: str, group_id: str, embedder_key: str) -> tuple[int, ContextState | None]:
-    """(context version, encoded context or None): one row read for the version, then the context cache."""
+def _cached_state(
+    services: Services, tenant: str, group_id: str, embedder_key: str, kind: str = "choice"
+) -> tuple[int, ContextState | None, dict[str, Any] | None]:
+    """(context version, encoded context or None, the first item's payload for a rating group): one row read for
+    the version, then the context cache."""
+    predictor = _served(services, kind)
+    assert predictor is not None, "the caller serves this kind"
+    payload = None
     with services.engine.connect() as connection:
-        row, version, kind = repo.group_version(connection, tenant, group_id)
-    _check_served_kind(group_id, kind, services)
-    state, where = services.contexts.get(StateKey(services.predictor.model_version, embedder_key, row, version))
+        if kind == "rating":
+            row, version, group_kind, payload = repo.group_version_and_first_payload(connection, tenant, group_id)
+        else:
+            row, version, group_kind = repo.group_version(connection, tenant, group_id)
+    _check_served_kind(group_id, group_kind, services, asked=kind)
+    state, where = services.contexts.get(StateKey(predictor.model_version, embedder_key, row, version), predictor)
     services.metrics.context_states.labels(where).inc()
-    return version, state
+    return version, state, payload
 
 
-def _encode(services: Services, context: Sequence[ContextItem]) -> ContextState:
+def _encode(services: Services, context: Sequence[ContextItem], predictor: Predictor | None = None) -> ContextState:
     t0 = time.perf_counter()
-    state = services.predictor.encode(context)
+    state = (predictor or services.predictor).encode(context)
     services.metrics.encode_seconds.observe(time.perf_counter() - t0)
     services.metrics.context_items.observe(len(context))
     return state
 
 
-async def group_state(services: Services, tenant: str, group_id: str) -> tuple[int, ContextState]:
+async def group_state(
+    services: Services, tenant: str, group_id: str, kind: str = "choice"
+) -> tuple[int, ContextState, dict[str, Any] | None]:
     """The group's context version and its encoded context: from the context cache when this version was encoded
-    before (here or, through Redis, on another replica), else read from the database and encoded (and cached)."""
-    embedder_key = (await services.embedder_keys()).choice if services.predictor.uses_embedding else ""
+    before (here or, through Redis, on another replica), else read from the database and encoded (and cached).
+    `kind`: the model that serves the group ("choice" or "rating"; a rating group also gets its first item's
+    payload, which holds the group's scale)."""
+    predictor = _served(services, kind)
+    assert predictor is not None, f"this deployment serves {kind} groups"
+    keys = await services.embedder_keys()
+    embedder_key = ""
+    if predictor.uses_embedding:
+        embedder_key = {"choice": keys.choice, "rating": keys.rating}[kind] or ""
     if services.contexts.enabled:
-        version, state = await in_thread(_cached_state, services, tenant, group_id, embedder_key)
+        version, state, payload = await in_thread(_cached_state, services, tenant, group_id, embedder_key, kind)
         if state is not None:
-            return version, state
-    info, context, _ = await _stored_context(services, tenant, group_id)
-    state = await in_thread(_encode, services, context)
+            return version, state, payload
+    info, context, stored = await _stored_context(services, tenant, group_id, kind)
+    state = await in_thread(_encode, services, context, predictor)
     if services.contexts.enabled:
-        key = StateKey(services.predictor.model_version, embedder_key, info.id, info.version)
-        await in_thread(services.contexts.put, key, state)
-    return info.version, state
+        key = StateKey(predictor.model_version, embedder_key, info.id, info.version)
+        await in_thread(services.contexts.put, key, state, predictor)
+    return info.version, state, stored[0].payload
 
 
 async def rated(
     services: Services, tenant: str, group_id: str, prompt_responses: Sequence[tuple[str, str]]
-) -> tuple[repo.GroupInfo, list[tuple[float, float]]]:
-    """(group, [(score, std)] on the group's scale) of each (prompt, response) for a rating group."""
-    info, context, stored = await _stored_context(services, tenant, group_id, kind="rating")
+) -> tuple[int, list[tuple[float, float]]]:
+    """(context version, [(score, std)] on the group's scale) of each (prompt, response) for a rating group; the
+    group's context is encoded once per version and cached, as a choice group's."""
+    if services.rating is None:  # the group's kind decides which error: checked on the group
+        info = await in_thread(_group_info, services, tenant, group_id)
+        _check_served_kind(group_id, info.kind, services, asked="rating")
+    version, state, payload = await group_state(services, tenant, group_id, "rating")
     rating, key = services.rating, (await services.embedder_keys()).rating
-    assert rating is not None and key is not None, "checked by _stored_context"
+    assert rating is not None and key is not None, "checked by group_state"
     texts = [t for p, r in prompt_responses for t in rating.item_texts(p, [r])]
     vectors = await services.embed(texts, key)
     targets = [Item(p, [r], vectors[i : i + 1]) for i, (p, r) in enumerate(prompt_responses)]
-    predictions = await in_thread(rating.predict, context, targets)
-    lo, hi = (stored[0].payload or {}).get("scale", (0.0, 1.0))  # the group's scale: its items'
-    return info, [(lo + (hi - lo) * float(p.distribution[0]), (hi - lo) * float(p.std[0])) for p in predictions]
+    (predictions,) = await in_thread(rating.predict_encoded, [(state, targets)])
+    lo, hi = (payload or {}).get("scale", (0.0, 1.0))  # the group's scale: its items'
+    return version, [(lo + (hi - lo) * float(p.distribution[0]), (hi - lo) * float(p.std[0])) for p in predictions]
 
 
 async def compared(
@@ -498,19 +520,19 @@ async def predict(services: Services, tenant: str, body: PredictRequest) -> Pred
     if body.responses is not None:
         assert body.group_id is not None, "validated: responses go with a stored group"
         pairs = [(r.prompt, r.response) for r in body.responses]
-        info, scores = await rated(services, tenant, body.group_id, pairs)
+        version, scores = await rated(services, tenant, body.group_id, pairs)
         assert services.rating is not None
         services.metrics.predictions.labels("rating").inc(len(scores))
         return PredictResponse(
             predictions=[],
             scores=[RatingPrediction(score=s, std=sd) for s, sd in scores],
             model_version=services.rating.model_version,
-            context_version=info.version,
+            context_version=version,
         )
     assert body.questions is not None, "validated: questions or responses"
     context_version: int | None = None
     if body.group_id is not None:
-        context_version, state = await group_state(services, tenant, body.group_id)
+        context_version, state, _ = await group_state(services, tenant, body.group_id)
         embeddings = await _embedded(services, body.questions)
     else:
         assert body.context is not None, "validated: group_id or context"
@@ -586,7 +608,7 @@ async def generate(
             return await _generate_rated(services, tenant, body, timings)
         if info.kind == "comparison" and services.comparison is not None:
             return await _generate_compared(services, tenant, body, timings)
-    context_version, state = await group_state(services, tenant, body.group_id)  # 404 before any sampling
+    context_version, state, _ = await group_state(services, tenant, body.group_id)  # 404 before any sampling
     t1 = time.perf_counter()
     predictor = services.predictor
     responses, embeddings, n_sampled = await sample_distinct(services, body, with_vectors=predictor.uses_embedding)
@@ -612,14 +634,14 @@ async def _generate_rated(
     t0 = time.perf_counter()
     responses, _, n_sampled = await sample_distinct(services, body)
     t1 = time.perf_counter()
-    info, scores = await rated(services, tenant, body.group_id, [(body.prompt, r) for r in responses])
+    version, scores = await rated(services, tenant, body.group_id, [(body.prompt, r) for r in responses])
     order = sorted(range(len(responses)), key=lambda i: -scores[i][0])  # stable: ties keep sampling order
     if timings is not None:
         timings.update(sample=t1 - t0, score=time.perf_counter() - t1)
     return GenerateResponse(
         responses=[ScoredResponse(text=responses[i], score=scores[i][0]) for i in order],
         model_version=services.rating.model_version,
-        context_version=info.version,
+        context_version=version,
         n_sampled=n_sampled,
     )
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Select, delete, func, select, update
+from sqlalchemy import Connection, Select, and_, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.db.models import DEFAULT_TENANT, GROUP_NAME_MAX_LEN, ApiKey, ContextItem, Group, utcnow
 
@@ -347,6 +347,25 @@ def group_version(connection: Connection | Session, tenant: str, name: str) -> t
     if row is None:
         raise GroupNotFound(tenant, name)
     return int(row[0]), int(row[1]), str(row[2])
+
+
+def group_version_and_first_payload(
+    connection: Connection | Session, tenant: str, name: str
+) -> tuple[int, int, str, dict[str, Any] | None]:
+    """(row id, context version, kind, payload of the first item or None) in one statement: the rating fast path's
+    read (the first item's scale is the group's answer scale), consistent with the version it returns."""
+    first = aliased(ContextItem)
+    first_position = (
+        select(func.min(first.position)).where(first.group_id == Group.id).correlate(Group).scalar_subquery()
+    )
+    row = connection.execute(
+        select(Group.id, Group.version, Group.kind, ContextItem.payload)
+        .outerjoin(ContextItem, and_(ContextItem.group_id == Group.id, ContextItem.position == first_position))
+        .where(Group.tenant == tenant, Group.name == name)
+    ).one_or_none()
+    if row is None:
+        raise GroupNotFound(tenant, name)
+    return int(row[0]), int(row[1]), str(row[2]), row[3]
 
 
 def list_groups(session: Session, tenant: str, limit: int = 100, offset: int = 0) -> list[GroupInfo]:

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
+from service.inference import ContextItem, Item
 
 from .conftest import context_item, question
 from .test_tenants import snapshot
@@ -155,6 +156,46 @@ def test_a_rating_group_gets_predicted_scores(rating_client: TestClient) -> None
     assert c.post("/groups/c1/context", json={"items": [context_item(0)]}).status_code == 200
     wrong = c.post("/predict", json={"group_id": "c1", "responses": body["responses"]})
     assert wrong.status_code == 422 and "send 'questions'" in wrong.text
+
+
+def test_a_rating_groups_context_is_cached_and_a_change_invalidates_it(rating_client: TestClient) -> None:
+    """Rating groups take the fast path too: the context is encoded once per version (then one row read per call),
+    the cached prediction equals the full forward, and a write is seen at once, with the group's scale."""
+    from .test_fast_path import _states
+
+    c = rating_client
+    services = c.app.state.services
+    rating = services.rating
+    items = [_rating(j, 1 + j % 5) for j in range(6)]
+    assert c.post("/groups/p3/context", json={"items": items}).status_code == 200
+    responses = [{"prompt": "Rate this reply.", "response": t} for t in ("a short reply", "reply number 3 again")]
+    body = {"group_id": "p3", "responses": responses}
+    before = _states(c)
+    first = c.post("/predict", json=body).json()
+    again = c.post("/predict", json=body).json()
+    after = _states(c)
+    assert (after["miss"] - before["miss"], after["local"] - before["local"]) == (1.0, 1.0)
+    assert again == first
+
+    def full_forward(context_items: list[dict]) -> list[float]:
+        def emb(prompt: str, response: str) -> np.ndarray:
+            (text,) = rating.item_texts(prompt, [response])
+            return services.cache.get(f"{services._keys.rating}|{text}")[None]
+
+        ctx = [
+            ContextItem(i["prompt"], [i["response"]], emb(i["prompt"], i["response"]), np.array([(i["score"] - 1) / 4]))
+            for i in context_items
+        ]
+        tgt = [Item(r["prompt"], [r["response"]], emb(r["prompt"], r["response"])) for r in responses]
+        return [1 + 4 * float(p.distribution[0]) for p in rating.predict(ctx, tgt)]
+
+    np.testing.assert_allclose([s["score"] for s in first["scores"]], full_forward(items), atol=1e-4)
+    extra = _rating(9, 5.0)
+    assert c.post("/groups/p3/context", json={"items": [extra]}).json()["version"] == 2
+    changed = c.post("/predict", json=body).json()
+    assert changed["context_version"] == 2 and _states(c)["miss"] == after["miss"] + 1
+    np.testing.assert_allclose([s["score"] for s in changed["scores"]], full_forward([*items, extra]), atol=1e-4)
+    assert changed["scores"] != first["scores"]
 
 
 def test_generate_for_a_rating_group_returns_the_sample_gpo_scores_highest(rating_client: TestClient) -> None:

@@ -21,6 +21,7 @@ from service.db.repository import (
     get_context,
     get_group,
     group_version,
+    group_version_and_first_payload,
     list_groups,
     set_item_embeddings,
     write_context,
@@ -331,3 +332,27 @@ def test_a_group_keeps_its_kind(session: Session) -> None:
         [0.75],
         {"score": 4},
     )
+
+
+def test_the_rating_fast_path_reads_the_version_with_the_first_items_payload(session: Session) -> None:
+    def rating(score: float, scale: list[float]) -> NewItem:
+        return NewItem(
+            question="Rate it.",
+            options=[f"reply {score}"],
+            distribution=[0.5],
+            kind="rating",
+            payload={"score": score, "scale": scale},
+        )
+
+    write_context(session, T, "r", [rating(2, [1, 5]), rating(3, [0, 10])], "append", kind="rating")
+    row, version, kind, payload = group_version_and_first_payload(session, T, "r")
+    assert (row, version, kind) == group_version(session, T, "r") and payload == {"score": 2, "scale": [1, 5]}
+    first_id = get_context(session, T, "r")[1][0].id
+    delete_item(session, T, "r", first_id)  # the next item by position is now the first
+    assert group_version_and_first_payload(session, T, "r")[1:] == (2, "rating", {"score": 3, "scale": [0, 10]})
+    write_context(session, T, "r", [], "replace", kind="rating")
+    assert group_version_and_first_payload(session, T, "r")[3] is None  # no items: no payload, still the version
+    with pytest.raises(GroupNotFound):
+        group_version_and_first_payload(session, T, "nobody")
+    with pytest.raises(GroupNotFound):
+        group_version_and_first_payload(session, "globex", "r")  # another tenant's group
