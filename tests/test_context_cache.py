@@ -92,3 +92,31 @@ def test_states_are_read_only_in_use(predictor) -> None:  # noqa: F811
     before = state.keys.clone()
     predictor.predict_encoded([(state, tgt), (state, tgt)])
     assert torch.equal(state.keys, before)
+
+
+def test_a_rating_models_state_goes_through_redis_with_its_own_layout(predictor, shared) -> None:  # noqa: F811
+    """The cache is built around the choice model; a rating model's state (with its ridge solution) is written and
+    read with the rating model's layout."""
+    from pathlib import Path
+
+    from service.inference import ContextItem, Item, Predictor
+
+    rating = Predictor.from_store(Path(__file__).resolve().parents[1] / "model_store", "nytbooks-rating")
+    rng = np.random.default_rng(3)
+    dim = rating.spec.emb_dim
+    ctx = [
+        ContextItem("Rate:", [f"r{i}"], rng.normal(size=(1, dim)).astype(np.float32), np.array([rng.random()]))
+        for i in range(5)
+    ]
+    tgt = [Item("Rate:", [f"t{i}"], rng.normal(size=(1, dim)).astype(np.float32)) for i in range(3)]
+    state = rating.encode(ctx)
+    assert state.z is not None
+    key = _key(11, 1, rating.model_version)
+    ContextCache(predictor, 2**20, shared).put(key, state, rating)
+    found, where = ContextCache(predictor, 2**20, shared).get(key, rating)  # another replica
+    assert where == "shared" and found is not None
+    a, b = rating.predict_encoded([(state, tgt), (found, tgt)])
+    full = rating.predict(ctx, tgt)
+    for x, y, z in zip(a, b, full, strict=True):
+        np.testing.assert_allclose(x.distribution, y.distribution, atol=1e-6)
+        np.testing.assert_allclose(y.distribution, z.distribution, atol=1e-5)
