@@ -279,7 +279,7 @@ class GenerateRequest(BaseModel):
     prompt: Text
     n: int = Field(4, ge=1, le=16, description="distinct responses wanted")
     max_new_tokens: int = Field(64, ge=1, le=512)
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="0 is greedy: one distinct response")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="0 (or below 1e-4) is greedy: one distinct response")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="a fixed seed gives the same answer")
 
 

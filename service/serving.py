@@ -21,7 +21,7 @@ from service.context_cache import StateKey, build_context_cache
 from service.db import repository as repo
 from service.db.session import session_scope
 from service.embedder.client import WorkerError, WorkerModelChanged, WorkerUnavailable
-from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION
+from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION, is_greedy
 from service.embeddings import ItemEmbeddings
 from service.inference import ContextItem, EmbedderMismatch, Item, ItemPrediction
 from service.schemas import (
@@ -568,7 +568,8 @@ async def sample_distinct(
 
     The first call asks the worker for n samples in one batch. When some are duplicates, up to
     `generate_sampling_rounds - 1` more calls ask for the missing ones, with seeds seed + 1, seed + 2, ... so a
-    fixed seed still gives the same answer. Greedy decoding (temperature 0) repeats itself: no second call.
+    fixed seed still gives the same answer. Greedy decoding (temperature < GREEDY_BELOW) repeats itself: no second
+    call.
     What is still missing after the last call is missing from the answer (len(responses) < n, n_sampled says why).
     """
     distinct: dict[str, tuple[str, np.ndarray | None]] = {}  # stripped -> the first sample with that text
@@ -584,7 +585,7 @@ async def sample_distinct(
         sampled += len(texts)
         for i, t in enumerate(texts):
             distinct.setdefault(t.strip(), (t, None if vectors is None else vectors[i]))
-        if len(distinct) >= body.n or body.temperature == 0.0:
+        if len(distinct) >= body.n or is_greedy(body.temperature):
             break
     kept = list(distinct.values())[: body.n]
     services.metrics.generate_duplicates.inc(sampled - len(kept))

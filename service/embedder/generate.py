@@ -89,6 +89,15 @@ def _generate(
     return texts, ids, vectors
 
 
+# Below this temperature sampling is greedy decoding: dividing the logits by a tiny temperature overflows
+# (1.7e-285 is 0 in float32: the probabilities became NaN and sampling failed), and its limit is greedy anyway.
+GREEDY_BELOW = 1e-4
+
+
+def is_greedy(temperature: float) -> bool:
+    return temperature < GREEDY_BELOW
+
+
 def sample_responses(
     lm: BaseLM,
     prompt: str,
@@ -104,7 +113,7 @@ def sample_responses(
     """n sampled continuations of `prompt` (new text only, special tokens dropped, stripped).
 
     All n come from one batched `generate` call (num_return_sequences=n). With a seed the result is
-    deterministic and the global RNG state is left untouched (fork_rng); temperature <= 0 is greedy
+    deterministic and the global RNG state is left untouched (fork_rng); temperature < GREEDY_BELOW is greedy
     (one decode, repeated n times). With `pooling`, also each response's vector [n, D] pooled in the
     sampling pass (see RESPONSE_POOLED_TEMPLATE_VERSION): (texts, vectors).
     """
@@ -112,7 +121,7 @@ def sample_responses(
         raise ValueError(f"n must be >= 1, got {n}")
     input_ids = _chat_prompt_ids(lm, prompt, use_chat_template)  # [1, T]
     tok = lm.tokenizer
-    greedy = temperature <= 0
+    greedy = is_greedy(temperature)
     gen_kwargs: dict[str, object] = {"max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id}
     if greedy:  # all n answers are the same: decode once
         gen_kwargs["do_sample"] = False
@@ -147,8 +156,8 @@ def sample_responses_many(
     masks): prompt i gets ns[i] samples. What concurrent unseeded requests with the same sampling settings
     share in the worker; a seeded request runs alone (`sample_responses`), so its result never depends on
     what else was running. With `pooling`, per prompt (texts, vectors) as `sample_responses`."""
-    if temperature <= 0:
-        raise ValueError("batched sampling needs temperature > 0 (greedy requests run alone)")
+    if is_greedy(temperature):
+        raise ValueError(f"batched sampling needs temperature >= {GREEDY_BELOW} (greedy requests run alone)")
     if len(prompts) != len(ns) or not prompts or min(ns) < 1:
         raise ValueError("one n >= 1 per prompt, at least one prompt")
     tok = lm.tokenizer
@@ -238,4 +247,3 @@ def option_letter_probs(
                 total = p.sum()
                 results.append(p / total if total > 0 else np.full(k, 1.0 / k))
     return results
-

@@ -25,6 +25,7 @@ from service.embedder.embed import Embedder, build_embedder, make_key_prefix
 from service.embedder.generate import (
     RESPONSE_POOLED_TEMPLATE_VERSION,
     _chat_prompt_ids,
+    is_greedy,
     sample_responses,
     sample_responses_many,
 )
@@ -80,7 +81,7 @@ class CompletionCall:
     @property
     def shareable(self) -> bool:
         """Unseeded sampling: may share a generate call with others of the same settings."""
-        return self.seed is None and self.temperature > 0
+        return self.seed is None and not is_greedy(self.temperature)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,12 @@ def test_greedy_decoding_gives_one_response(client: TestClient, group: str) -> N
     assert out["responses"][0]["score"] == pytest.approx(1.0)
 
 
+def test_a_vanishing_temperature_is_greedy_not_a_server_error(client: TestClient, group: str) -> None:
+    """schemathesis sent temperature 1.67e-285 (0 in float32): NaN sampling probabilities and a 500 before."""
+    greedy = _generate(client, temperature=0.0, n=3)
+    assert _generate(client, temperature=1.6680466256861375e-285, n=3) == greedy
+
+
 def test_generate_errors(client: TestClient, group: str) -> None:
     unknown = client.post("/generate", json={"group_id": "nobody", "prompt": PROMPT})
     assert (unknown.status_code, unknown.json()) == (404, {"detail": "group 'nobody' not found"})

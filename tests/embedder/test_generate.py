@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from service.embedder.generate import option_letter_probs, option_letter_token_ids, sample_responses
+from service.embedder.generate import (
+    option_letter_probs,
+    option_letter_token_ids,
+    sample_responses,
+    sample_responses_many,
+)
 from service.embedder.loading import BaseLM
 from service.embedder.prompts import format_question_prompt
 
@@ -26,9 +31,7 @@ def test_samples_are_distinct_and_seeded(tiny_lm: BaseLM) -> None:
 def test_greedy_and_plain_prompt(tiny_lm: BaseLM) -> None:
     greedy = sample_responses(tiny_lm, "Hello", n=2, max_new_tokens=5, temperature=0.0, seed=None)
     assert greedy[0] == greedy[1]
-    raw = sample_responses(
-        tiny_lm, "Hello", n=1, max_new_tokens=5, temperature=0.0, seed=None, use_chat_template=False
-    )
+    raw = sample_responses(tiny_lm, "Hello", n=1, max_new_tokens=5, temperature=0.0, seed=None, use_chat_template=False)
     assert len(raw) == 1
     with pytest.raises(ValueError):
         sample_responses(tiny_lm, "Hello", n=0, max_new_tokens=5, temperature=1.0, seed=0)
@@ -37,9 +40,7 @@ def test_greedy_and_plain_prompt(tiny_lm: BaseLM) -> None:
 def test_option_letter_probs_sum_to_one_and_ignore_batching(tiny_lm: BaseLM) -> None:
     prompts = [
         format_question_prompt("Is it good?", ["Yes", "No"]),
-        format_question_prompt(
-            "How likely is a much longer question to be answered?", ["Very", "Some", "Not"]
-        ),
+        format_question_prompt("How likely is a much longer question to be answered?", ["Very", "Some", "Not"]),
         format_question_prompt("Pick one", ["a", "b", "c", "d", "e"]),
     ]
     n_options = [2, 3, 5]
@@ -87,8 +88,13 @@ def test_vectors_pooled_in_the_sampling_pass_equal_a_forward_over_what_was_read(
     ids_in = _chat_prompt_ids(tiny_lm, prompt, None)
     torch.manual_seed(5)
     with torch.inference_mode():
-        kwargs = dict(max_new_tokens=12, pad_token_id=tiny_lm.tokenizer.pad_token_id, do_sample=True,
-                      temperature=1.0, num_return_sequences=3)
+        kwargs = dict(
+            max_new_tokens=12,
+            pad_token_id=tiny_lm.tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=1.0,
+            num_return_sequences=3,
+        )
         _, ids, again = _generate(tiny_lm, ids_in, torch.ones_like(ids_in), kwargs, pooling)
     np.testing.assert_allclose(again, vectors, atol=1e-5)
     assert not _end_ids(tiny_lm) & {t for row in ids for t in row}
@@ -103,3 +109,12 @@ def test_batched_prompts_with_vectors(tiny_lm: BaseLM) -> None:
     out = sample_responses_many(tiny_lm, ["Hi.", "A much longer prompt about rivers."], [2, 3], 8, 0.9, pooling="mean")
     assert [len(t) for t, _ in out] == [2, 3] and [v.shape[0] for _, v in out] == [2, 3]
     assert all(np.isfinite(v).all() for _, v in out)
+
+
+def test_a_vanishing_temperature_is_greedy(tiny_lm: BaseLM) -> None:
+    """1.7e-285 is 0 in float32: dividing the logits by it gave NaN probabilities and a 500 (found by schemathesis)."""
+    greedy = sample_responses(tiny_lm, "Hello", n=2, max_new_tokens=5, temperature=0.0, seed=None)
+    assert sample_responses(tiny_lm, "Hello", n=2, max_new_tokens=5, temperature=1.7e-285, seed=None) == greedy
+    assert sample_responses(tiny_lm, "Hello", n=2, max_new_tokens=5, temperature=5e-5, seed=3) == greedy
+    with pytest.raises(ValueError, match="greedy requests run alone"):
+        sample_responses_many(tiny_lm, ["Hello"], [2], max_new_tokens=5, temperature=1e-9)
