@@ -139,47 +139,46 @@ class Predictor:
     def predict_pairs(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[float]:
         """Comparison models: P(first response preferred) for each target pair, given context pairs. Items have
         two options (response a, response b) with their embeddings; a context item's distribution is [P(a), P(b)].
-        A pair token is the difference of its two responses' features. Pair head: a target token is a pair and
-        its output is P(a). Score head: a target token is one response, its output a score, P(a) = sigmoid(s_a -
-        s_b); pair tokens carry a 1 in the extra column, single responses a 0."""
+        Equals `predict_pairs_encoded(encode(context), targets)`, which is how it is computed."""
         if self.kind != "comparison":
             raise ValueError(f"{self.model_version} is a {self.kind} model, not a comparison one")
-        if not context:
-            raise ValueError("a prediction needs at least one context item")
+        return self.predict_pairs_encoded(self.encode(context), targets)
+
+    def _pair_features(self, item: Item) -> np.ndarray:
+        if len(item.options) != 2:
+            raise ValueError("a comparison item has exactly two responses")
+        return self.features(item)
+
+    def _pair_tokens(self, items: Sequence[Item]) -> np.ndarray:
+        """[n, dim_x] pair tokens: the difference of each pair's two responses' features (score head: then a 1)."""
+        x = np.stack([f[0] - f[1] for f in map(self._pair_features, items)])
+        return np.column_stack([x, np.ones(len(x))]) if self.score_head else x
+
+    @torch.inference_mode()
+    def predict_pairs_encoded(self, state: ContextState, targets: Sequence[Item]) -> list[float]:
+        """P(a preferred) of each target pair against an encoded comparison context. Pair head: a target token is
+        a pair and its output is P(a). Score head: a target token is one response (a 0 in the extra column), its
+        output a score, and P(a) = sigmoid(s_a - s_b)."""
+        if self.kind != "comparison":
+            raise ValueError(f"{self.model_version} is a {self.kind} model, not a comparison one")
         if not targets:
             return []
-
-        def feats(item: Item) -> np.ndarray:
-            if len(item.options) != 2:
-                raise ValueError("a comparison item has exactly two responses")
-            return self.features(item)
-
-        ctx = [f[0] - f[1] for f in map(feats, context)]
         if self.score_head:
-            singles = [row for t in targets for row in feats(t)]  # a, b of every target pair
-            x = np.concatenate(
-                [
-                    np.column_stack([np.stack(ctx), np.ones(len(ctx))]),
-                    np.column_stack([singles, np.zeros(len(singles))]),
-                ]
-            )
+            singles = np.concatenate([self._pair_features(t) for t in targets])  # a, b of every target pair
+            x = np.column_stack([singles, np.zeros(len(singles))])
         else:
-            x = np.stack(ctx + [f[0] - f[1] for f in map(feats, targets)])
-        n_tgt = len(x) - len(ctx)
-        y = np.array([float(np.asarray(c.distribution)[0]) for c in context] + [0.0] * n_tgt, dtype=np.float32)
-        is_ctx = torch.zeros(len(y), dtype=torch.bool)
-        is_ctx[: len(context)] = True
-        episode = Episode(
-            x=torch.from_numpy(x.astype(np.float32)),
-            y=torch.from_numpy(y),
-            is_context=is_ctx,
-            question=torch.arange(len(y)),
+            x = self._pair_tokens(targets)
+        n = len(x)
+        pred = self.model.predict_targets(
+            state,
+            torch.from_numpy(x.astype(np.float32))[None].to(self.device),
+            torch.arange(n, device=self.device)[None],
+            torch.ones(1, n, dtype=torch.bool, device=self.device),
         )
-        pred = self.model(collate([episode]).to(self.device))
         if self.score_head:
-            s = pred.logits[0, len(context) :].double().cpu()
+            s = pred.logits[0].double().cpu()
             return [float(v) for v in torch.sigmoid(s[0::2] - s[1::2]).numpy()]
-        return [float(v) for v in pred.mean[0, len(context) :].double().cpu().numpy()]
+        return [float(v) for v in pred.mean[0].double().cpu().numpy()]
 
     def choice_texts(self, question: str, options: Sequence[str]) -> list[str]:
         """Texts to embed for a multiple-choice question: one per option (the training template)."""
@@ -307,6 +306,12 @@ class Predictor:
         """The context encoded once: per-layer keys/values (and the ridge solution) its targets attend to."""
         if not context:
             raise ValueError("a prediction needs at least one context item")
+        if self.kind == "comparison":  # pair tokens; y = P(a preferred)
+            if any(c.distribution is None for c in context):
+                raise ValueError("context items need a distribution")
+            x = torch.from_numpy(self._pair_tokens(context).astype(np.float32))[None].to(self.device)
+            y = torch.tensor([[float(np.asarray(c.distribution)[0]) for c in context]], device=self.device)
+            return self.model.encode_context(x, y, torch.ones(y.shape, dtype=torch.bool, device=self.device))
         xs, ys = [], []
         for c in context:
             if c.distribution is None:

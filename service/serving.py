@@ -444,14 +444,14 @@ async def group_state(
 ) -> tuple[int, ContextState, dict[str, Any] | None]:
     """The group's context version and its encoded context: from the context cache when this version was encoded
     before (here or, through Redis, on another replica), else read from the database and encoded (and cached).
-    `kind`: the model that serves the group ("choice" or "rating"; a rating group also gets its first item's
-    payload, which holds the group's scale)."""
+    `kind`: the model that serves the group ("choice", "rating" or "comparison"; a rating group also gets its
+    first item's payload, which holds the group's scale)."""
     predictor = _served(services, kind)
     assert predictor is not None, f"this deployment serves {kind} groups"
     keys = await services.embedder_keys()
     embedder_key = ""
     if predictor.uses_embedding:
-        embedder_key = {"choice": keys.choice, "rating": keys.rating}[kind] or ""
+        embedder_key = {"choice": keys.choice, "rating": keys.rating, "comparison": keys.comparison}[kind] or ""
     if services.contexts.enabled:
         version, state, payload = await in_thread(_cached_state, services, tenant, group_id, embedder_key, kind)
         if state is not None:
@@ -486,14 +486,18 @@ async def rated(
 async def compared(
     services: Services, tenant: str, group_id: str, pairs: Sequence[tuple[str, str, str]]
 ) -> tuple[repo.GroupInfo, list[float]]:
-    """(group, P(a preferred)) of each (prompt, response a, response b) for a comparison group."""
-    info, context, _ = await _stored_context(services, tenant, group_id, kind="comparison")
+    """(context version, P(a preferred)) of each (prompt, response a, response b) for a comparison group; the
+    group's context is encoded once per version and cached, as a choice group's."""
+    if services.comparison is None:  # the group's kind decides which error: checked on the group
+        info = await in_thread(_group_info, services, tenant, group_id)
+        _check_served_kind(group_id, info.kind, services, asked="comparison")
+    version, state, _ = await group_state(services, tenant, group_id, "comparison")
     model, key = services.comparison, (await services.embedder_keys()).comparison
-    assert model is not None and key is not None, "checked by _stored_context"
+    assert model is not None and key is not None, "checked by group_state"
     texts = [t for p, a, b in pairs for t in model.item_texts(p, [a, b])]
     vectors = await services.embed(texts, key)
     targets = [Item(p, [a, b], vectors[2 * i : 2 * i + 2]) for i, (p, a, b) in enumerate(pairs)]
-    return info, await in_thread(model.predict_pairs, context, targets)
+    return version, await in_thread(model.predict_pairs_encoded, state, targets)
 
 
 def _group_info(services: Services, tenant: str, group_id: str) -> repo.GroupInfo:
@@ -506,7 +510,7 @@ async def predict(services: Services, tenant: str, body: PredictRequest) -> Pred
     rating group, a predicted score for each response."""
     if body.pairs is not None:
         assert body.group_id is not None, "validated: pairs go with a stored group"
-        info, probs = await compared(
+        version, probs = await compared(
             services, tenant, body.group_id, [(p.prompt, p.response_a, p.response_b) for p in body.pairs]
         )
         assert services.comparison is not None
@@ -515,7 +519,7 @@ async def predict(services: Services, tenant: str, body: PredictRequest) -> Pred
             predictions=[],
             preferences=[PairPrediction(probability_a=v) for v in probs],
             model_version=services.comparison.model_version,
-            context_version=info.version,
+            context_version=version,
         )
     if body.responses is not None:
         assert body.group_id is not None, "validated: responses go with a stored group"
@@ -658,7 +662,7 @@ async def _generate_compared(
     t1 = time.perf_counter()
     n = len(responses)
     ordered = [(i, j) for i in range(n) for j in range(n) if i != j]
-    info, probs = await compared(
+    version, probs = await compared(
         services, tenant, body.group_id, [(body.prompt, responses[i], responses[j]) for i, j in ordered]
     )
     p = dict(zip(ordered, probs, strict=True))
@@ -671,7 +675,7 @@ async def _generate_compared(
     return GenerateResponse(
         responses=[ScoredResponse(text=responses[i], score=wins[i]) for i in order],
         model_version=services.comparison.model_version,
-        context_version=info.version,
+        context_version=version,
         n_sampled=n_sampled,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from service.config import Settings
@@ -254,6 +255,82 @@ def test_a_comparison_group_gets_preference_probabilities(comparison_client: Tes
     assert 0.0 < pref["probability_a"] < 1.0
     wrong = c.post("/predict", json={"group_id": "cp", "responses": [{"prompt": "x", "response": "y"}]})
     assert wrong.status_code == 422 and "send 'pairs'" in wrong.text
+
+
+def test_a_comparison_groups_context_is_cached_and_a_change_invalidates_it(comparison_client: TestClient) -> None:
+    """Comparison groups take the fast path too: pair tokens encoded once per version, the cached prediction equal
+    to the full forward, a write seen at once; and the score head's two orders of a pair sum to 1."""
+    from .test_fast_path import _states
+
+    c = comparison_client
+    services = c.app.state.services
+    model = services.comparison
+    items = [_comparison(j, j + 2, "a" if j % 3 else "b") for j in range(5)]
+    assert c.post("/groups/cq/context", json={"items": items}).status_code == 200
+    pairs = [
+        {"prompt": "Rate this reply.", "response_a": "A short reply.", "response_b": "A long, careful reply."},
+        {"prompt": "Rate this reply.", "response_a": "A long, careful reply.", "response_b": "A short reply."},
+    ]
+    body = {"group_id": "cq", "pairs": pairs}
+    before = _states(c)
+    first = c.post("/predict", json=body).json()
+    again = c.post("/predict", json=body).json()
+    after = _states(c)
+    assert (after["miss"] - before["miss"], after["local"] - before["local"]) == (1.0, 1.0)
+    assert again == first
+
+    def full_forward(context_items: list[dict]) -> list[float]:
+        def emb(prompt: str, a: str, b: str) -> np.ndarray:
+            texts = model.item_texts(prompt, [a, b])
+            return np.stack([services.cache.get(f"{services._keys.comparison}|{t}") for t in texts])
+
+        def item(i: dict) -> Item:
+            return Item(
+                i["prompt"], [i["response_a"], i["response_b"]], emb(i["prompt"], i["response_a"], i["response_b"])
+            )
+
+        ctx = [
+            ContextItem(
+                i["prompt"],
+                [i["response_a"], i["response_b"]],
+                item(i).embeddings,
+                np.array([1.0, 0.0] if i["preferred"] == "a" else [0.0, 1.0]),
+            )
+            for i in context_items
+        ]
+        x = model._pair_tokens(ctx).astype(np.float32)
+        from service.gpo.batch import Episode, collate
+
+        tgt = [item(p) for p in pairs]
+        if model.score_head:
+            singles = np.concatenate([model.features(t) for t in tgt])
+            xt = np.column_stack([singles, np.zeros(len(singles))]).astype(np.float32)
+        else:
+            xt = model._pair_tokens(tgt).astype(np.float32)
+        n_ctx, n = len(x), len(x) + len(xt)
+        is_ctx = torch.zeros(n, dtype=torch.bool)
+        is_ctx[:n_ctx] = True
+        y = torch.zeros(n)
+        y[:n_ctx] = torch.tensor([float(ci.distribution[0]) for ci in ctx])
+        ep = Episode(x=torch.from_numpy(np.concatenate([x, xt])), y=y, is_context=is_ctx, question=torch.arange(n))
+        with torch.no_grad():
+            pred = model.model(collate([ep]))
+        if model.score_head:
+            s = pred.logits[0, n_ctx:].double()
+            return torch.sigmoid(s[0::2] - s[1::2]).tolist()
+        return pred.mean[0, n_ctx:].double().tolist()
+
+    got = [p["probability_a"] for p in first["preferences"]]
+    np.testing.assert_allclose(got, full_forward(items), atol=1e-5)
+    if model.score_head:
+        assert got[0] + got[1] == pytest.approx(1.0, abs=1e-9)
+    extra = _comparison(1, 8, "b")
+    assert c.post("/groups/cq/context", json={"items": [extra]}).json()["version"] == 2
+    changed = c.post("/predict", json=body).json()
+    assert changed["context_version"] == 2 and _states(c)["miss"] == after["miss"] + 1
+    np.testing.assert_allclose(
+        [p["probability_a"] for p in changed["preferences"]], full_forward([*items, extra]), atol=1e-5
+    )
 
 
 def test_generate_for_a_comparison_group_ranks_by_win_rate(comparison_client: TestClient) -> None:
