@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.profile_train_step [--threads 2]
 
 Same batch shapes as benchmarks.run (8 groups, context 10-100 four-option questions, 30 targets), the shipped
-architecture, one warm-up step then one profiled step each.
+architecture, one warm-up step then one profiled step each: ours as the trainer runs it,
+ours on the batch padded as a whole, and the naive reference.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import torch
 
 from benchmarks.naive_gpo import naive_loss
-from benchmarks.run import _synthetic_batch
+from benchmarks.run import _synthetic_episodes
 
 
 def main() -> None:
@@ -31,7 +32,11 @@ def main() -> None:
     cfg = Predictor.from_store(settings.model_store, settings.checkpoint).model.cfg
     model = GPO(GPOConfig(**cfg.to_dict())).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = _synthetic_batch(cfg.dim_x)
+    from service.gpo.batch import collate
+    from service.training.fit import episodes_loss
+
+    episodes = _synthetic_episodes(cfg.dim_x)
+    batch = collate(episodes)
     n_keys = int(batch.is_context.any(dim=0).nonzero().max()) + 1
     print(
         f"batch: {tuple(batch.x.shape)} (rows, padded tokens, features); {int(batch.valid.sum())} real tokens, "
@@ -43,7 +48,12 @@ def main() -> None:
         loss_fn(batch).backward()
         opt.step()
 
-    for name, loss_fn in (("ours", model.loss), ("naive", lambda b: naive_loss(model, b))):
+    variants = (
+        ("ours (episodes of similar length padded together)", lambda b: episodes_loss(model, episodes)),
+        ("ours, one padded batch", model.loss),
+        ("naive", lambda b: naive_loss(model, b)),
+    )
+    for name, loss_fn in variants:
         step(loss_fn)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             step(loss_fn)

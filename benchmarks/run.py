@@ -251,9 +251,9 @@ def section_embedding_cache(worker_url: str, texts: list[str], quick: bool) -> d
     return out
 
 
-def _synthetic_batch(dim_x: int, B: int = 8, seed: int = 0):
+def _synthetic_episodes(dim_x: int, B: int = 8, seed: int = 0) -> list:
     """A meta-training batch of the default shapes: B groups, context 10..100 questions, 30 targets, 4 options."""
-    from service.gpo.batch import Episode, collate
+    from service.gpo.batch import Episode
 
     g = torch.Generator().manual_seed(seed)
     eps = []
@@ -266,46 +266,97 @@ def _synthetic_batch(dim_x: int, B: int = 8, seed: int = 0):
         q = torch.cat([torch.zeros(n_ctx * k, dtype=torch.long), torch.arange(30).repeat_interleave(k)])
         y = torch.softmax(torch.randn(n_ctx + 30, k, generator=g), -1).reshape(-1)
         eps.append(Episode(x=torch.randn(n, dim_x, generator=g), y=y, is_context=is_ctx, question=q))
-    return collate(eps)
+    return eps
+
+
+def _synthetic_batch(dim_x: int, B: int = 8, seed: int = 0):
+    """`_synthetic_episodes` padded into one batch."""
+    from service.gpo.batch import collate
+
+    return collate(_synthetic_episodes(dim_x, B, seed))
+
+
+def step_flops(fn: Callable[[], torch.Tensor]) -> int:
+    """Floating-point operations of one forward + backward, counted by torch's FlopCounterMode (matmuls and
+    attention; the CPU flash-attention kernels are counted with torch's own SDPA formulas)."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(
+            q, k, v
+        ),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *a, out_shape=None, **kw: (
+            sdpa_backward_flop_count(g, q, k, v)
+        ),
+    }
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        fn().backward()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """What this machine's BLAS reaches on a large square matmul at the current thread count (GFLOP/s)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return reps * 2 * n**3 / (time.perf_counter() - t0) / 1e9
 
 
 def section_training_and_eval(quick: bool) -> dict[str, Any]:
-    """Meta-training step and one test group's evaluation: ours vs the naive reference, same weights, same shapes."""
+    """Meta-training step and one test group's evaluation: ours vs the naive reference, same weights, same shapes.
+
+    Ours is the trainer's step (`episodes_loss`: episodes of similar length padded together); "ours, one padded
+    batch" is the same model code on the batch padded as a whole, which is what the naive reference runs.
+    """
     from service.config import Settings
+    from service.gpo.batch import collate, collate_buckets
     from service.gpo.model import GPO, GPOConfig
     from service.inference import Predictor
+    from service.training.fit import episodes_loss
 
     settings = Settings()
     ckpt_cfg = Predictor.from_store(settings.model_store, settings.checkpoint).model.cfg
     model = GPO(GPOConfig(**{**ckpt_cfg.to_dict()}))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = [_synthetic_batch(ckpt_cfg.dim_x, seed=s) for s in range(3)]
+    episodes = [_synthetic_episodes(ckpt_cfg.dim_x, seed=s) for s in range(3)]
+    padded = [collate(e) for e in episodes]
+    losses: dict[str, Callable[[int], torch.Tensor]] = {
+        "ours": lambda i: episodes_loss(model, episodes[i]),
+        "ours_padded": lambda i: model.loss(padded[i]),
+        "naive": lambda i: naive_loss(model, padded[i]),
+    }
 
-    def step(loss_fn: Callable) -> Callable[[int], None]:
-        def run(i: int) -> None:
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(batches[i % len(batches)])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-
-        return run
-
-    def per_call(fn: Callable[[int], None], reps: int) -> float:
-        fn(0)
+    def step(name: str, i: int) -> float:
         t0 = time.perf_counter()
-        for i in range(reps):
-            fn(i)
-        return (time.perf_counter() - t0) / reps * 1000
+        opt.zero_grad(set_to_none=True)
+        losses[name](i % len(episodes)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return time.perf_counter() - t0
 
     model.train()
     reps = 5 if quick else 15
-    ours = per_call(step(model.loss), reps)
-    naive = per_call(step(lambda b: naive_loss(model, b)), reps)
+    times: dict[str, list[float]] = {name: [] for name in losses}
+    for name in losses:  # warm-up
+        step(name, 0)
+    for i in range(reps):  # interleaved, so that a noisy neighbour hits every variant alike
+        for name in losses:
+            times[name].append(step(name, i))
+    ms = {name: statistics.median(t) * 1000 for name, t in times.items()}
+    flops = {name: step_flops(lambda name=name: losses[name](0)) for name in losses}
+    peak = {"float32": matmul_peak_gflops(torch.float32), "bfloat16": matmul_peak_gflops(torch.bfloat16)}
     # loss equality on one batch (the reference computes the same function)
     with torch.no_grad():
         model.eval()
-        a, b = float(model.loss(batches[0])), float(naive_loss(model, batches[0]))
+        a, b, c = (float(losses[name](0)) for name in ("ours", "ours_padded", "naive"))
+    real = sum(int(e.y.shape[0]) for e in episodes[0])
+    buckets = collate_buckets(episodes[0])
+    groups = [len(idx) for idx, _ in buckets]
+    in_groups = sum(int(b.x.shape[0] * b.x.shape[1]) for _, b in buckets)
 
     # evaluation of one test group: 20 context questions, 660 four-option target questions
     g = torch.Generator().manual_seed(1)
@@ -331,11 +382,26 @@ def section_training_and_eval(quick: bool) -> dict[str, Any]:
         naive_logits = naive_eval_group(model, x_ctx, y_ctx, x_tgt)
         naive_eval = time.perf_counter() - t0
     same = float((ours_pred.logits[0, n_ctx_tok:] - naive_logits).abs().max())
+    ours, naive = ms["ours"], ms["naive"]
     return {
         "train_step_ms": round(ours, 2),
+        "train_step_padded_ms": round(ms["ours_padded"], 2),
         "naive_train_step_ms": round(naive, 2),
         "train_ratio": round(naive / ours, 2),
-        "loss_ours_vs_naive": [round(a, 6), round(b, 6)],
+        "train_ratio_padded": round(naive / ms["ours_padded"], 2),
+        "loss_ours_padded_naive": [round(a, 6), round(b, 6), round(c, 6)],
+        "train_tokens": {
+            "real": real,
+            "in_groups": in_groups,
+            "padded": int(padded[0].x.shape[0] * padded[0].x.shape[1]),
+        },
+        "train_groups": groups,
+        "train_gflop": {name: round(f / 1e9, 2) for name, f in flops.items()},
+        "train_gflops_per_s": {name: round(flops[name] / 1e9 / (ms[name] / 1000), 1) for name in losses},
+        "matmul_peak_gflops_per_s": {k: round(v, 1) for k, v in peak.items()},
+        # the step time if our FLOPs ran at the machine's large-matmul rate, and the ratio that would give
+        "train_floor_ms": {k: round(flops["ours"] / 1e9 / v * 1000, 1) for k, v in peak.items()},
+        "train_ratio_ceiling": {k: round(naive / (flops["ours"] / 1e9 / v * 1000), 2) for k, v in peak.items()},
         "eval_group_s": round(ours_eval, 4),
         "naive_eval_group_s": round(naive_eval, 3),
         "eval_ratio": round(naive_eval / ours_eval, 1),
@@ -561,6 +627,33 @@ def checks(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _training_detail(t: dict[str, Any]) -> list[str]:
+    """The training step's padding, FLOPs and the ceiling the machine's matmul rate puts on the ratio."""
+    if "train_gflop" not in t:  # results saved before these figures existed
+        return []
+    f, r, pk, floor, ceil = (
+        t["train_gflop"],
+        t["train_gflops_per_s"],
+        t["matmul_peak_gflops_per_s"],
+        t["train_floor_ms"],
+        t["train_ratio_ceiling"],
+    )
+    tok = t["train_tokens"]
+    return [
+        f"  - Ours pads the batch's episodes in groups of similar length ({t['train_groups']} episodes per group), "
+        f"so it runs {tok['in_groups']} token positions for {tok['real']} real tokens, where one padded batch runs "
+        f"{tok['padded']}. The same model code "
+        f"on the one padded batch takes {t['train_step_padded_ms']} ms ({t['train_ratio_padded']}x vs naive).",
+        f"  - Work per step (forward + backward, torch's FlopCounterMode): ours {f['ours']} GFLOP, one padded "
+        f"batch {f['ours_padded']}, naive {f['naive']}. Achieved: {r['ours']}, {r['ours_padded']} and "
+        f"{r['naive']} GFLOP/s. This machine's large-matmul rate: {pk['float32']} GFLOP/s in float32, "
+        f"{pk['bfloat16']} in bfloat16.",
+        f"  - **Ceiling.** Even at the float32 matmul rate, our step's FLOPs take {floor['float32']} ms: at most "
+        f"**{ceil['float32']}x** faster than the naive step (**{ceil['bfloat16']}x** at the bfloat16 rate, "
+        f"{floor['bfloat16']} ms). A 10x step needs fewer FLOPs, not a faster implementation of these.",
+    ]
+
+
 def markdown(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [
@@ -625,9 +718,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Meta-training and evaluation vs the naive reference (benchmarks/naive_gpo.py)",
         "",
-        f"- Training step (8 groups, context 10-100 questions, 30 targets, 4 options, the shipped architecture): "
-        f"ours {t['train_step_ms']} ms, naive {t['naive_train_step_ms']} ms: **{t['train_ratio']}x** "
-        f"(losses {t['loss_ours_vs_naive']}).",
+        f"- Training step (8 groups, context 10-100 questions, 30 targets, 4 options, the shipped architecture; "
+        f"median of interleaved steps): ours {t['train_step_ms']} ms, naive {t['naive_train_step_ms']} ms: "
+        f"**{t['train_ratio']}x** (losses ours / ours padded / naive {t['loss_ours_padded_naive']}).",
+        *_training_detail(t),
         f"- Evaluation of one group (20 context questions, {t['eval_target_questions']} four-option targets): ours "
         f"{t['eval_group_s']} s (one forward), naive {t['naive_eval_group_s']} s (one forward per option): "
         f"**{t['eval_ratio']}x** (max |logit difference| {t['eval_max_abs_logit_diff']:.2e}).",

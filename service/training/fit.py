@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from service.gpo.batch import Episode, collate
+from service.gpo.batch import Episode, collate_buckets
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
 from service.training.datasets import PreferenceDataset
@@ -112,19 +112,34 @@ def make_eval_episode(
     return Episode(x=x[rows], y=y[rows], is_context=torch.from_numpy(is_ctx), question=torch.from_numpy(question))
 
 
+def episodes_loss(model: GPO, episodes: Sequence[Episode]) -> torch.Tensor:
+    """`model.loss(collate(episodes))` computed on groups of similar length (`collate_buckets`).
+
+    The loss is a sum over each episode's targets averaged over episodes, so the groups' losses weighted by
+    their sizes add up to the padded batch's loss (equal up to float rounding, gradients too; tested), at a
+    fraction of the cost when episode lengths vary.
+    """
+    total = None
+    for idx, batch in collate_buckets(episodes):
+        part = model.loss(batch) * len(idx)
+        total = part if total is None else total + part
+    assert total is not None, "no episodes"
+    return total / len(episodes)
+
+
 @torch.no_grad()
 def predict_episodes(model: GPO, episodes: Sequence[Episode], chunk: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(mean, std) over each episode's target tokens, in token order; episodes run `chunk` at a time."""
+    """(mean, std) over each episode's target tokens, in token order; episodes of similar length run
+    together, at most `chunk` at a time."""
     model.eval()
-    out = []
-    for i in range(0, len(episodes), chunk):
-        part = episodes[i : i + chunk]
-        batch = collate(part)
+    out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(episodes)  # type: ignore[list-item]
+    for idx, batch in collate_buckets(episodes, max_rows=chunk):
         pred = model(batch)
-        for b, e in enumerate(part):
+        for b, i in enumerate(idx):
+            e = episodes[i]
             n = e.y.shape[0]
             tgt = ~e.is_context
-            out.append((pred.mean[b, :n][tgt].numpy(), pred.std[b, :n][tgt].numpy()))
+            out[i] = (pred.mean[b, :n][tgt].numpy(), pred.std[b, :n][tgt].numpy())
     return out
 
 
@@ -317,7 +332,7 @@ def train_gpo(
         return episodes
 
     def batch_loss() -> torch.Tensor:
-        return model.loss(collate(sample_batch()))
+        return episodes_loss(model, sample_batch())
 
     loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val_eps else None, last_parts, t_start)
     best_state, best_val, best_step, step, history = loop

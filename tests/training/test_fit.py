@@ -106,3 +106,54 @@ def test_gpo_train_command_writes_a_loadable_checkpoint(tmp_path: Path, tiny_lm_
     assert ckpt.bank is not None and len(ckpt.bank.rows) == 30
     metrics = json.loads((ckpt.path / "metrics.json").read_text())
     assert metrics["steps_run"] >= 1
+
+
+def _varied_episodes(seed: int, dim_x: int = 6) -> list:
+    """Choice episodes with 1-60 four-option context questions and 5 targets: lengths 24-260 tokens."""
+    from service.gpo.batch import Episode
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n_ctx in (1, 60, 3, 57, 30, 2, 59, 31):
+        n = (n_ctx + 5) * 4
+        is_ctx = torch.zeros(n, dtype=torch.bool)
+        is_ctx[: n_ctx * 4] = True
+        q = torch.cat([torch.zeros(n_ctx * 4, dtype=torch.long), torch.arange(5).repeat_interleave(4)])
+        y = torch.softmax(torch.randn(n_ctx + 5, 4, generator=g), -1).reshape(-1)
+        out.append(Episode(x=torch.randn(n, dim_x, generator=g), y=y, is_context=is_ctx, question=q))
+    return out
+
+
+def test_the_bucketed_loss_and_gradients_equal_the_padded_batchs():
+    from service.gpo.batch import collate, collate_buckets
+    from service.gpo.model import GPO, GPOConfig
+    from service.training.fit import episodes_loss
+
+    torch.manual_seed(0)
+    model = GPO(GPOConfig(dim_x=6, d_model=16, n_layers=2, n_heads=2, d_ff=16)).train()
+    episodes = _varied_episodes(1)
+    assert len(collate_buckets(episodes)) > 1  # the test is about several groups
+    padded = model.loss(collate(episodes))
+    g_padded = torch.autograd.grad(padded, list(model.parameters()))
+    bucketed = episodes_loss(model, episodes)
+    g_bucketed = torch.autograd.grad(bucketed, list(model.parameters()))
+    assert bucketed.item() == pytest.approx(padded.item(), rel=1e-5)
+    for a, b in zip(g_padded, g_bucketed, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_predict_episodes_answers_in_the_order_given():
+    from service.gpo.batch import collate
+    from service.gpo.model import GPO, GPOConfig
+    from service.training.fit import predict_episodes
+
+    torch.manual_seed(0)
+    model = GPO(GPOConfig(dim_x=6, d_model=16, n_layers=2, n_heads=2, d_ff=16)).eval()
+    episodes = _varied_episodes(2)
+    got = predict_episodes(model, episodes, chunk=3)
+    for e, (mean, std) in zip(episodes, got, strict=True):
+        with torch.no_grad():
+            pred = model(collate([e]))
+        tgt = ~e.is_context
+        assert np.allclose(mean, pred.mean[0][tgt].numpy(), atol=1e-6)
+        assert np.allclose(std, pred.std[0][tgt].numpy(), atol=1e-6)
