@@ -383,6 +383,13 @@ def train_individuals_cmd(
             "P(a preferred) per pair)"
         ),
     ] = "score",
+    pair_readout: Annotated[
+        bool,
+        typer.Option(
+            help="comparison kind, score head: start each response's score at the reward model plus the taste the "
+            "context pairs give in closed form (one Newton step of a ridge logistic fit)"
+        ),
+    ] = True,
     seed: int = 0,
     threads: int | None = None,
 ) -> None:
@@ -419,6 +426,7 @@ def train_individuals_cmd(
         patience=8,
         progress=False,
         reward_lambda=reward_lambda,
+        pair_readout=pair_readout,
     )
     train_kind = "comparison_bt" if kind == "comparison" and head == "score" else kind
     result = train_individual_gpo(ds, emb, split, spec, cfg, train_kind, {"ridge_init": ridge_init})

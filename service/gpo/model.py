@@ -54,6 +54,12 @@ class GPOConfig:
     # (context tokens are pairs, target tokens single responses whose output is a scalar score; trained with a
     # Bradley-Terry loss on pairs of targets, see service.training.individuals).
     comparison_head: str = "pair"
+    # Comparisons with the score head and the "ridge" readout: a target response's score starts at
+    # beta * mean + loadings @ u, u being one Newton step (from 0) of the ridge-regularised logistic fit of the
+    # context pairs' labels on their loading differences, with beta * (mean_a - mean_b) as a fixed offset
+    # (closed form, per row, differentiable; beta and the ridge strength are learned). Measured on held-out NYT
+    # people: benchmarks/experiments/comparison_readout.py.
+    pair_beta_init: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -221,14 +227,18 @@ class GPO(nn.Module):
         self.head = mlp(cfg.d_model, cfg.d_model, 2, cfg.head_mlp_depth)
         assert cfg.kind in KINDS, f"unknown kind {cfg.kind!r} (one of {KINDS})"
         assert cfg.prior_readout in ("none", "mean", "ridge"), f"unknown prior_readout {cfg.prior_readout!r}"
-        assert cfg.kind != "comparison" or cfg.prior_readout == "none", "comparisons have no prior readout"
         assert cfg.comparison_head in ("pair", "score"), f"unknown comparison_head {cfg.comparison_head!r}"
+        assert cfg.kind != "comparison" or cfg.prior_readout == "none" or (
+            cfg.comparison_head == "score" and cfg.prior_readout == "ridge"
+        ), "comparisons take the ridge readout with the score head only"
         if cfg.prior_readout != "none":
             assert cfg.prior_feature is not None, "a prior readout needs prior_feature"
             assert cfg.prior_feature + 2 + cfg.prior_rank <= cfg.dim_x, "prior block runs past dim_x"
         if cfg.prior_readout == "ridge":
             assert cfg.prior_rank > 0, "the ridge readout needs prior_rank > 0"
             self.log_ridge = nn.Parameter(torch.tensor(math.log(cfg.ridge_init)))
+            if cfg.kind == "comparison":
+                self.log_beta = nn.Parameter(torch.tensor(math.log(cfg.pair_beta_init)))
             # the network starts as the ridge estimate exactly and learns corrections to it
             with torch.no_grad():
                 self.head[-1].weight[0].zero_()
@@ -327,6 +337,8 @@ class GPO(nn.Module):
     def _ridge_z(self, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor) -> torch.Tensor:
         """[B, k] ridge solution of the context residuals y - mean on the prior loadings (known items only)."""
         cfg = self.cfg
+        if cfg.kind == "comparison":
+            return self._pair_z(x, y, is_context)
         assert cfg.prior_feature is not None
         p = cfg.prior_feature
         known = x[..., p] > 0.5
@@ -337,19 +349,38 @@ class GPO(nn.Module):
         eye = torch.eye(cfg.prior_rank, dtype=load.dtype, device=load.device)
         return torch.linalg.solve(gram + self.log_ridge.exp() * eye, torch.einsum("bnk,bn->bk", load, resid))
 
+    def _pair_z(self, x: torch.Tensor, y: torch.Tensor, is_context: torch.Tensor) -> torch.Tensor:
+        """[B, k] taste of a comparison context: one Newton step from 0 of the ridge-regularised logistic regression
+        of the context pairs' labels y on their loading differences (x of a pair token is x_a - x_b), with
+        beta * (mean_a - mean_b) as the offset."""
+        cfg = self.cfg
+        assert cfg.prior_feature is not None
+        p = cfg.prior_feature
+        diff = x[..., p + 2 : p + 2 + cfg.prior_rank]  # [B, N, k]
+        base = torch.sigmoid(self.log_beta.exp() * x[..., p + 1])  # [B, N] P(a > b) under the mean alone
+        w = is_context.to(diff.dtype)
+        curvature = base * (1.0 - base) * w
+        hess = torch.einsum("bnk,bnj->bkj", diff * curvature.unsqueeze(-1), diff)  # [B, k, k]
+        eye = torch.eye(cfg.prior_rank, dtype=diff.dtype, device=diff.device)
+        grad = torch.einsum("bnk,bn->bk", diff, (y - base) * w)
+        return torch.linalg.solve(hess + self.log_ridge.exp() * eye, grad)
+
     def _prior_logits(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """[B, N] each item's base score: the population mean (plus loadings @ z for the ridge readout), as a
-        log-probability for choices and as a normalised score for ratings; 0 for items without a prior."""
+        log-probability for choices, as a normalised score for ratings, and as a logit (beta * mean + loadings @ z)
+        for a comparison's responses; 0 for items without a prior."""
         cfg = self.cfg
         assert cfg.prior_feature is not None
         p = cfg.prior_feature
         known = x[..., p] > 0.5  # [B, N]
         base = x[..., p + 1]  # [B, N] population mean
+        if cfg.kind == "comparison":  # z is in logit units already
+            base = self.log_beta.exp() * base
         if z is not None:
             base = base + torch.einsum("bnk,bk->bn", x[..., p + 2 : p + 2 + cfg.prior_rank], z)
-        if cfg.kind == "rating":
-            return torch.where(known, base, torch.zeros_like(base))
-        return torch.where(known, base.clamp_min(cfg.prior_floor).log(), torch.zeros_like(base))
+        if cfg.kind == "choice":
+            return torch.where(known, base.clamp_min(cfg.prior_floor).log(), torch.zeros_like(base))
+        return torch.where(known, base, torch.zeros_like(base))
 
     def prior_logits(self, batch: GPOBatch) -> torch.Tensor:
         """[B, N] log of each item's base probability under the prior readout; 0 for unknown items."""

@@ -325,6 +325,12 @@ class IndividualTrainConfig(TrainConfig):
     # model's estimate makes the personal readout better at every context size.
     prior_mean: str = "reward"
     reward_lambda: float = 1.0  # what cross-validation chose in every seed of `gpo eval-individuals`
+    # comparison kind, score head: start every response's score at the closed-form pair readout (the reward
+    # model's score plus the taste one Newton step of a ridge logistic fit gives the context pairs; GPOConfig
+    # pair_beta_init), with this ridge strength. Measured on held-out NYT people (10 seeds,
+    # benchmarks/experiments/comparison_readout.py): ridge 3 is best at 5 and 10 context items.
+    pair_readout: bool = True
+    pair_ridge: float = 3.0
 
 
 def prior_loadings(emb: np.ndarray, rank: int, source: str) -> np.ndarray | None:
@@ -430,11 +436,21 @@ def train_individual_gpo(
     if kind == "comparison_bt":
         model_cfg["comparison_head"] = "score"
     if kind != "rating":
-        model_cfg.pop("ridge_init", None)  # the ridge readout is the rating kind's
+        model_cfg.pop("ridge_init", None)  # the rating readout's strength (a comparison readout has its own)
     if kind == "rating" and spec.use_prior and cfg.prior_readout != "none":
         model_cfg.setdefault("prior_feature", spec.prior_slice.start)
         model_cfg.setdefault("prior_rank", spec.prior_rank)
         model_cfg.setdefault("prior_readout", cfg.prior_readout)
+    if kind == "comparison_bt" and spec.use_prior and cfg.prior_readout == "ridge" and cfg.pair_readout:
+        # the score head's readout: the reward model's score, scaled to logits by beta, plus the pairs' taste
+        assert full is not None
+        model_cfg.setdefault("prior_feature", spec.prior_slice.start)
+        model_cfg.setdefault("prior_rank", spec.prior_rank)
+        model_cfg.setdefault("prior_readout", "ridge")
+        model_cfg.setdefault("ridge_init", cfg.pair_ridge)
+        beta = fit_pair_beta(full.mean, y, np.array([index[p] for p in source]))
+        model_cfg.setdefault("pair_beta_init", beta)
+        log.info("comparison readout: beta %.2f (reward-model difference to logit), ridge %g", beta, cfg.pair_ridge)
     dim_x = spec.dim_x + (1 if kind == "comparison_bt" else 0)
     model = GPO(GPOConfig(dim_x=dim_x, **model_cfg))
     all_x = torch.cat([x_of[p][torch.from_numpy(rated_rows(ds, p))] for p in split.fit])
@@ -561,7 +577,9 @@ def predict_person(
     if kind == "comparison_bt":  # scalar scores of the target items
         ep, _ = bt_episode(x, y, ctx, tgt, None)
         n_ctx = int(ep.is_context.sum())
-        if n_ctx == 0:
+        if n_ctx == 0:  # no pair rated differently: the population's order when the model has one, else none
+            if model.cfg.prior_readout == "ridge":
+                return model.prior_logits(collate([ep]))[0].numpy().astype(np.float64)
             return np.zeros(len(tgt))
         return model(collate([ep])).logits[0, n_ctx:].numpy().astype(np.float64)
     a_idx, b_idx = np.triu_indices(len(tgt), k=1)
@@ -649,6 +667,25 @@ def fit_reward_regressor(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: 
     b0 = float(t.mean())
     w = np.linalg.solve(xt.T @ xt + lam * len(t) * np.eye(z.shape[1]), xt.T @ (t - b0))
     return RewardModel(mu, sd, w, b0)
+
+
+def fit_pair_beta(mean: np.ndarray, y: np.ndarray, rows: np.ndarray) -> float:
+    """beta of P(a > b) = sigmoid(beta * (mean_a - mean_b)) fitted by maximum likelihood (Newton, no intercept) on
+    every pair the people `rows` rated differently: how many logits one unit of the mean score is worth."""
+    diffs, labels = [], []
+    for r in rows:
+        a, b, lab = comparison_pairs(y[r], np.flatnonzero(~np.isnan(y[r])))
+        diffs.append(mean[a] - mean[b])
+        labels.append(lab)
+    d, lab = np.concatenate(diffs).astype(np.float64), np.concatenate(labels).astype(np.float64)
+    beta = 1.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-beta * d))
+        step = np.sum((lab - p) * d) / (np.sum(p * (1.0 - p) * d**2) + 1e-12)
+        beta += step
+        if abs(step) < 1e-8:
+            break
+    return float(max(beta, 1e-3))
 
 
 def fit_reward_model(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: float) -> np.ndarray:

@@ -20,6 +20,15 @@ KIND_MODELS = {
     "rating": dict(kind="rating"),
     "rating+ridge": dict(kind="rating", prior_feature=0, prior_rank=3, prior_readout="ridge"),
     "comparison": dict(kind="comparison"),
+    "comparison+readout": dict(
+        kind="comparison",
+        comparison_head="score",
+        prior_feature=0,
+        prior_rank=3,
+        prior_readout="ridge",
+        ridge_init=2.0,
+        pair_beta_init=4.0,
+    ),
 }
 
 
@@ -114,6 +123,31 @@ def test_rating_ridge_readout_starts_at_the_latent_factor_estimate() -> None:
     assert torch.allclose(got.double(), expected, atol=1e-4)
 
 
+def test_comparison_readout_starts_at_one_newton_step_of_the_pair_logistic_fit() -> None:
+    """Untrained, a comparison model with the readout scores a response beta * mean + loadings @ u, u one Newton step
+    from 0 of the ridge logistic regression of the context pairs' labels on their loading differences (offset
+    beta * mean difference): the closed form of benchmarks/experiments/comparison_readout.py."""
+    model = tiny_model(seed=2, **KIND_MODELS["comparison+readout"])
+    g = torch.Generator().manual_seed(6)
+    ep = episode(g, 9, 4)
+    y = (ep.y > 0.5).float()  # context labels: 1 when a was preferred
+    ep = Episode(ep.x, y, ep.is_context, ep.question)
+    with torch.no_grad():
+        got = model(collate([ep])).logits[0, 9:].double()
+    beta, ridge = float(model.log_beta.detach().exp()), float(model.log_ridge.detach().exp())
+    d, off, lab = ep.x[:9, 2:5].double(), beta * ep.x[:9, 1].double(), y[:9].double()
+    p = torch.sigmoid(off)
+    hess = (d * (p * (1 - p))[:, None]).T @ d + ridge * torch.eye(3, dtype=torch.float64)
+    u = torch.linalg.solve(hess, d.T @ (lab - p))
+    expected = beta * ep.x[9:, 1].double() + ep.x[9:, 2:5].double() @ u
+    assert torch.allclose(got, expected, atol=1e-4)
+    # opposite context labels move the scores in opposite directions around the mean-only score
+    flipped = Episode(ep.x, torch.where(ep.is_context, 1.0 - y, y), ep.is_context, ep.question)
+    with torch.no_grad():
+        other = model(collate([flipped])).logits[0, 9:].double()
+    assert not torch.allclose(got, other)
+
+
 def test_comparison_is_a_probability_with_a_cross_entropy_loss() -> None:
     model = tiny_model(seed=2, kind="comparison")
     g = torch.Generator().manual_seed(6)
@@ -170,5 +204,7 @@ def test_bad_kinds_are_refused() -> None:
         GPO(GPOConfig(dim_x=4, kind="ranking"))
     with pytest.raises(AssertionError, match="unknown comparison_head"):
         GPO(GPOConfig(dim_x=4, kind="comparison", comparison_head="triplet"))
-    with pytest.raises(AssertionError, match="no prior readout"):
+    with pytest.raises(AssertionError, match="score head only"):  # the pair head has no readout
         GPO(GPOConfig(dim_x=8, kind="comparison", prior_feature=0, prior_rank=3, prior_readout="ridge"))
+    with pytest.raises(AssertionError, match="score head only"):  # nor the mean readout
+        GPO(GPOConfig(dim_x=8, kind="comparison", comparison_head="score", prior_feature=0, prior_readout="mean"))

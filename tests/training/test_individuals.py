@@ -208,6 +208,60 @@ def test_the_readout_is_kept_unless_training_beats_it_on_validation(min_gain_se:
     assert np.allclose(result.prior.mean, fit_reward_model(emb, y, rows, cfg.reward_lambda), atol=1e-6)
 
 
+def test_the_comparison_readout_is_the_closed_form_pair_fit() -> None:
+    """The untrained score-head comparison model scores a response beta * reward + loadings @ u, u one Newton step of
+    the ridge logistic fit of the person's context pairs (benchmarks/experiments/comparison_readout.py); with no
+    pair rated differently it falls back to the reward model's order."""
+    from service.training.individuals import fit_pair_beta
+
+    ds, emb = synthetic(n_people=60)
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=3)
+    split = split_people(ds.people, 0.7, seed=0)
+    cfg = IndividualTrainConfig(
+        max_steps=20, eval_every=10, batch_size=4, time_budget_s=60, progress=False, min_gain_se=float("inf")
+    )
+    tiny = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+    result = train_individual_gpo(ds, emb, split, spec, cfg, "comparison_bt", tiny)
+    model = result.model
+    assert result.best_step == 0 and model.cfg.prior_readout == "ridge" and model.cfg.comparison_head == "score"
+    y = ds.matrix()
+    index = {q: i for i, q in enumerate(ds.people)}
+    rows = np.array([index[q] for q in split.fit + split.val])
+    assert model.cfg.pair_beta_init == pytest.approx(fit_pair_beta(result.prior.mean, y, rows))
+    assert model.cfg.ridge_init == cfg.pair_ridge
+    x = PersonFeatures(spec, emb).build(result.prior, result.known)
+    beta, ridge = float(model.log_beta.detach().exp()), float(model.log_ridge.detach().exp())
+    mean, load = result.prior.mean.astype(np.float64), result.prior.loadings.astype(np.float64)
+    person = split.test[0]
+    yp = y[index[person]]
+    c, t = context_draw(ds, person, 8, seed=0)
+    a, b, lab = comparison_pairs(yp, c)
+    assert len(a) > 0
+    d, off = load[a] - load[b], beta * (mean[a] - mean[b])
+    p = 1 / (1 + np.exp(-off))
+    u = np.linalg.solve((d * (p * (1 - p))[:, None]).T @ d + ridge * np.eye(3), d.T @ (lab - p))
+    got = predict_person(model, "comparison_bt", x, yp, c, t, np.random.default_rng(0))
+    assert np.allclose(got, beta * mean[t] + load[t] @ u, atol=1e-4)
+    tied = yp.copy()
+    tied[c] = 0.5  # every context pair tied: nothing to fit
+    got = predict_person(model, "comparison_bt", x, tied, c, t, np.random.default_rng(0))
+    assert np.allclose(got, beta * mean[t], atol=1e-4)
+
+
+def test_fit_pair_beta_recovers_the_scale_of_the_mean() -> None:
+    """Pairs labelled by sampling sigmoid(2.5 * (mean_a - mean_b)): the fit finds about 2.5."""
+    from service.training.individuals import fit_pair_beta
+
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=40)
+    y = np.full((400, 40), np.nan)
+    for r in range(400):
+        items = rng.choice(40, size=2, replace=False)
+        first = rng.random() < 1 / (1 + np.exp(-2.5 * (mean[items[0]] - mean[items[1]])))
+        y[r, items] = (1.0, 0.0) if first else (0.0, 1.0)
+    assert fit_pair_beta(mean, y, np.arange(400)) == pytest.approx(2.5, rel=0.25)
+
+
 @pytest.mark.parametrize("kind_comparison", [False, True])
 def test_evaluate_individuals_end_to_end(kind_comparison: bool) -> None:
     ds, emb = synthetic(n_people=80)
