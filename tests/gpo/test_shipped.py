@@ -41,3 +41,28 @@ def test_the_shipped_rating_model_scores_new_responses_from_their_text() -> None
     for_a = [p.distribution[0] for p in predictor.predict(likes_a, targets)]
     for_b = [p.distribution[0] for p in predictor.predict(likes_b, targets)]
     assert for_a[0] - for_a[1] > for_b[0] - for_b[1]  # liking something like a ranks a higher
+
+
+def test_the_shipped_comparison_model_moves_with_its_context() -> None:
+    """The shipped comparison model has the pair readout: a group that preferred responses like a over responses
+    like b puts a higher over b than the opposite group does (the previous version answered both the same)."""
+    predictor = Predictor.from_store(STORE, "nytbooks-comparison")
+    cfg = predictor.model.cfg
+    assert cfg.comparison_head == "score" and cfg.prior_readout == "ridge"
+    rng = np.random.default_rng(1)
+    dim = predictor.spec.emb_dim
+    a, b = rng.normal(size=(1, dim)).astype(np.float32), rng.normal(size=(1, dim)).astype(np.float32)
+
+    def context(prefers_a: bool) -> list[ContextItem]:
+        items = []
+        for j in range(5):
+            ea = a + 0.3 * rng.normal(size=(1, dim)).astype(np.float32)
+            eb = b + 0.3 * rng.normal(size=(1, dim)).astype(np.float32)
+            p = np.array([1.0, 0.0] if prefers_a else [0.0, 1.0], dtype=np.float32)
+            items.append(ContextItem("Read it?", [f"a{j}", f"b{j}"], np.concatenate([ea, eb]), p))
+        return items
+
+    target = [Item("Read it?", ["like a", "like b"], np.concatenate([a, b]))]
+    for_a = predictor.predict_pairs(context(True), target)[0]
+    for_b = predictor.predict_pairs(context(False), target)[0]
+    assert for_a > for_b + 0.05
