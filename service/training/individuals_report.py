@@ -211,9 +211,15 @@ def _reading(records: Sequence[dict], meta: dict, k_main: int, ks: list[int]) ->
             f"{mean('gpo_comparison_bt', k_main):.4f} at k={k_main} and {mean('gpo_comparison_bt', k_max):.4f} at "
             f"k={k_max}. The appendix-H pair classifier scores {mean('gpo_comparison', k_main):.4f} and "
             f"{mean('gpo_comparison', k_max):.4f}. Score head minus pair head, with a paired bootstrap 95% interval "
-            f"over held-out people: {'; '.join(diffs)}. Both are below the rating model, which gets the "
-            "magnitudes as well as the order from the same k books. With one context book there is no pair, so "
-            "both answer 1/2."
+            f"over held-out people: {'; '.join(diffs)}. "
+            + (
+                "Both are below the rating model, which gets the magnitudes as well as the order from the same k "
+                "books. "
+                if max(mean("gpo_comparison_bt", k_main), mean("gpo_comparison", k_main)) < mean("gpo", k_main)
+                else f"At k={k_main} the better of them is at or above the rating model. "
+            )
+            + "With one context book there is no pair: the pair head answers 1/2, and a score head with the pair "
+            "readout ranks by the reward model."
         )
     out.append(
         "- A person's prior features come from other people only, in folds. Leave-one-out priors leaked: a "
