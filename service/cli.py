@@ -125,8 +125,8 @@ def train(
     from service.config import get_settings
     from service.embedder.prompts import TEMPLATE_VERSION
     from service.gpo.checkpoint import Checkpoint, PriorBank, save_checkpoint
+    from service.gpo.features import FeatureSpec
     from service.gpo.prior import question_key
-    from service.training.features import FeatureSpec
     from service.training.fit import TrainConfig, config_dict, train_gpo
     from service.training.splits import scorable_question_ids, validation_groups
 
@@ -213,13 +213,13 @@ def eval_cmd(
     import torch
 
     from service.config import get_settings
+    from service.gpo.features import FeatureSpec
     from service.training.evaluate import (
         EvalConfig,
         markdown_table,
         run_group_protocol,
         run_new_question_protocol,
     )
-    from service.training.features import FeatureSpec
     from service.training.fit import TrainConfig
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
 
@@ -302,7 +302,7 @@ def eval_individuals_cmd(
     from service.config import get_settings
     from service.embedder.embed import build_embedder
     from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
-    from service.training.features import FeatureSpec
+    from service.gpo.features import FeatureSpec
     from service.training.individuals import IndividualEvalConfig, IndividualTrainConfig, evaluate_individuals
     from service.training.individuals_report import write_individuals_report
     from service.training.ratings import load_nytbooks, read_ratings_jsonl
@@ -404,7 +404,7 @@ def train_individuals_cmd(
     from service.embedder.embed import build_embedder
     from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
     from service.gpo.checkpoint import save_checkpoint
-    from service.training.features import FeatureSpec
+    from service.gpo.features import FeatureSpec
     from service.training.individuals import (
         IndividualTrainConfig,
         rating_checkpoint,

@@ -19,9 +19,9 @@ import torch
 from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_response_item
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from service.gpo.features import ContentBasis, FeatureSpec, RewardModel
 from service.gpo.model import ContextState
 from service.gpo.prior import question_key
-from service.training.features import FeatureSpec
 
 
 class EmbedderMismatch(CheckpointError):
@@ -69,22 +69,12 @@ class Predictor:
             raise CheckpointError(f"{ckpt.path}: the features use a population prior but no prior bank is stored")
         self.embedder_meta: dict = ckpt.meta.get("embedder", {})
         self.kind = self.model.cfg.kind
-        # Rating models: items outside the prior bank get content loadings from their embedding and, as their
-        # mean, the checkpoint's reward model's estimate from the embedding (older checkpoints: the training
-        # people's mean score). See service.training.individuals.ContentBasis and RewardModel.
-        self.content: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
+        # Rating and comparison models: items outside the prior bank get content loadings from their embedding and,
+        # as their mean, the checkpoint's reward model's estimate from the embedding (older checkpoints: the
+        # training people's mean score).
+        self.content = ContentBasis.from_checkpoint(ckpt.extra, ckpt.meta)
+        self.reward = RewardModel.from_checkpoint(ckpt.extra)
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
-        if {"content_mu", "content_sd", "content_components"} <= set(ckpt.extra):
-            self.content = (
-                ckpt.extra["content_mu"],
-                ckpt.extra["content_sd"],
-                ckpt.extra["content_components"],
-                int(ckpt.meta.get("content_basis_n", 1)),
-            )
-        self.reward: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
-        if {"reward_mu", "reward_sd", "reward_w", "reward_b"} <= set(ckpt.extra):
-            x = ckpt.extra
-            self.reward = (x["reward_mu"], x["reward_sd"], x["reward_w"], float(x["reward_b"].reshape(-1)[0]))
 
     @classmethod
     def from_store(cls, store: Path, name: str, device: torch.device | str = "cpu") -> Predictor:
@@ -197,28 +187,27 @@ class Predictor:
     def features(self, item: Item) -> np.ndarray:
         """[n_options, dim_x] features of one question's options."""
         n = len(item.options)
-        parts = []
+        emb, prior = None, None
         if self.spec.use_embedding:
             if item.embeddings is None:
                 raise ValueError("this checkpoint needs the embeddings of every item")
             emb = np.asarray(item.embeddings, dtype=np.float32)
             if emb.shape != (n, self.spec.emb_dim):
                 raise ValueError(f"embeddings must be [{n}, {self.spec.emb_dim}], got {list(emb.shape)}")
-            parts.append(emb)
         if self.spec.use_prior:
             bank = self.ckpt.bank
             assert bank is not None
             if self.kind == "choice":
                 rows = bank.lookup(question_key(item.question, item.options), n)
-                if rows is not None:
-                    parts.append(bank.prior.features(rows))
-                else:
-                    parts.append(np.zeros((n, self.spec.dim_x - sum(p.shape[1] for p in parts)), dtype=np.float32))
+                prior = (
+                    bank.prior.features(rows) if rows is not None else np.zeros((n, 2 + bank.prior.rank), np.float32)
+                )
             else:  # rating / comparison: every response is its own item (prompt + response)
-                vecs = emb if self.spec.use_embedding else np.zeros((n, 1), dtype=np.float32)
-                priors = [self._response_prior(item.question, o, vecs[j]) for j, o in enumerate(item.options)]
-                parts.append(np.concatenate(priors))
-        return np.concatenate(parts, axis=1).astype(np.float32)
+                vecs = emb if emb is not None else np.zeros((n, 1), dtype=np.float32)
+                prior = np.concatenate(
+                    [self._response_prior(item.question, o, vecs[j]) for j, o in enumerate(item.options)]
+                )
+        return self.spec.join(emb, prior)
 
     def _response_prior(self, prompt: str, response: str, emb: np.ndarray) -> np.ndarray:
         """[1, 2 + k] prior features of one response: from the bank when it is a training item; otherwise, with a
@@ -231,12 +220,8 @@ class Predictor:
             return bank.prior.features(rows)
         if self.content is None or not self.spec.use_embedding:
             return np.zeros((1, 2 + bank.prior.rank), dtype=np.float32)
-        mu, sd, components, n_fit = self.content
-        load = ((emb[None, :] - mu) / sd) @ components / np.sqrt(n_fit)
-        mean = self.global_mean
-        if self.reward is not None:
-            r_mu, r_sd, r_w, r_b = self.reward
-            mean = float(((emb - r_mu) / r_sd) @ r_w + r_b)
+        load = self.content.loadings(emb[None, :])
+        mean = self.global_mean if self.reward is None else float(self.reward.score(emb))
         return np.concatenate([np.ones((1, 1)), np.full((1, 1), mean), load], axis=1).astype(np.float32)
 
     # ------------------------------------------------------------------ prediction

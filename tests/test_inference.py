@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from service.gpo.checkpoint import Checkpoint, PriorBank, save_checkpoint
+from service.gpo.features import FeatureSpec
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior, question_key
 from service.inference import ContextItem, EmbedderMismatch, Item, Predictor
-from service.training.features import FeatureSpec
 
 EMB, RANK = 6, 2
 KNOWN_Q, KNOWN_OPTS = "Is the sky blue?", ["Yes", "No", "Unsure"]

@@ -34,7 +34,7 @@ import torch
 from service.config import get_settings
 from service.embedder.embed import build_embedder
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
-from service.training.features import FeatureSpec
+from service.gpo.features import FeatureSpec
 from service.training.individuals import (
     IndividualTrainConfig,
     PersonFeatures,

@@ -15,8 +15,8 @@ import logging
 import numpy as np
 import torch
 
+from service.gpo.features import FeatureSpec
 from service.training.evaluate import evaluate_split
-from service.training.features import FeatureSpec
 from service.training.fit import TrainConfig, train_gpo
 from service.training.items import build_item_table
 from service.training.opinionqa import load_opinionqa

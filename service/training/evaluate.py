@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from service.gpo.features import FeatureSpec
 from service.training.baselines import group_context, predict_many
 from service.training.datasets import PreferenceDataset
-from service.training.features import FeatureSpec, known_items
+from service.training.features import known_items
 from service.training.fit import (
     TrainConfig,
     TrainResult,

@@ -3,50 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from service.gpo.prior import PopulationPrior, fit_prior, prior_dim
+from service.gpo.prior import PopulationPrior, fit_prior
 from service.training.datasets import PreferenceDataset
 from service.training.items import ItemTable
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What an item's feature vector holds; saved in the checkpoint so serving rebuilds the same vector."""
-
-    emb_dim: int
-    use_embedding: bool = True
-    use_prior: bool = True
-    prior_rank: int = 8
-
-    @property
-    def dim_x(self) -> int:
-        return (self.emb_dim if self.use_embedding else 0) + (prior_dim(self.prior_rank) if self.use_prior else 0)
-
-    @property
-    def prior_slice(self) -> slice:
-        start = self.emb_dim if self.use_embedding else 0
-        return slice(start, start + (prior_dim(self.prior_rank) if self.use_prior else 0))
-
-    @property
-    def prior_mean_index(self) -> int | None:
-        """Column of the prior mean in the feature vector (after the known flag)."""
-        return self.prior_slice.start + 1 if self.use_prior else None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def build(self, emb: np.ndarray, prior: PopulationPrior | None, rows: np.ndarray, known: np.ndarray) -> np.ndarray:
-        """[n, dim_x] features of item `rows` (embedding rows `emb[rows]`); `known`: prior available."""
-        parts = []
-        if self.use_embedding:
-            parts.append(emb[rows])
-        if self.use_prior:
-            assert prior is not None, "this feature spec needs a population prior"
-            parts.append(prior.features(rows, known))
-        return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def answers_matrix(table: ItemTable, dataset: PreferenceDataset, groups: Sequence[str]) -> np.ndarray:

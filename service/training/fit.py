@@ -13,10 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from service.gpo.batch import Episode, collate_buckets
+from service.gpo.features import FeatureSpec
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
 from service.training.datasets import PreferenceDataset
-from service.training.features import FeatureSpec, fit_group_priors, known_items
+from service.training.features import fit_group_priors, known_items
 from service.training.items import ItemTable
 from service.training.metrics import question_alignments
 

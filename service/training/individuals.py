@@ -33,9 +33,9 @@ import torch
 
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, PriorBank
+from service.gpo.features import ContentBasis, FeatureSpec, RewardModel
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
-from service.training.features import FeatureSpec
 from service.training.fit import TrainConfig, meta_train_loop
 from service.training.metrics import exact_accuracy, pairwise_accuracy, rating_rmse, spearman
 from service.training.ratings import RatingsDataset
@@ -55,20 +55,6 @@ METHODS = (
 
 
 # ---------------------------------------------------------------------------------------------- prior
-
-
-@dataclass(frozen=True)
-class ContentBasis:
-    """Principal directions of the standardised item embeddings: an item's loadings are its coordinates on them
-    (divided by sqrt(n) like the rating loadings), so any item, rated or new, has loadings from its embedding."""
-
-    mu: np.ndarray  # [D]
-    sd: np.ndarray  # [D]
-    components: np.ndarray  # [D, k]
-    n: int
-
-    def loadings(self, emb: np.ndarray) -> np.ndarray:
-        return (((emb - self.mu) / self.sd) @ self.components / np.sqrt(self.n)).astype(np.float32)
 
 
 def fit_content_basis(emb: np.ndarray, rank: int) -> ContentBasis:
@@ -642,19 +628,6 @@ def knn_predict(
     return np.where(den > 0, num / np.maximum(den, 1e-12), out)
 
 
-@dataclass(frozen=True)
-class RewardModel:
-    """A non-personalised reward model: a linear score of the item's standardised embedding."""
-
-    mu: np.ndarray  # [D]
-    sd: np.ndarray  # [D]
-    w: np.ndarray  # [D]
-    b: float
-
-    def score(self, emb: np.ndarray) -> np.ndarray:
-        return ((emb - self.mu) / self.sd) @ self.w + self.b
-
-
 def fit_reward_regressor(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: float) -> RewardModel:
     """Ridge regression of every training rating (people `rows`, normalised scores) on the item's standardised
     embedding (standardised over all items, which uses no rating); the penalty is lam per rating."""
@@ -915,30 +888,19 @@ def rating_checkpoint(
     rows = {question_key(ds.prompt, [it.text]): (i, 1) for i, it in enumerate(ds.items)}
     known = result.known
     basis = fit_content_basis(emb, result.spec.prior_rank)
+    extra, basis_meta = basis.to_checkpoint()
     meta = {
         "kind": result.model.cfg.kind,
         "embedder": embedder_meta,
         "features": result.spec.to_dict(),
         "global_mean": float(result.prior.mean[known].mean()) if known.any() else 0.5,
-        "content_basis_n": basis.n,
+        **basis_meta,
         "scale": list(ds.scale),
         "prompt": ds.prompt,
         **(extra_meta or {}),
     }
-    extra = {
-        "content_mu": basis.mu.astype(np.float32),
-        "content_sd": basis.sd.astype(np.float32),
-        "content_components": basis.components.astype(np.float32),
-    }
     if result.reward is not None:
-        extra.update(
-            {
-                "reward_mu": result.reward.mu.astype(np.float32),
-                "reward_sd": result.reward.sd.astype(np.float32),
-                "reward_w": result.reward.w.astype(np.float32),
-                "reward_b": np.array([result.reward.b], dtype=np.float32),
-            }
-        )
+        extra.update(result.reward.to_checkpoint())
     metrics = {
         "best_val_pairwise": result.best_val,
         "best_step": result.best_step,

@@ -31,7 +31,7 @@ def test_the_shipped_rating_model_scores_new_responses_from_their_text() -> None
     rng = np.random.default_rng(0)
     dim = predictor.spec.emb_dim
     a, b = rng.normal(size=(1, dim)).astype(np.float32), rng.normal(size=(1, dim)).astype(np.float32)
-    mu, sd, w, bias = predictor.reward
+    mu, sd, w, bias = predictor.reward.mu, predictor.reward.sd, predictor.reward.w, predictor.reward.b
     for emb in (a, b):
         f = predictor.features(Item("Rate it.", ["a response nobody rated"], emb))
         assert f[0, predictor.spec.prior_slice.start + 1] == pytest.approx(float(((emb[0] - mu) / sd) @ w + bias))

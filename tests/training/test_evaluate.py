@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from service.gpo.features import FeatureSpec
 from service.training.baselines import RIDGE_GRID, UnknownQuestionError, group_context, latent_factor_many, predict_many
 from service.training.evaluate import (
     EvalConfig,
@@ -17,7 +18,6 @@ from service.training.evaluate import (
     run_new_question_protocol,
     score,
 )
-from service.training.features import FeatureSpec
 from service.training.fit import TrainConfig
 from service.training.items import build_item_table
 from service.training.report import write_report

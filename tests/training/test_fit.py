@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from service.gpo.checkpoint import load_checkpoint
+from service.gpo.features import FeatureSpec
 from service.training.datasets import PreferenceDataset, Question
 from service.training.evaluate import evaluate_split
-from service.training.features import FeatureSpec
 from service.training.fit import TrainConfig, train_gpo
 from service.training.items import build_item_table
 from service.training.jsonl import write_jsonl

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.training.features import FeatureSpec
+from service.gpo.features import FeatureSpec
 from service.training.individuals import (
     IndividualEvalConfig,
     IndividualTrainConfig,

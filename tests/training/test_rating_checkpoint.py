@@ -8,8 +8,8 @@ import pytest
 
 from service.embedder.prompts import format_response_item
 from service.gpo.checkpoint import save_checkpoint
+from service.gpo.features import FeatureSpec
 from service.inference import ContextItem, Item, Predictor
-from service.training.features import FeatureSpec
 from service.training.individuals import (
     IndividualTrainConfig,
     PersonFeatures,
