@@ -73,9 +73,7 @@ def _resolve(dataset: PreferenceDataset, target: Question | str) -> Question:
         ) from None
 
 
-def _answers(
-    dataset: PreferenceDataset, train_groups: Sequence[str], q: Question
-) -> tuple[list[int], np.ndarray]:
+def _answers(dataset: PreferenceDataset, train_groups: Sequence[str], q: Question) -> tuple[list[int], np.ndarray]:
     """Indices (into train_groups) of the groups that answered q, and their distributions [k, n]."""
     idx = [i for i, g in enumerate(train_groups) if dataset.has(g, q.qid)]
     if not idx:
@@ -84,9 +82,7 @@ def _answers(
         )
     dists = np.stack([dataset.dist(train_groups[i], q.qid) for i in idx])  # [k, n]
     if dists.shape[1] != q.n_options:
-        raise ValueError(
-            f"question {q.qid!r}: train answers have {dists.shape[1]} options, not {q.n_options}"
-        )
+        raise ValueError(f"question {q.qid!r}: train answers have {dists.shape[1]} options, not {q.n_options}")
     return idx, dists
 
 
@@ -115,9 +111,7 @@ def context_fit(
         total += 1.0 - align
         used += 1
     if used == 0:
-        raise ValueError(
-            f"none of the {len(context)} context questions is answered by every train group and scorable"
-        )
+        raise ValueError(f"none of the {len(context)} context questions is answered by every train group and scorable")
     return total / used
 
 
@@ -192,44 +186,34 @@ def predict_many(
     return out
 
 
-def uniform(
-    dataset: PreferenceDataset,
-    train_groups: Sequence[str],
-    context: Mapping[str, ArrayLike],
-    targets: Sequence[Question | str],
-) -> dict[str, np.ndarray]:
-    """1/n on each of a question's n options; needs neither train answers nor context."""
-    return predict_many("uniform", dataset, train_groups, [context], targets)[0]
+def one_group_baseline(method: str, doc: str) -> Baseline:
+    """`method` of predict_many as a Baseline: one test group's context, its targets' distributions."""
+
+    def predict(
+        dataset: PreferenceDataset,
+        train_groups: Sequence[str],
+        context: Mapping[str, ArrayLike],
+        targets: Sequence[Question | str],
+    ) -> dict[str, np.ndarray]:
+        return predict_many(method, dataset, train_groups, [context], targets)[0]
+
+    predict.__name__ = predict.__qualname__ = method
+    predict.__doc__ = doc
+    return predict
 
 
-def train_mean(
-    dataset: PreferenceDataset,
-    train_groups: Sequence[str],
-    context: Mapping[str, ArrayLike],
-    targets: Sequence[Question | str],
-) -> dict[str, np.ndarray]:
-    """Mean of the train groups' distributions for each target (ignores the context)."""
-    return predict_many("train_mean", dataset, train_groups, [context], targets)[0]
-
-
-def nearest_group(
-    dataset: PreferenceDataset,
-    train_groups: Sequence[str],
-    context: Mapping[str, ArrayLike],
-    targets: Sequence[Question | str],
-) -> dict[str, np.ndarray]:
-    """The distribution of the train group closest to the test group on the context questions."""
-    return predict_many("nearest_group", dataset, train_groups, [context], targets)[0]
-
-
-def mixture(
-    dataset: PreferenceDataset,
-    train_groups: Sequence[str],
-    context: Mapping[str, ArrayLike],
-    targets: Sequence[Question | str],
-) -> dict[str, np.ndarray]:
-    """Train groups' distributions weighted by `mixture_weights` of their context fit."""
-    return predict_many("mixture", dataset, train_groups, [context], targets)[0]
+uniform = one_group_baseline(
+    "uniform", "1/n on each of a question's n options; needs neither train answers nor context."
+)
+train_mean = one_group_baseline(
+    "train_mean", "Mean of the train groups' distributions for each target (ignores the context)."
+)
+nearest_group = one_group_baseline(
+    "nearest_group", "The distribution of the train group closest to the test group on the context questions."
+)
+mixture = one_group_baseline(
+    "mixture", "Train groups' distributions weighted by `mixture_weights` of their context fit."
+)
 
 
 LATENT_RANK = 8  # the rank of GPO's population-prior features
