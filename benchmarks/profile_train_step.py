@@ -26,7 +26,7 @@ def main() -> None:
 
     from service.config import Settings
     from service.gpo.model import GPO, GPOConfig
-    from service.inference import Predictor
+    from service.serving.predictor import Predictor
 
     settings = Settings()
     cfg = Predictor.from_store(settings.model_store, settings.checkpoint).model.cfg

@@ -168,7 +168,7 @@ def latency_and_throughput(ports: list[int], bodies: list[dict], quick: bool) ->
 def section_cached_vs_reencode_model(quick: bool) -> dict[str, Any]:
     """In-process, the shipped checkpoint: encode + targets per request vs targets against a cached context."""
     from service.config import Settings
-    from service.inference import ContextItem, Item, Predictor
+    from service.serving.predictor import AnsweredItem, Item, Predictor
 
     settings = Settings()
     predictor = Predictor.from_store(settings.model_store, settings.checkpoint)
@@ -176,7 +176,7 @@ def section_cached_vs_reencode_model(quick: bool) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     context, targets = workload()
     ctx = [
-        ContextItem(
+        AnsweredItem(
             c["question"],
             c["options"],
             rng.standard_normal((len(c["options"]), dim)).astype(np.float32),
@@ -217,7 +217,7 @@ def section_embedding_cache(worker_url: str, texts: list[str], quick: bool) -> d
     from service.cache import LRUVectorCache, RedisVectorCache
     from service.config import Settings
     from service.embedder.client import build_worker
-    from service.embeddings import ItemEmbeddings
+    from service.serving.embeddings import ItemEmbeddings
 
     settings = Settings(worker_url=worker_url)
     prefix = f"gpo-bench-{uuid.uuid4().hex[:8]}:"
@@ -315,7 +315,7 @@ def section_training_and_eval(quick: bool) -> dict[str, Any]:
     from service.config import Settings
     from service.gpo.batch import collate, collate_buckets
     from service.gpo.model import GPO, GPOConfig
-    from service.inference import Predictor
+    from service.serving.predictor import Predictor
     from service.training.fit import episodes_loss
 
     settings = Settings()

@@ -20,10 +20,11 @@ from service.db.migrate import upgrade_database
 from service.db.session import make_engine, make_sessionmaker, normalize_url
 from service.embedder.client import LocalWorker, WorkerUnavailable, build_worker
 from service.gpo.checkpoint import CheckpointError
-from service.inference import EmbedderMismatch, Predictor
+from service.limits import Limits
 from service.metrics import Metrics, MetricsMiddleware
-from service.schemas import Limits
-from service.serving import Services
+from service.serving.kinds import CHOICE, KINDS, Kind
+from service.serving.predictor import EmbedderMismatch, Predictor
+from service.serving.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,19 @@ def _engine_options(settings: Settings) -> dict[str, Any]:
     return {}
 
 
-def _load_predictor(settings: Settings) -> Predictor:
+def _load_predictor(settings: Settings, kind: Kind) -> Predictor:
+    """The latest version of the checkpoint `kind`'s setting names; it must be a checkpoint of that kind (the
+    multiple-choice one is the deployment's main checkpoint, whatever kind it says it is)."""
     import torch
 
     from service.embedder.loading import resolve_device
 
-    if settings.torch_threads is not None:
+    if kind is CHOICE and settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
-    return Predictor.from_store(settings.model_store, settings.checkpoint, device=resolve_device(settings.device))
-
-
-def _load_kind_predictor(settings: Settings, name: str, kind: str) -> Predictor:
-    from service.embedder.loading import resolve_device
-
+    name = kind.checkpoint_name(settings)
     predictor = Predictor.from_store(settings.model_store, name, device=resolve_device(settings.device))
-    if predictor.kind != kind:
-        raise CheckpointError(f"{predictor.model_version} is a {predictor.kind} checkpoint, not a {kind} one")
+    if kind is not CHOICE and predictor.kind != kind.name:
+        raise CheckpointError(f"{predictor.model_version} is a {predictor.kind} checkpoint, not a {kind.name} one")
     return predictor
 
 
@@ -67,33 +65,23 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
         stack.callback(cache.close)
         worker = build_worker(settings)
         stack.push_async_callback(worker.aclose)
-        try:
-            predictor = await anyio.to_thread.run_sync(_load_predictor, settings)
-        except CheckpointError as exc:
-            log.error("refusing to start: %s (train one with `gpo train`, or set GPO_MODEL_STORE/GPO_CHECKPOINT)", exc)
-            raise
-        log.info("checkpoint %s loaded", predictor.model_version)
-        by_kind: dict[str, Predictor] = {}
-        for kind, name in (("rating", settings.rating_checkpoint), ("comparison", settings.comparison_checkpoint)):
-            if not name:
+        models: dict[str, Predictor] = {}
+        for kind in KINDS.values():
+            if kind is not CHOICE and not kind.checkpoint_name(settings):
                 continue
             try:
-                by_kind[kind] = await anyio.to_thread.run_sync(_load_kind_predictor, settings, name, kind)
+                models[kind.name] = await anyio.to_thread.run_sync(_load_predictor, settings, kind)
             except CheckpointError as exc:
-                log.error("refusing to start: %s (GPO_%s_CHECKPOINT)", exc, kind.upper())
+                if kind is CHOICE:
+                    log.error(
+                        "refusing to start: %s (train one with `gpo train`, or set GPO_MODEL_STORE/GPO_CHECKPOINT)", exc
+                    )
+                else:
+                    log.error("refusing to start: %s (%s)", exc, kind.env)
                 raise
-            log.info("%s checkpoint %s loaded", kind, by_kind[kind].model_version)
-        services = Services(
-            settings,
-            engine,
-            make_sessionmaker(engine),
-            cache,
-            worker,
-            predictor,
-            metrics,
-            by_kind.get("rating"),
-            by_kind.get("comparison"),
-        )
+            log.info("%s checkpoint %s loaded", kind.name, models[kind.name].model_version)
+        predictor = models["choice"]
+        services = Services(settings, engine, make_sessionmaker(engine), cache, worker, models, metrics)
         stack.push_async_callback(services.aclose)
 
         if isinstance(worker, LocalWorker):

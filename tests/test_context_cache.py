@@ -10,7 +10,7 @@ import redis
 import torch
 
 from service.cache import RedisVectorCache
-from service.context_cache import ContextCache, StateKey
+from service.serving.context_cache import ContextCache, StateKey
 
 from .test_inference import _random_group, predictor  # noqa: F401 - the fixture
 
@@ -99,13 +99,13 @@ def test_a_rating_models_state_goes_through_redis_with_its_own_layout(predictor,
     read with the rating model's layout."""
     from pathlib import Path
 
-    from service.inference import ContextItem, Item, Predictor
+    from service.serving.predictor import AnsweredItem, Item, Predictor
 
     rating = Predictor.from_store(Path(__file__).resolve().parents[1] / "model_store", "nytbooks-rating")
     rng = np.random.default_rng(3)
     dim = rating.spec.emb_dim
     ctx = [
-        ContextItem("Rate:", [f"r{i}"], rng.normal(size=(1, dim)).astype(np.float32), np.array([rng.random()]))
+        AnsweredItem("Rate:", [f"r{i}"], rng.normal(size=(1, dim)).astype(np.float32), np.array([rng.random()]))
         for i in range(5)
     ]
     tgt = [Item("Rate:", [f"t{i}"], rng.normal(size=(1, dim)).astype(np.float32)) for i in range(3)]

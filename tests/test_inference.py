@@ -10,7 +10,7 @@ from service.gpo.checkpoint import Checkpoint, PriorBank, save_checkpoint
 from service.gpo.features import FeatureSpec
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior, question_key
-from service.inference import ContextItem, EmbedderMismatch, Item, Predictor
+from service.serving.predictor import AnsweredItem, EmbedderMismatch, Item, Predictor
 
 EMB, RANK = 6, 2
 KNOWN_Q, KNOWN_OPTS = "Is the sky blue?", ["Yes", "No", "Unsure"]
@@ -20,8 +20,16 @@ KNOWN_Q, KNOWN_OPTS = "Is the sky blue?", ["Yes", "No", "Unsure"]
 def predictor(tmp_path) -> Predictor:
     torch.manual_seed(0)
     spec = FeatureSpec(emb_dim=EMB, use_embedding=True, use_prior=True, prior_rank=RANK)
-    cfg = GPOConfig(dim_x=spec.dim_x, d_model=16, n_layers=1, n_heads=2, d_ff=16, prior_feature=EMB,
-                    prior_rank=RANK, prior_readout="ridge")
+    cfg = GPOConfig(
+        dim_x=spec.dim_x,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_ff=16,
+        prior_feature=EMB,
+        prior_rank=RANK,
+        prior_readout="ridge",
+    )
     prior = PopulationPrior(np.array([0.6, 0.3, 0.1], np.float32), np.random.rand(3, RANK).astype(np.float32))
     bank = PriorBank(prior, {question_key(KNOWN_Q, KNOWN_OPTS): (0, 3)})
     meta = {"features": spec.to_dict(), "embedder": {"key_prefix": "lm@r|mean|gpo-mc-v1", "dim": EMB}}
@@ -33,7 +41,7 @@ def _item(rng, question, options, dist=None):
     emb = rng.standard_normal((len(options), EMB)).astype(np.float32)
     if dist is None:
         return Item(question, options, emb)
-    return ContextItem(question, options, emb, np.asarray(dist, np.float32))
+    return AnsweredItem(question, options, emb, np.asarray(dist, np.float32))
 
 
 def test_features_use_the_prior_bank_for_known_questions_only(predictor):

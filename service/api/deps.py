@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from service.auth import Unauthorized
 from service.db.models import DEFAULT_TENANT
 from service.schemas import GROUP_ID_PATTERN, ContextWriteRequest, GenerateRequest, PredictRequest
-from service.serving import Services, in_thread
+from service.serving.services import Services, in_thread
 
 
 async def get_services(request: Request) -> Services:

@@ -17,9 +17,11 @@ from service.auth import Unauthorized
 from service.batching import QueueFull
 from service.db.repository import GroupKindMismatch, GroupNotFound, ItemNotFound, VersionConflict
 from service.embedder.client import WorkerRequestError, WorkerUnavailable
-from service.inference import EmbedderMismatch
-from service.schemas import ErrorResponse, RequestLimitError
-from service.serving import EmptyContext, KindNotServed
+from service.limits import RequestLimitError
+from service.schemas import ErrorResponse
+from service.serving.contexts import EmptyContext
+from service.serving.kinds import KindNotServed
+from service.serving.predictor import EmbedderMismatch
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from service import serving
 from service.api.deps import GenerateBody, ServicesDep, TenantDep, get_tenant
 from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.schemas import GenerateResponse
+from service.serving import generate as serving
 
 router = APIRouter(tags=["generate"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE})
 

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from service import serving
 from service.api.deps import MAX_ROW_ID, ContextWriteBody, GroupIdPath, ItemIdPath, ServicesDep, TenantDep, get_tenant
 from service.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.schemas import ContextWriteResponse, GroupContext, GroupList, GroupOut
+from service.serving import groups as serving
 
 router = APIRouter(
     prefix="/groups", tags=["groups"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE}

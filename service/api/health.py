@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from service import serving
 from service.api.deps import ServicesDep
 from service.schemas import HealthResponse, ReadyResponse
+from service.serving import health as serving
 
 router = APIRouter(tags=["operations"])
 

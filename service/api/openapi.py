@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.schemas import Limits
+from service.limits import Limits
 
 
 def _nullable(prop: dict[str, Any]) -> dict[str, Any]:

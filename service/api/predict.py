@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service import serving
 from service.api.deps import PredictBody, ServicesDep, TenantDep, get_tenant
 from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.schemas import PredictResponse
+from service.serving import predict as serving
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE})
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 from fastapi.testclient import TestClient
 
-from service.inference import ContextItem, Item
+from service.serving.predictor import AnsweredItem, Item
 
 from .conftest import NEW_QUESTION, SettingsFactory, authed_client, context_item, question
 
@@ -31,10 +31,12 @@ def _full_forward(client: TestClient, items: list[dict], questions: list[dict]) 
     p = services.predictor
 
     def emb(q: str, opts: list[str]) -> np.ndarray:
-        return np.stack([services.cache.get(f"{services._keys.choice}|{t}") for t in p.choice_texts(q, opts)])
+        return np.stack(
+            [services.cache.get(f"{services.kinds['choice'].embedder_key}|{t}") for t in p.choice_texts(q, opts)]
+        )
 
     ctx = [
-        ContextItem(
+        AnsweredItem(
             c["question"], c["options"], emb(c["question"], c["options"]), np.asarray(c["distribution"], np.float32)
         )
         for c in items

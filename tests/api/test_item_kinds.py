@@ -9,7 +9,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.inference import ContextItem, Item
+from service.serving.predictor import AnsweredItem, Item
 
 from .conftest import context_item, question
 from .test_tenants import snapshot
@@ -166,7 +166,7 @@ def test_a_rating_groups_context_is_cached_and_a_change_invalidates_it(rating_cl
 
     c = rating_client
     services = c.app.state.services
-    rating = services.rating
+    rating = services.kinds["rating"].predictor
     items = [_rating(j, 1 + j % 5) for j in range(6)]
     assert c.post("/groups/p3/context", json={"items": items}).status_code == 200
     responses = [{"prompt": "Rate this reply.", "response": t} for t in ("a short reply", "reply number 3 again")]
@@ -181,10 +181,12 @@ def test_a_rating_groups_context_is_cached_and_a_change_invalidates_it(rating_cl
     def full_forward(context_items: list[dict]) -> list[float]:
         def emb(prompt: str, response: str) -> np.ndarray:
             (text,) = rating.item_texts(prompt, [response])
-            return services.cache.get(f"{services._keys.rating}|{text}")[None]
+            return services.cache.get(f"{services.kinds['rating'].embedder_key}|{text}")[None]
 
         ctx = [
-            ContextItem(i["prompt"], [i["response"]], emb(i["prompt"], i["response"]), np.array([(i["score"] - 1) / 4]))
+            AnsweredItem(
+                i["prompt"], [i["response"]], emb(i["prompt"], i["response"]), np.array([(i["score"] - 1) / 4])
+            )
             for i in context_items
         ]
         tgt = [Item(r["prompt"], [r["response"]], emb(r["prompt"], r["response"])) for r in responses]
@@ -264,7 +266,7 @@ def test_a_comparison_groups_context_is_cached_and_a_change_invalidates_it(compa
 
     c = comparison_client
     services = c.app.state.services
-    model = services.comparison
+    model = services.kinds["comparison"].predictor
     items = [_comparison(j, j + 2, "a" if j % 3 else "b") for j in range(5)]
     assert c.post("/groups/cq/context", json={"items": items}).status_code == 200
     pairs = [
@@ -282,7 +284,7 @@ def test_a_comparison_groups_context_is_cached_and_a_change_invalidates_it(compa
     def full_forward(context_items: list[dict]) -> list[float]:
         def emb(prompt: str, a: str, b: str) -> np.ndarray:
             texts = model.item_texts(prompt, [a, b])
-            return np.stack([services.cache.get(f"{services._keys.comparison}|{t}") for t in texts])
+            return np.stack([services.cache.get(f"{services.kinds['comparison'].embedder_key}|{t}") for t in texts])
 
         def item(i: dict) -> Item:
             return Item(
@@ -290,7 +292,7 @@ def test_a_comparison_groups_context_is_cached_and_a_change_invalidates_it(compa
             )
 
         ctx = [
-            ContextItem(
+            AnsweredItem(
                 i["prompt"],
                 [i["response_a"], i["response_b"]],
                 item(i).embeddings,

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.inference import EmbedderMismatch
+from service.serving.predictor import EmbedderMismatch
 
 from .conftest import SettingsFactory, authed_client, context_item, free_port, question
 

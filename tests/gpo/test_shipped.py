@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.inference import ContextItem, Item, Predictor
+from service.serving.predictor import AnsweredItem, Item, Predictor
 
 STORE = Path(__file__).resolve().parents[2] / "model_store"
 SHIPPED = {"opinionqa-gpo": "choice", "nytbooks-rating": "rating", "nytbooks-comparison": "comparison"}
@@ -35,8 +35,8 @@ def test_the_shipped_rating_model_scores_new_responses_from_their_text() -> None
     for emb in (a, b):
         f = predictor.features(Item("Rate it.", ["a response nobody rated"], emb))
         assert f[0, predictor.spec.prior_slice.start + 1] == pytest.approx(float(((emb[0] - mu) / sd) @ w + bias))
-    likes_a = [ContextItem("Rate it.", ["liked"], a + 0.1, np.array([1.0], dtype=np.float32))]
-    likes_b = [ContextItem("Rate it.", ["liked"], b + 0.1, np.array([1.0], dtype=np.float32))]
+    likes_a = [AnsweredItem("Rate it.", ["liked"], a + 0.1, np.array([1.0], dtype=np.float32))]
+    likes_b = [AnsweredItem("Rate it.", ["liked"], b + 0.1, np.array([1.0], dtype=np.float32))]
     targets = [Item("Rate it.", ["first"], a), Item("Rate it.", ["second"], b)]
     for_a = [p.distribution[0] for p in predictor.predict(likes_a, targets)]
     for_b = [p.distribution[0] for p in predictor.predict(likes_b, targets)]
@@ -53,13 +53,13 @@ def test_the_shipped_comparison_model_moves_with_its_context() -> None:
     dim = predictor.spec.emb_dim
     a, b = rng.normal(size=(1, dim)).astype(np.float32), rng.normal(size=(1, dim)).astype(np.float32)
 
-    def context(prefers_a: bool) -> list[ContextItem]:
+    def context(prefers_a: bool) -> list[AnsweredItem]:
         items = []
         for j in range(5):
             ea = a + 0.3 * rng.normal(size=(1, dim)).astype(np.float32)
             eb = b + 0.3 * rng.normal(size=(1, dim)).astype(np.float32)
             p = np.array([1.0, 0.0] if prefers_a else [0.0, 1.0], dtype=np.float32)
-            items.append(ContextItem("Read it?", [f"a{j}", f"b{j}"], np.concatenate([ea, eb]), p))
+            items.append(AnsweredItem("Read it?", [f"a{j}", f"b{j}"], np.concatenate([ea, eb]), p))
         return items
 
     target = [Item("Read it?", ["like a", "like b"], np.concatenate([a, b]))]

@@ -9,7 +9,7 @@ import pytest
 from service.embedder.prompts import format_response_item
 from service.gpo.checkpoint import save_checkpoint
 from service.gpo.features import FeatureSpec
-from service.inference import ContextItem, Item, Predictor
+from service.serving.predictor import AnsweredItem, Item, Predictor
 from service.training.individuals import (
     IndividualTrainConfig,
     PersonFeatures,
@@ -50,7 +50,8 @@ def test_the_predictor_serves_what_the_evaluation_scores(trained) -> None:
         ctx, tgt = context_draw(ds, person, 6, seed=0)
         offline = predict_person(result.model, "rating", x, yp, ctx, tgt, np.random.default_rng(0))
         context = [
-            ContextItem(ds.prompt, [ds.items[i].text], emb[i : i + 1], np.array([yp[i]], dtype=np.float32)) for i in ctx
+            AnsweredItem(ds.prompt, [ds.items[i].text], emb[i : i + 1], np.array([yp[i]], dtype=np.float32))
+            for i in ctx
         ]
         targets = [Item(ds.prompt, [ds.items[i].text], emb[i : i + 1]) for i in tgt]
         served = [p.distribution[0] for p in predictor.predict(context, targets)]
@@ -115,7 +116,7 @@ def test_a_comparison_checkpoint_serves_what_the_evaluation_scores(
         return Item(ds.prompt, [ds.items[i].text, ds.items[j].text], emb[[i, j]])
 
     context = [
-        ContextItem(ds.prompt, [ds.items[i].text, ds.items[j].text], emb[[i, j]], np.array([lab, 1 - lab]))
+        AnsweredItem(ds.prompt, [ds.items[i].text, ds.items[j].text], emb[[i, j]], np.array([lab, 1 - lab]))
         for i, j, lab in zip(ca, cb, label, strict=True)
     ]
     served = predictor.predict_pairs(context, [item(tgt[i], tgt[j]) for i, j in zip(a_idx, b_idx, strict=True)])

@@ -1,10 +1,9 @@
-"""Predictor: GPO predictions for a group's context and new questions, from a checkpoint (no web, no DB).
+"""Predictor: a checkpoint's GPO predictions for a group's context and new items (no web, no database).
 
-The serving side of the feature pipeline of `service.training`: an item is one option (or one sampled
-response) of a question; its feature vector is what the checkpoint's FeatureSpec says (the base LLM's
-embedding of the item text and, for questions in the checkpoint's prior bank, the population-prior
-features). Embeddings come from the caller (the API gets them from its cache or the worker), so this
-module never loads the LLM itself.
+An item is one question's options (or one prompt's responses); its feature vector is what the checkpoint's
+FeatureSpec says (service.gpo.features: the base LLM's embedding of the item text and the prior features, from
+the checkpoint's prior bank for known items, else from its content basis and reward model). Embeddings come from
+the caller (the API gets them from its cache or the worker), so this module never loads the LLM itself.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel
 from service.gpo.model import ContextState
+from service.gpo.model import Prediction as GPOOutput
 from service.gpo.prior import question_key
 
 
@@ -38,7 +38,9 @@ class Item:
 
 
 @dataclass
-class ContextItem(Item):
+class AnsweredItem(Item):
+    """An item with the group's answer: a context item."""
+
     distribution: np.ndarray | None = None  # [n_options], sums to 1
 
 
@@ -126,7 +128,7 @@ class Predictor:
         return self.choice_texts(question, options)
 
     @torch.inference_mode()
-    def predict_pairs(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[float]:
+    def predict_pairs(self, context: Sequence[AnsweredItem], targets: Sequence[Item]) -> list[float]:
         """Comparison models: P(first response preferred) for each target pair, given context pairs. Items have
         two options (response a, response b) with their embeddings; a context item's distribution is [P(a), P(b)].
         Equals `predict_pairs_encoded(encode(context), targets)`, which is how it is computed."""
@@ -144,31 +146,40 @@ class Predictor:
         x = np.stack([f[0] - f[1] for f in map(self._pair_features, items)])
         return np.column_stack([x, np.ones(len(x))]) if self.score_head else x
 
-    @torch.inference_mode()
     def predict_pairs_encoded(self, state: ContextState, targets: Sequence[Item]) -> list[float]:
-        """P(a preferred) of each target pair against an encoded comparison context. Pair head: a target token is
-        a pair and its output is P(a). Score head: a target token is one response (a 0 in the extra column), its
-        output a score, and P(a) = sigmoid(s_a - s_b)."""
+        """P(a preferred) of each target pair against an encoded comparison context (see predict_pairs_many)."""
+        return self.predict_pairs_many([(state, targets)])[0]
+
+    @torch.inference_mode()
+    def predict_pairs_many(self, requests: Sequence[tuple[ContextState, Sequence[Item]]]) -> list[list[float]]:
+        """Per request (encoded comparison context, target pairs): P(a preferred) of each pair. One forward for all.
+
+        Pair head: a target token is a pair and its output is P(a). Score head: a target token is one response
+        (a 0 in the extra column), its output a score, and P(a) = sigmoid(s_a - s_b)."""
         if self.kind != "comparison":
             raise ValueError(f"{self.model_version} is a {self.kind} model, not a comparison one")
-        if not targets:
+        if not requests:
             return []
-        if self.score_head:
-            singles = np.concatenate([self._pair_features(t) for t in targets])  # a, b of every target pair
-            x = np.column_stack([singles, np.zeros(len(singles))])
-        else:
-            x = self._pair_tokens(targets)
-        n = len(x)
-        pred = self.model.predict_targets(
-            state,
-            torch.from_numpy(x.astype(np.float32))[None].to(self.device),
-            torch.arange(n, device=self.device)[None],
-            torch.ones(1, n, dtype=torch.bool, device=self.device),
-        )
-        if self.score_head:
-            s = pred.logits[0].double().cpu()
-            return [float(v) for v in torch.sigmoid(s[0::2] - s[1::2]).numpy()]
-        return [float(v) for v in pred.mean[0].double().cpu().numpy()]
+        blocks: list[list[np.ndarray]] = []  # per request: one token per target question
+        for _, targets in requests:
+            if not targets:
+                blocks.append([])
+                continue
+            if self.score_head:  # a, b of every target pair, each its own token
+                singles = np.concatenate([self._pair_features(t) for t in targets])
+                x = np.column_stack([singles, np.zeros(len(singles))])
+            else:
+                x = self._pair_tokens(targets)
+            blocks.append([row[None] for row in x.astype(np.float32)])
+        pred, placement = self._forward_blocks([state for state, _ in requests], blocks)
+        out = []
+        for (b, pos), (_, targets) in zip(placement, requests, strict=True):
+            if self.score_head:
+                s = pred.logits[b, pos : pos + 2 * len(targets)].double().cpu()
+                out.append([float(v) for v in torch.sigmoid(s[0::2] - s[1::2]).numpy()])
+            else:
+                out.append([float(v) for v in pred.mean[b, pos : pos + len(targets)].double().cpu().numpy()])
+        return out
 
     def choice_texts(self, question: str, options: Sequence[str]) -> list[str]:
         """Texts to embed for a multiple-choice question: one per option (the training template)."""
@@ -226,7 +237,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
 
-    def episode(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> Episode:
+    def episode(self, context: Sequence[AnsweredItem], targets: Sequence[Item]) -> Episode:
         """One group's episode: every context option, then every target option (question ids 0..T-1)."""
         if not context:
             raise ValueError("a prediction needs at least one context item")
@@ -254,7 +265,7 @@ class Predictor:
 
     @torch.no_grad()
     def predict_many(
-        self, requests: Sequence[tuple[Sequence[ContextItem], Sequence[Item]]]
+        self, requests: Sequence[tuple[Sequence[AnsweredItem], Sequence[Item]]]
     ) -> list[list[ItemPrediction]]:
         """Per request (context, targets): one prediction per target question, in order. One forward."""
         if not requests:
@@ -280,14 +291,14 @@ class Predictor:
             return ItemPrediction(distribution=mean / mean.sum(), std=std)
         return ItemPrediction(distribution=mean.copy(), std=std)
 
-    def predict(self, context: Sequence[ContextItem], targets: Sequence[Item]) -> list[ItemPrediction]:
+    def predict(self, context: Sequence[AnsweredItem], targets: Sequence[Item]) -> list[ItemPrediction]:
         """The full forward (context and targets together); equals `predict_encoded(encode(context), ...)`."""
         return self.predict_many([(context, targets)])[0]
 
     # ------------------------------------------------------------------ cached context
 
     @torch.inference_mode()
-    def encode(self, context: Sequence[ContextItem]) -> ContextState:
+    def encode(self, context: Sequence[AnsweredItem]) -> ContextState:
         """The context encoded once: per-layer keys/values (and the ridge solution) its targets attend to."""
         if not context:
             raise ValueError("a prediction needs at least one context item")
@@ -312,38 +323,8 @@ class Predictor:
         """Per request (encoded context, targets): one prediction per target question. One forward for all."""
         if not requests:
             return []
-        # Requests on the same encoded context share one row: targets never attend to each other, so a row
-        # holding several requests' targets gives each exactly what its own row would (and the context's
-        # keys/values are not copied once per request).
-        rows: dict[int, int] = {}
-        row_states: list[ContextState] = []
-        placement: list[tuple[int, int]] = []  # per request: (row, first token)
-        row_feats: list[list[np.ndarray]] = []
-        for state, targets in requests:
-            r = rows.setdefault(id(state), len(row_states))
-            if r == len(row_states):
-                row_states.append(state)
-                row_feats.append([])
-            placement.append((r, sum(f.shape[0] for f in row_feats[r])))
-            row_feats[r].extend(self.features(t) for t in targets)
-        B = len(row_states)
-        N = max(max(sum(f.shape[0] for f in fs) for fs in row_feats), 1)
-        x = np.zeros((B, N, self.spec.dim_x), dtype=np.float32)
-        q = np.zeros((B, N), dtype=np.int64)
-        m = np.zeros((B, N), dtype=bool)
-        for b, fs in enumerate(row_feats):
-            pos = 0
-            for j, f in enumerate(fs):
-                k = f.shape[0]
-                x[b, pos : pos + k], q[b, pos : pos + k], m[b, pos : pos + k] = f, j, True
-                pos += k
-        state = ContextState.stack(row_states)
-        pred = self.model.predict_targets(
-            state,
-            torch.from_numpy(x).to(self.device),
-            torch.from_numpy(q).to(self.device),
-            torch.from_numpy(m).to(self.device),
-        )
+        blocks = [[self.features(t) for t in targets] for _, targets in requests]
+        pred, placement = self._forward_blocks([state for state, _ in requests], blocks)
         mean, std = pred.mean.double().cpu().numpy(), pred.std.double().cpu().numpy()
         out = []
         for (b, pos), (_, targets) in zip(placement, requests, strict=True):
@@ -354,6 +335,44 @@ class Predictor:
                 pos += k
             out.append(preds)
         return out
+
+    def _forward_blocks(
+        self, states: Sequence[ContextState], blocks: Sequence[Sequence[np.ndarray]]
+    ) -> tuple[GPOOutput, list[tuple[int, int]]]:
+        """One forward of target tokens against encoded contexts: request i's tokens are `blocks[i]`, one array
+        [k, dim_x] per target question (its options). Returns the model's output and, per request, (row, first
+        token). Requests on the same encoded context share one row: targets never attend to each other, so a row
+        holding several requests' targets gives each exactly what its own row would (and the context's keys and
+        values are not copied once per request)."""
+        rows: dict[int, int] = {}
+        row_states: list[ContextState] = []
+        placement: list[tuple[int, int]] = []
+        row_feats: list[list[np.ndarray]] = []
+        for state, feats in zip(states, blocks, strict=True):
+            r = rows.setdefault(id(state), len(row_states))
+            if r == len(row_states):
+                row_states.append(state)
+                row_feats.append([])
+            placement.append((r, sum(f.shape[0] for f in row_feats[r])))
+            row_feats[r].extend(feats)
+        B = len(row_states)
+        N = max(max(sum(f.shape[0] for f in fs) for fs in row_feats), 1)
+        x = np.zeros((B, N, self.model.cfg.dim_x), dtype=np.float32)
+        q = np.zeros((B, N), dtype=np.int64)
+        m = np.zeros((B, N), dtype=bool)
+        for b, fs in enumerate(row_feats):
+            pos = 0
+            for j, f in enumerate(fs):
+                k = f.shape[0]
+                x[b, pos : pos + k], q[b, pos : pos + k], m[b, pos : pos + k] = f, j, True
+                pos += k
+        pred = self.model.predict_targets(
+            ContextState.stack(row_states),
+            torch.from_numpy(x).to(self.device),
+            torch.from_numpy(q).to(self.device),
+            torch.from_numpy(m).to(self.device),
+        )
+        return pred, placement
 
     # ------------------------------------------------------------------ encoded contexts as flat arrays
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from service.cache import VectorCache
     from service.config import Settings
     from service.gpo.model import ContextState
-    from service.inference import Predictor
+    from service.serving.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
