@@ -12,18 +12,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from service.embedder.embed import make_key_prefix
+from service.embedder.engine import EngineUnavailable, InputTooLong, WorkerEngine
 from service.embedder.loading import LMIdentity
 from service.embedder.prompts import TEMPLATE_VERSION
-from service.embedder.worker import (
-    MAX_INPUTS,
-    CompletionsRequest,
-    EmbeddingsRequest,
-    EngineUnavailable,
-    InputTooLong,
-    ModelCard,
-    WorkerEngine,
-    decode_base64,
-)
+from service.embedder.protocol import MAX_INPUTS, CompletionsRequest, EmbeddingsRequest, ModelCard, decode_base64
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -76,6 +68,11 @@ class WorkerInfo:
     @classmethod
     def from_card(cls, card: ModelCard) -> WorkerInfo:
         return cls(card.model_id, card.revision, card.hidden_size, card.dim, card.pooling, card.loaded)
+
+    @classmethod
+    def from_engine(cls, engine: WorkerEngine) -> WorkerInfo:
+        """What the engine's model card would report, without the wire model."""
+        return cls(engine.model_id, engine.revision, engine.hidden_size, engine.dim, engine.pooling, engine.is_loaded)
 
 
 class Worker(Protocol):
@@ -314,7 +311,7 @@ class LocalWorker:
             raise WorkerUnavailable(str(exc)) from exc
 
     async def info(self) -> WorkerInfo:
-        return WorkerInfo.from_card(self.engine.model_card())
+        return WorkerInfo.from_engine(self.engine)
 
     async def ready(self) -> bool:
         return self.engine.is_loaded

@@ -25,9 +25,10 @@ from service.embedder.client import (
     build_worker,
 )
 from service.embedder.embed import Embedder
+from service.embedder.engine import WorkerEngine
 from service.embedder.loading import BaseLM, BaseLMNotFoundError, LMIdentity
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_items
-from service.embedder.worker import WorkerEngine, create_worker_app
+from service.embedder.worker import create_worker_app
 
 TEXTS = [
     *format_items("Do you trust the news?", ["A great deal", "Some", "Not at all"]),

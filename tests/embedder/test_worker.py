@@ -15,17 +15,12 @@ from typer.testing import CliRunner
 
 from service.cli import app as cli_app
 from service.embedder.embed import Embedder
+from service.embedder.engine import InputTooLong, WorkerEngine
 from service.embedder.generate import sample_responses
 from service.embedder.loading import BaseLM, BaseLMNotFoundError
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION, format_items
-from service.embedder.worker import (
-    MAX_INPUTS,
-    MAX_TEXT_CHARS,
-    InputTooLong,
-    WorkerEngine,
-    create_worker_app,
-    decode_base64,
-)
+from service.embedder.protocol import MAX_INPUTS, MAX_TEXT_CHARS, decode_base64
+from service.embedder.worker import create_worker_app
 
 TEXTS = [
     *format_items("Is crime a problem where you live?", ["A major problem", "A minor problem", "Not a problem"]),
