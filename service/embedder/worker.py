@@ -7,12 +7,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from service.batching import QueueFull
 from service.embedder.engine import EngineUnavailable, InputTooLong, ModelNotServed, WorkerEngine
@@ -31,9 +30,7 @@ from service.embedder.protocol import (
     Usage,
     encode_base64,
 )
-
-if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from service.metrics import MetricsMiddleware, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -144,35 +141,8 @@ async def create_completions(body: CompletionsRequest, engine: EngineDep) -> Com
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class _MetricsMiddleware:
-    """Counts requests by route template and status, and times them (pure ASGI: no body buffering)."""
-
-    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
-        self.app, self.requests, self.latency = app, requests, latency
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500  # what the client sees if the app raises before answering
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        t0 = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # The route template, not the raw path: bounded label values.
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(route, str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - t0)
+    worker_metrics: WorkerMetrics = request.app.state.metrics
+    return Response(worker_metrics.render(), media_type=worker_metrics.content_type)
 
 
 def _error(status: int, detail: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
@@ -198,17 +168,8 @@ def create_worker_app(engine: WorkerEngine, *, warm: bool = True) -> FastAPI:
 
     app = FastAPI(title="gpo-serve embedding worker", version="1", lifespan=lifespan)
     app.state.engine = engine
-    registry = CollectorRegistry()  # per app: two apps in one process (tests) never share counters
-    app.state.metrics_registry = registry
-    requests = Counter("gpo_worker_requests", "worker HTTP requests", ["route", "status"], registry=registry)
-    latency = Histogram(
-        "gpo_worker_request_seconds",
-        "worker HTTP request latency",
-        ["route"],
-        registry=registry,
-        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-    )
-    app.add_middleware(_MetricsMiddleware, requests=requests, latency=latency)
+    app.state.metrics = WorkerMetrics()  # per app: two apps in one process (tests) never share counters
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_exception_handler(EngineUnavailable, _error(503, "model unavailable"))
     app.add_exception_handler(InputTooLong, _error(422, "input too long"))
     app.add_exception_handler(ModelNotServed, _error(404, "model not served"))
