@@ -22,6 +22,7 @@ from service.db import repository as repo
 from service.db.session import session_scope
 from service.embedder.client import WorkerError, WorkerModelChanged, WorkerUnavailable
 from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION, is_greedy
+from service.embedder.protocol import SamplingParams
 from service.embeddings import ItemEmbeddings
 from service.inference import ContextItem, EmbedderMismatch, Item, ItemPrediction
 from service.schemas import (
@@ -581,11 +582,11 @@ async def sample_distinct(
     for round_ in range(services.settings.generate_sampling_rounds):
         want = body.n - len(distinct)
         seed = None if body.seed is None else (body.seed + round_) % (MAX_SEED + 1)
-        args = (body.prompt, want, body.max_new_tokens, body.temperature, seed)
+        params = SamplingParams(body.prompt, want, body.max_new_tokens, body.temperature, seed)
         if with_vectors:
-            texts, vectors = await services.worker.complete_with_vectors(*args)
+            texts, vectors = await services.worker.complete_with_vectors(params)
         else:
-            texts, vectors = await services.worker.complete(*args), None
+            texts, vectors = await services.worker.complete(params), None
         sampled += len(texts)
         for i, t in enumerate(texts):
             distinct.setdefault(t.strip(), (t, None if vectors is None else vectors[i]))

@@ -18,7 +18,7 @@ from service.embedder.embed import Embedder, build_embedder, make_key_prefix
 from service.embedder.generate import chat_prompt_ids, is_greedy, sample_responses, sample_responses_many
 from service.embedder.loading import BaseLM, LMIdentity
 from service.embedder.prompts import TEMPLATE_VERSION
-from service.embedder.protocol import FinishReason
+from service.embedder.protocol import FinishReason, SamplingParams
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -49,18 +49,13 @@ class EmbeddingResult:
 
 @dataclass(frozen=True)
 class CompletionCall:
-    prompt: str
-    n: int
-    max_tokens: int
-    temperature: float
-    seed: int | None
-    top_p: float | None
+    params: SamplingParams
     vectors: bool = False  # also each sample's vector pooled in the sampling pass
 
     @property
     def shareable(self) -> bool:
         """Unseeded sampling: may share a generate call with others of the same settings."""
-        return self.seed is None and not is_greedy(self.temperature)
+        return self.params.seed is None and not is_greedy(self.params.temperature)
 
 
 @dataclass(frozen=True)
@@ -208,23 +203,14 @@ class WorkerEngine:
         """Pooled vectors [N, D] float32 of raw `texts`, in order."""
         return self.embed_with_usage(texts).vectors
 
-    def complete_with_usage(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-        vectors: bool = False,
-    ) -> CompletionResult:
+    def complete_with_usage(self, params: SamplingParams, *, vectors: bool = False) -> CompletionResult:
         """n samples from one batched `generate` call (see `sample_responses`), with token counts; with
         `vectors`, each sample's vector pooled in the same pass."""
+        max_tokens = params.max_new_tokens
         with self._lock:
             lm = self._lm()
             # The same ids sample_responses builds (chat template when the tokenizer has one).
-            prompt_tokens = int(chat_prompt_ids(lm, prompt, None).shape[1])
+            prompt_tokens = int(chat_prompt_ids(lm, params.prompt, None).shape[1])
             limit = self._max_positions(lm)
             if limit is not None and prompt_tokens + max_tokens > limit:
                 raise InputTooLong(
@@ -232,12 +218,12 @@ class WorkerEngine:
                 )
             out = sample_responses(
                 lm,
-                prompt,
-                n,
+                params.prompt,
+                params.n,
                 max_new_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                top_p=top_p,
+                temperature=params.temperature,
+                seed=params.seed,
+                top_p=params.top_p,
                 pooling=self.pooling if vectors else None,
             )
             texts, pooled = out if isinstance(out, tuple) else (out, None)
@@ -245,18 +231,9 @@ class WorkerEngine:
         finish: list[FinishReason] = ["length" if c >= max_tokens else "stop" for c in counts]
         return CompletionResult(texts, prompt_tokens, counts, finish, pooled)
 
-    def complete(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> list[str]:
-        """n sampled continuations of `prompt`; a fixed seed repeats exactly."""
-        return self.complete_with_usage(prompt, n, max_tokens, temperature, seed, top_p=top_p).texts
+    def complete(self, params: SamplingParams) -> list[str]:
+        """n sampled continuations of the prompt; a fixed seed repeats exactly."""
+        return self.complete_with_usage(params).texts
 
     # -- the same, off the event loop ---------------------------------------------------------------
 
@@ -276,34 +253,14 @@ class WorkerEngine:
     async def aembed(self, texts: list[str]) -> np.ndarray:
         return (await self.aembed_with_usage(texts)).vectors
 
-    async def acomplete_with_usage(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-        vectors: bool = False,
-    ) -> CompletionResult:
-        call = CompletionCall(prompt, n, max_tokens, temperature, seed, top_p, vectors)
-        out = await self._complete_batcher.submit(call)
+    async def acomplete_with_usage(self, params: SamplingParams, *, vectors: bool = False) -> CompletionResult:
+        out = await self._complete_batcher.submit(CompletionCall(params, vectors))
         if isinstance(out, Exception):
             raise out
         return out
 
-    async def acomplete(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> list[str]:
-        return (await self.acomplete_with_usage(prompt, n, max_tokens, temperature, seed, top_p=top_p)).texts
+    async def acomplete(self, params: SamplingParams) -> list[str]:
+        return (await self.acomplete_with_usage(params)).texts
 
     async def aclose(self) -> None:
         await self._embed_batcher.aclose()
@@ -355,21 +312,23 @@ class WorkerEngine:
         groups: dict[tuple, list[int]] = {}
         for i, c in enumerate(calls):
             if c.shareable:
-                groups.setdefault((c.max_tokens, c.temperature, c.top_p, c.vectors), []).append(i)
+                sampling_key = (c.params.max_new_tokens, c.params.temperature, c.params.top_p, c.vectors)
+                groups.setdefault(sampling_key, []).append(i)
         for (max_tokens, temperature, top_p, want_vectors), idx in groups.items():
             if len(idx) < 2:
                 continue
             try:
                 with self._lock:
                     lm = self._lm()
-                    prompt_tokens = [int(chat_prompt_ids(lm, calls[i].prompt, None).shape[1]) for i in idx]
+                    prompts = [calls[i].params.prompt for i in idx]
+                    prompt_tokens = [int(chat_prompt_ids(lm, prompt, None).shape[1]) for prompt in prompts]
                     limit = self._max_positions(lm)
                     if limit is not None and max(prompt_tokens) + max_tokens > limit:
                         continue  # each runs alone below and the long one gets its own error
                     many = sample_responses_many(
                         lm,
-                        [calls[i].prompt for i in idx],
-                        [calls[i].n for i in idx],
+                        prompts,
+                        [calls[i].params.n for i in idx],
                         max_new_tokens=max_tokens,
                         temperature=temperature,
                         top_p=top_p,
@@ -388,9 +347,7 @@ class WorkerEngine:
         for i, c in enumerate(calls):
             if out[i] is None:
                 try:
-                    out[i] = self.complete_with_usage(
-                        c.prompt, c.n, c.max_tokens, c.temperature, c.seed, top_p=c.top_p, vectors=c.vectors
-                    )
+                    out[i] = self.complete_with_usage(c.params, vectors=c.vectors)
                 except (InputTooLong, EngineUnavailable) as exc:
                     out[i] = exc
         return out  # type: ignore[return-value]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -17,6 +18,40 @@ MAX_INPUTS = 2048  # texts per embeddings request (OpenAI's own bound)
 MAX_TEXT_CHARS = 32_768  # characters per text or prompt
 MAX_N = 16  # samples per completion request
 MAX_NEW_TOKENS = 512  # tokens per sample
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What to sample: n continuations of `prompt`, each of at most `max_new_tokens` tokens.
+
+    A temperature below `generate.GREEDY_BELOW` is greedy (n identical answers); a fixed `seed` repeats the samples
+    exactly; `top_p` None samples from the whole distribution. Not validated here: the worker checks the bounds
+    of `CompletionsRequest` (over HTTP and in process alike).
+    """
+
+    prompt: str
+    n: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    seed: int | None = None
+    top_p: float | None = None
+
+    def completions_body(self, *, return_embeddings: bool = False) -> dict[str, Any]:
+        """The `POST /v1/completions` body that asks for these samples (unset options left to the worker)."""
+        body: dict[str, Any] = {
+            "prompt": self.prompt,
+            "n": self.n,
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+        }
+        if self.seed is not None:
+            body["seed"] = self.seed
+        if self.top_p is not None:
+            body["top_p"] = self.top_p
+        if return_embeddings:
+            body["return_embeddings"] = True
+        return body
+
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
 TemplateVersion = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -55,6 +90,9 @@ class CompletionsRequest(BaseModel):
     )
     model: str | None = None
     user: str | None = None
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(self.prompt, self.n, self.max_tokens, self.temperature, self.seed, self.top_p)
 
 
 class Usage(BaseModel):
@@ -124,4 +162,3 @@ def encode_base64(vector: np.ndarray) -> str:
 def decode_base64(data: str) -> np.ndarray:
     """Inverse of `encode_base64`: a float32 vector [D]."""
     return np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float32)
-

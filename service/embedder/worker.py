@@ -114,15 +114,7 @@ async def create_embeddings(body: EmbeddingsRequest, engine: EngineDep) -> Embed
 async def create_completions(body: CompletionsRequest, engine: EngineDep) -> CompletionsResponse:
     """n samples of one prompt in one batched generate call; a fixed seed repeats exactly."""
     _check_model(engine, body.model)
-    result = await engine.acomplete_with_usage(
-        body.prompt,
-        body.n,
-        body.max_tokens,
-        body.temperature,
-        body.seed,
-        top_p=body.top_p,
-        vectors=body.return_embeddings,
-    )
+    result = await engine.acomplete_with_usage(body.sampling_params(), vectors=body.return_embeddings)
     vectors = [None] * len(result.texts) if result.vectors is None else [encode_base64(v) for v in result.vectors]
     choices = [
         CompletionChoice(index=i, text=t, finish_reason=r, embedding=e)
