@@ -490,7 +490,8 @@ def worker(
     import uvicorn
 
     from service.config import get_settings
-    from service.embedder.worker import WorkerEngine, create_worker_app
+    from service.embedder.engine import WorkerEngine
+    from service.embedder.worker import create_worker_app
 
     settings = get_settings()
     app_ = create_worker_app(WorkerEngine.from_settings(settings))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
 import httpx
 from pydantic import BaseModel
@@ -24,6 +24,8 @@ from service.schemas import (
 )
 
 M = TypeVar("M", bound=BaseModel)
+HttpClientT = TypeVar("HttpClientT", httpx.Client, httpx.AsyncClient)
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
 DEFAULT_URL = "http://127.0.0.1:8000"
 ContextItems = Sequence[ContextItemIn | dict[str, Any]]
 Questions = Sequence[QuestionIn | dict[str, Any]]
@@ -55,10 +57,6 @@ def _parse(model: type[M], response: httpx.Response) -> M:
     return model.model_validate_json(response.content)
 
 
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
 def _body(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
@@ -75,7 +73,17 @@ def _predict_body(questions: Questions, group_id: str | None, context: ContextIt
     return _body(PredictRequest.model_validate(fields))
 
 
-def _generate_body(group_id: str, prompt: str, **options: Any) -> dict[str, Any]:
+class GenerateOptions(TypedDict, total=False):
+    """The sampling options of `generate` (keyword arguments of both clients); None or absent: the API's default."""
+
+    n: int | None
+    max_new_tokens: int | None
+    temperature: float | None
+    seed: int | None
+
+
+def _generate_body(group_id: str, prompt: str, options: GenerateOptions) -> dict[str, Any]:
+    # An option the API does not know fails validation here (GenerateRequest forbids extra fields).
     fields = {k: v for k, v in options.items() if v is not None}
     return _body(GenerateRequest.model_validate({"group_id": group_id, "prompt": prompt, **fields}))
 
@@ -86,12 +94,11 @@ def _ready(response: httpx.Response) -> ReadyResponse:
     return ReadyResponse.model_validate_json(response.content)
 
 
-class GPOClient:
-    """Blocking client. Pass `http_client` to reuse an httpx.Client (e.g. FastAPI's TestClient), else one is made.
+class _ClientBase(Generic[HttpClientT, TransportT]):
+    """What both clients hold: an httpx client (made here and closed with the client, unless `http_client` is
+    passed in) and the Authorization header of `api_key`."""
 
-    Requests are validated with the API's own models before they are sent: a malformed one raises
-    pydantic's ValidationError locally; errors of the server raise GPOAPIError.
-    """
+    _http_class: type[HttpClientT]
 
     def __init__(
         self,
@@ -99,12 +106,22 @@ class GPOClient:
         *,
         api_key: str | None = None,
         timeout_s: float = 60.0,
-        transport: httpx.BaseTransport | None = None,
-        http_client: httpx.Client | None = None,
+        transport: TransportT | None = None,
+        http_client: HttpClientT | None = None,
     ) -> None:
         self._owned = http_client is None
-        self._http = http_client or httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
-        self._headers = _headers(api_key)
+        self._http = http_client or self._http_class(base_url=base_url, timeout=timeout_s, transport=transport)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class GPOClient(_ClientBase[httpx.Client, httpx.BaseTransport]):
+    """Blocking client. Pass `http_client` to reuse an httpx.Client (e.g. FastAPI's TestClient), else one is made.
+
+    Requests are validated with the API's own models before they are sent: a malformed one raises
+    pydantic's ValidationError locally; errors of the server raise GPOAPIError.
+    """
+
+    _http_class = httpx.Client
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self._http.request(method, path, headers=self._headers, **kwargs)
@@ -141,19 +158,8 @@ class GPOClient:
         body = _predict_body(questions, group_id, context)
         return _parse(PredictResponse, self._call("POST", "/predict", json=body))
 
-    def generate(
-        self,
-        group_id: str,
-        prompt: str,
-        *,
-        n: int | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-    ) -> GenerateResponse:
-        body = _generate_body(
-            group_id, prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
-        )
+    def generate(self, group_id: str, prompt: str, **options: Unpack[GenerateOptions]) -> GenerateResponse:
+        body = _generate_body(group_id, prompt, options)
         return _parse(GenerateResponse, self._call("POST", "/generate", json=body))
 
     def healthz(self) -> bool:
@@ -173,21 +179,10 @@ class GPOClient:
         self.close()
 
 
-class AsyncGPOClient:
+class AsyncGPOClient(_ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     """The same client for asyncio/anyio code, on an httpx.AsyncClient (`transport`: e.g. httpx.ASGITransport)."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        *,
-        api_key: str | None = None,
-        timeout_s: float = 60.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-        http_client: httpx.AsyncClient | None = None,
-    ) -> None:
-        self._owned = http_client is None
-        self._http = http_client or httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
-        self._headers = _headers(api_key)
+    _http_class = httpx.AsyncClient
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return await self._http.request(method, path, headers=self._headers, **kwargs)
@@ -224,19 +219,8 @@ class AsyncGPOClient:
         body = _predict_body(questions, group_id, context)
         return _parse(PredictResponse, await self._call("POST", "/predict", json=body))
 
-    async def generate(
-        self,
-        group_id: str,
-        prompt: str,
-        *,
-        n: int | None = None,
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        seed: int | None = None,
-    ) -> GenerateResponse:
-        body = _generate_body(
-            group_id, prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
-        )
+    async def generate(self, group_id: str, prompt: str, **options: Unpack[GenerateOptions]) -> GenerateResponse:
+        body = _generate_body(group_id, prompt, options)
         return _parse(GenerateResponse, await self._call("POST", "/generate", json=body))
 
     async def healthz(self) -> bool:

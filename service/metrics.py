@@ -1,8 +1,10 @@
-"""Prometheus metrics of one API app (its own registry) and the ASGI middleware that times every request."""
+"""Prometheus metrics of the API app and of the embedding worker app (a registry each), and the ASGI middleware
+that counts and times every request of either."""
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -11,19 +13,35 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+WORKER_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
-class Metrics:
-    """Every metric of one app, on a registry of its own (two apps in one process never share counters).
-
-    Group ids are never label values: their number is unbounded and they are tenant data (issue 5).
-    """
+class AppMetrics(ABC):
+    """The metrics of one app on a registry of its own (two apps in one process never share counters), and how
+    it records one HTTP request (`MetricsMiddleware` calls it)."""
 
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+
+    @abstractmethod
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request: `route` is the route template (or "unmatched"), never the raw path."""
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Metrics(AppMetrics):
+    """Every metric of the API app.
+
+    Group ids are never label values: their number is unbounded and they are tenant data.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
         r = self.registry
         self.request_seconds = Histogram(
             "gpo_request_seconds",
@@ -75,14 +93,36 @@ class Metrics:
         self.queue_full = Counter("gpo_queue_full", "requests refused with 429 (batch queue full)", registry=r)
         self.model = Info("gpo_model", "the served checkpoint and the embedder it runs with", registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.request_seconds.labels(route, method, str(status)).observe(seconds)
+
+
+class WorkerMetrics(AppMetrics):
+    """The embedding worker app's metrics: its requests, counted and timed by route template and status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = Counter(
+            "gpo_worker_requests", "worker HTTP requests", ["route", "status"], registry=self.registry
+        )
+        self.request_seconds = Histogram(
+            "gpo_worker_request_seconds",
+            "worker HTTP request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=WORKER_LATENCY_BUCKETS,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
 
 
 class MetricsMiddleware:
-    """Times each HTTP request by route template (bounded label values) and status; pure ASGI (no buffering)."""
+    """Records each HTTP request in an app's metrics: route template (bounded label values), method, status and
+    time. Pure ASGI (no buffering)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: AppMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -104,4 +144,4 @@ class MetricsMiddleware:
         finally:
             # The router stores the matched route in the scope; the raw path would be an unbounded label.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.request_seconds.labels(route, scope["method"], str(status)).observe(time.perf_counter() - t0)
+            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - t0)

@@ -12,16 +12,15 @@ import numpy as np
 from pydantic import ValidationError
 
 from service.embedder.embed import make_key_prefix
+from service.embedder.engine import EngineUnavailable, InputTooLong, WorkerEngine
 from service.embedder.loading import LMIdentity
 from service.embedder.prompts import TEMPLATE_VERSION
-from service.embedder.worker import (
+from service.embedder.protocol import (
     MAX_INPUTS,
     CompletionsRequest,
     EmbeddingsRequest,
-    EngineUnavailable,
-    InputTooLong,
     ModelCard,
-    WorkerEngine,
+    SamplingParams,
     decode_base64,
 )
 
@@ -77,6 +76,11 @@ class WorkerInfo:
     def from_card(cls, card: ModelCard) -> WorkerInfo:
         return cls(card.model_id, card.revision, card.hidden_size, card.dim, card.pooling, card.loaded)
 
+    @classmethod
+    def from_engine(cls, engine: WorkerEngine) -> WorkerInfo:
+        """What the engine's model card would report, without the wire model."""
+        return cls(engine.model_id, engine.revision, engine.hidden_size, engine.dim, engine.pooling, engine.is_loaded)
+
 
 class Worker(Protocol):
     """The async interface of `WorkerClient` and `LocalWorker`."""
@@ -87,27 +91,9 @@ class Worker(Protocol):
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
-    async def complete(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> list[str]: ...
+    async def complete(self, params: SamplingParams) -> list[str]: ...
 
-    async def complete_with_vectors(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> tuple[list[str], np.ndarray]:
+    async def complete_with_vectors(self, params: SamplingParams) -> tuple[list[str], np.ndarray]:
         """`complete`, plus each sample's vector [n, D] pooled in the sampling pass (no second LLM pass)."""
         ...
 
@@ -218,51 +204,17 @@ class WorkerClient:
             )
         return vectors
 
-    async def complete(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> list[str]:
-        """n sampled continuations of `prompt` (one batched generate on the worker)."""
-        return (await self._complete(prompt, n, max_tokens, temperature, seed, top_p, False))[0]
+    async def complete(self, params: SamplingParams) -> list[str]:
+        """n sampled continuations of the prompt (one batched generate on the worker)."""
+        return (await self._complete(params, False))[0]
 
-    async def complete_with_vectors(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> tuple[list[str], np.ndarray]:
-        texts, vectors = await self._complete(prompt, n, max_tokens, temperature, seed, top_p, True)
+    async def complete_with_vectors(self, params: SamplingParams) -> tuple[list[str], np.ndarray]:
+        texts, vectors = await self._complete(params, True)
         assert vectors is not None
         return texts, vectors
 
-    async def _complete(
-        self,
-        prompt: str,
-        n: int,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None,
-        top_p: float | None,
-        vectors: bool,
-    ) -> tuple[list[str], np.ndarray | None]:
-        payload: dict[str, Any] = {"prompt": prompt, "n": n, "max_tokens": max_tokens, "temperature": temperature}
-        if seed is not None:
-            payload["seed"] = seed
-        if top_p is not None:
-            payload["top_p"] = top_p
-        if vectors:
-            payload["return_embeddings"] = True
-        body = await self._request("POST", "/v1/completions", payload)
+    async def _complete(self, params: SamplingParams, vectors: bool) -> tuple[list[str], np.ndarray | None]:
+        body = await self._request("POST", "/v1/completions", params.completions_body(return_embeddings=vectors))
         try:
             choices = sorted(body["choices"], key=lambda c: c["index"])
             texts = [c["text"] for c in choices]
@@ -314,7 +266,7 @@ class LocalWorker:
             raise WorkerUnavailable(str(exc)) from exc
 
     async def info(self) -> WorkerInfo:
-        return WorkerInfo.from_card(self.engine.model_card())
+        return WorkerInfo.from_engine(self.engine)
 
     async def ready(self) -> bool:
         return self.engine.is_loaded
@@ -336,55 +288,19 @@ class LocalWorker:
                 raise WorkerRequestError(422, str(exc)) from exc
         return np.concatenate(parts, axis=0)
 
-    async def complete(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> list[str]:
-        req = _validated(
-            CompletionsRequest,
-            prompt=prompt,
-            n=n,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            top_p=top_p,
-        )
-        return (await self._complete(req, False))[0]
+    async def complete(self, params: SamplingParams) -> list[str]:
+        return (await self._complete(params, False))[0]
 
-    async def complete_with_vectors(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> tuple[list[str], np.ndarray]:
-        req = _validated(
-            CompletionsRequest,
-            prompt=prompt,
-            n=n,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            top_p=top_p,
-        )
-        texts, vectors = await self._complete(req, True)
+    async def complete_with_vectors(self, params: SamplingParams) -> tuple[list[str], np.ndarray]:
+        texts, vectors = await self._complete(params, True)
         assert vectors is not None
         return texts, vectors
 
-    async def _complete(self, req: CompletionsRequest, vectors: bool) -> tuple[list[str], np.ndarray | None]:
+    async def _complete(self, params: SamplingParams, vectors: bool) -> tuple[list[str], np.ndarray | None]:
+        # Validated as the worker would validate the same body, so both workers refuse the same requests.
+        req = _validated(CompletionsRequest, **params.completions_body(return_embeddings=vectors))
         try:
-            result = await self.engine.acomplete_with_usage(
-                req.prompt, req.n, req.max_tokens, req.temperature, req.seed, top_p=req.top_p, vectors=vectors
-            )
+            result = await self.engine.acomplete_with_usage(req.sampling_params(), vectors=vectors)
         except EngineUnavailable as exc:
             raise WorkerUnavailable(str(exc)) from exc
         except InputTooLong as exc:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from service.embedder.array_store import ArrayStore
 from service.embedder.loading import BaseLM, LMIdentity, identify_base_lm, load_base_lm
 from service.embedder.pooling import check_method, pool, pooled_dim
 from service.embedder.prompts import TEMPLATE_VERSION
@@ -24,93 +22,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SQL_CHUNK = 500  # keys per IN (...) query; well under sqlite's bound-variable limit
-
 
 def make_key_prefix(identity: LMIdentity, pooling: str, template_version: str) -> str:
     """What, besides the text, decides an embedding: the weights, the pooling and the prompt template."""
     return f"{identity.model_id}@{identity.revision}|{pooling}|{template_version}"
 
 
-class EmbeddingCache:
-    """Embeddings on disk in one sqlite3 file: table (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB float32).
+class EmbeddingCache(ArrayStore):
+    """Embeddings on disk in one sqlite3 file: table embeddings (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB float32).
 
-    Keys come from `EmbeddingCache.key(key_prefix, text)` = sha256(key_prefix + "\\x00" + text). Safe to
-    share between threads (one connection behind a lock) and processes (sqlite WAL, busy timeout).
+    Keys come from `EmbeddingCache.key(key_prefix, text)` = sha256(key_prefix + "\\x00" + text), with the
+    prefix of `make_key_prefix`.
     """
 
     FILENAME = "embeddings.sqlite3"
+    CACHE_SUBDIR = "embeddings"
+    TABLE = "embeddings"
+    LENGTH_COLUMN = "dim"
+    BLOB_COLUMN = "vec"
+    DTYPE = "<f4"
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / self.FILENAME
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def in_cache_dir(cls, cache_dir: Path) -> EmbeddingCache:
-        """The cache at `cache_dir/embeddings/` (the layout Settings.cache_dir implies)."""
-        return cls(Path(cache_dir) / "embeddings")
-
-    @staticmethod
-    def key(key_prefix: str, text: str) -> str:
-        return hashlib.sha256(f"{key_prefix}\x00{text}".encode()).hexdigest()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, dim INTEGER, vec BLOB)"
-            )
-            conn.commit()
-            self._conn = conn
-        return self._conn
-
-    def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
-        """Vectors for `keys` in order (float32, read-only copies), None where absent."""
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(keys))
-        with self._lock:
-            conn = self._connect()
-            for i in range(0, len(unique), _SQL_CHUNK):
-                chunk = unique[i : i + _SQL_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(f"SELECT key, dim, vec FROM embeddings WHERE key IN ({marks})", chunk)
-                for key, dim, blob in rows:
-                    vec = np.frombuffer(blob, dtype="<f4")
-                    if vec.shape[0] == dim:  # a truncated blob is a miss, never a wrong vector
-                        found[key] = vec
-        return [found.get(k) for k in keys]
-
-    def put_many(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+    def put_many(self, keys: Sequence[str], vectors: np.ndarray | Sequence[np.ndarray]) -> None:
         """Store vectors [N, D] under `keys` (replacing any old value)."""
-        vectors = np.asarray(vectors, dtype="<f4")
+        vectors = np.asarray(vectors, dtype=self.DTYPE)
         assert vectors.ndim == 2 and vectors.shape[0] == len(keys), (
             f"{len(keys)} keys for vectors of shape {vectors.shape}"
         )
-        rows = [(k, int(v.shape[0]), v.tobytes()) for k, v in zip(keys, vectors, strict=True)]
-        with self._lock:
-            conn = self._connect()
-            with conn:  # one transaction
-                conn.executemany("INSERT OR REPLACE INTO embeddings (key, dim, vec) VALUES (?, ?, ?)", rows)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return int(self._connect().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> EmbeddingCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().put_many(keys, vectors)
 
 
 def embed_with_cache(

@@ -12,7 +12,7 @@ from service.embedder.loading import BaseLM
 from service.embedder.prompts import LETTERS
 
 
-def _chat_prompt_ids(lm: BaseLM, prompt: str, use_chat_template: bool | None) -> torch.Tensor:
+def chat_prompt_ids(lm: BaseLM, prompt: str, use_chat_template: bool | None) -> torch.Tensor:
     """Prompt token ids [1, T]: through the chat template when the tokenizer has one (and it is wanted)."""
     tok = lm.tokenizer
     templated = bool(tok.chat_template) if use_chat_template is None else use_chat_template
@@ -34,7 +34,7 @@ token; the final sampled token is never read and is left out), pooled like the w
 up to float rounding, to `Embedder`-style pooling of one forward over those token ids (tested)."""
 
 
-def _end_ids(lm: BaseLM) -> set[int]:
+def end_token_ids(lm: BaseLM) -> set[int]:
     cfg = getattr(lm.model, "generation_config", None)
     eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
     if eos is None:
@@ -43,7 +43,7 @@ def _end_ids(lm: BaseLM) -> set[int]:
     return {int(i) for i in ids}
 
 
-def _generate(
+def generate_batch(
     lm: BaseLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -65,7 +65,7 @@ def _generate(
     )
     new = out.sequences[:, T:]  # [B, L]
     B, L = new.shape
-    ends = _end_ids(lm)
+    ends = end_token_ids(lm)
     is_end = torch.zeros_like(new, dtype=torch.bool)
     for e in ends:
         is_end |= new == e
@@ -119,7 +119,7 @@ def sample_responses(
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    input_ids = _chat_prompt_ids(lm, prompt, use_chat_template)  # [1, T]
+    input_ids = chat_prompt_ids(lm, prompt, use_chat_template)  # [1, T]
     tok = lm.tokenizer
     greedy = is_greedy(temperature)
     gen_kwargs: dict[str, object] = {"max_new_tokens": max_new_tokens, "pad_token_id": tok.pad_token_id}
@@ -134,7 +134,7 @@ def sample_responses(
     with torch.random.fork_rng(devices=cuda_devices, enabled=seed is not None), torch.inference_mode():
         if seed is not None:
             torch.manual_seed(seed)
-        texts, _, vectors = _generate(lm, input_ids, torch.ones_like(input_ids), gen_kwargs, pooling)
+        texts, _, vectors = generate_batch(lm, input_ids, torch.ones_like(input_ids), gen_kwargs, pooling)
     if greedy:
         texts = texts * n
         vectors = None if vectors is None else np.repeat(vectors, n, axis=0)
@@ -161,7 +161,7 @@ def sample_responses_many(
     if len(prompts) != len(ns) or not prompts or min(ns) < 1:
         raise ValueError("one n >= 1 per prompt, at least one prompt")
     tok = lm.tokenizer
-    seqs = [_chat_prompt_ids(lm, p, use_chat_template)[0].tolist() for p in prompts]
+    seqs = [chat_prompt_ids(lm, p, use_chat_template)[0].tolist() for p in prompts]
     rows = [s for s, n in zip(seqs, ns, strict=True) for _ in range(n)]
     T = max(len(s) for s in rows)
     input_ids = torch.full((len(rows), T), tok.pad_token_id, dtype=torch.long)
@@ -178,7 +178,7 @@ def sample_responses_many(
     if top_p is not None:
         gen_kwargs["top_p"] = top_p
     with torch.inference_mode():
-        texts, _, vectors = _generate(lm, input_ids.to(lm.device), mask.to(lm.device), gen_kwargs, pooling)
+        texts, _, vectors = generate_batch(lm, input_ids.to(lm.device), mask.to(lm.device), gen_kwargs, pooling)
     bounds = np.cumsum([0, *ns])
     if pooling is None:
         return [texts[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]

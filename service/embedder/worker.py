@@ -1,549 +1,58 @@
-"""Embedding worker: the base LLM behind an OpenAI-style HTTP API (/v1/embeddings, /v1/completions)."""
+"""Embedding worker app: the base LLM behind an OpenAI-style HTTP API (/v1/embeddings, /v1/completions)."""
 
 from __future__ import annotations
 
-import base64
 import logging
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any
 
 import anyio
-import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from service.batching import MicroBatcher, QueueFull
-from service.embedder.embed import Embedder, build_embedder, make_key_prefix
-from service.embedder.generate import (
-    RESPONSE_POOLED_TEMPLATE_VERSION,
-    _chat_prompt_ids,
-    is_greedy,
-    sample_responses,
-    sample_responses_many,
-)
-from service.embedder.loading import BaseLM, LMIdentity
+from service.batching import QueueFull
+from service.embedder.engine import EngineUnavailable, InputTooLong, ModelNotServed, WorkerEngine
+from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION
-
-if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-    from service.config import Settings
+from service.embedder.protocol import (
+    CompletionChoice,
+    CompletionsRequest,
+    CompletionsResponse,
+    EmbeddingData,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ModelCard,
+    ModelList,
+    TemplateVersion,
+    Usage,
+    encode_base64,
+)
+from service.metrics import MetricsMiddleware, WorkerMetrics
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-FinishReason = Literal["stop", "length"]
 
-# Request bounds: one request must not hold the (serialised) model for long or exhaust memory.
-MAX_INPUTS = 2048  # texts per embeddings request (OpenAI's own bound)
-MAX_TEXT_CHARS = 32_768  # characters per text or prompt
-MAX_N = 16  # samples per completion request
-MAX_NEW_TOKENS = 512  # tokens per sample
-WARMUP_TEXT = "Answer the following question by picking ONE of the given options"
-
-
-class EngineUnavailable(RuntimeError):
-    """The base LLM could not be loaded: the worker cannot serve (HTTP 503)."""
-
-
-class InputTooLong(ValueError):
-    """A text or prompt (plus the tokens to generate) exceeds the model's context (HTTP 422)."""
-
-
-class ModelNotServed(LookupError):
-    """A request named a model this worker does not serve (HTTP 404)."""
-
-
-@dataclass(frozen=True)
-class EmbeddingResult:
-    vectors: np.ndarray  # [N, D] float32, one row per input text, in order
-    prompt_tokens: int
-
-
-@dataclass(frozen=True)
-class CompletionCall:
-    prompt: str
-    n: int
-    max_tokens: int
-    temperature: float
-    seed: int | None
-    top_p: float | None
-    vectors: bool = False  # also each sample's vector pooled in the sampling pass
-
-    @property
-    def shareable(self) -> bool:
-        """Unseeded sampling: may share a generate call with others of the same settings."""
-        return self.seed is None and not is_greedy(self.temperature)
-
-
-@dataclass(frozen=True)
-class CompletionResult:
-    texts: list[str]
-    prompt_tokens: int
-    completion_tokens: list[int]  # per sample, counted on the returned (stripped) text
-    finish_reasons: list[FinishReason]  # "length" when a sample used all max_tokens, else "stop"
-    vectors: np.ndarray | None = None  # [n, D] pooled in the sampling pass (RESPONSE_POOLED_TEMPLATE_VERSION)
-
-
-class WorkerEngine:
-    """The base LLM of one worker: pooled embeddings of raw texts and sampled completions.
-
-    Wraps an `Embedder` (vectors equal `Embedder.embed` of the same model and pooling). A separate worker
-    process keeps no cache (the API owns caching); the in-process worker of the embedded default may share
-    the on-disk cache of `gpo embed`/`gpo train`: its keys are model id@revision|pooling|template|text, and a
-    text's vector depends only on the model and pooling, so a hit is always the right vector. The model is
-    loaded lazily (or by `load()`), and every model call holds one lock. The async variants go through
-    micro-batchers (one runner each, in a worker thread): concurrent embedding requests share one forward
-    pass, concurrent unseeded sampling requests with the same settings share one generate call.
-    """
-
-    def __init__(self, embedder: Embedder, *, aliases: tuple[str, ...] = ()) -> None:
-        self._embedder = embedder
-        self.aliases = aliases  # other names clients may use for the model (e.g. the settings value)
-        self.created = int(time.time())
-        self.load_error: str | None = None
-        self._lock = threading.Lock()
-        self._limiter = anyio.CapacityLimiter(1)
-        self._warmed = False
-        # Concurrent requests merged into one model call each (see service.batching): embeddings of several
-        # requests in one forward pass, unseeded samples with the same settings in one generate call.
-        self._embed_batcher: MicroBatcher[list[str], EmbeddingResult | Exception] = MicroBatcher(
-            self._embed_batch, name="embeddings", max_batch=32, max_queue=512, max_wait_s=0.002
-        )
-        self._complete_batcher: MicroBatcher[CompletionCall, CompletionResult | Exception] = MicroBatcher(
-            self._complete_batch, name="completions", max_batch=8, max_queue=128, max_wait_s=0.002
-        )
-        self.embed_batches: list[int] = []  # requests per embedding forward (most recent 1000), for tests/metrics
-        self.complete_batches: list[int] = []
-
-    @classmethod
-    def from_lm(
-        cls, lm: BaseLM, *, pooling: str = "mean", batch_size: int = 16, identity: LMIdentity | None = None
-    ) -> WorkerEngine:
-        """An engine over an already loaded LM (`identity` overrides the one the LM reports)."""
-        return cls(Embedder(lm, pooling=pooling, batch_size=batch_size, identity=identity))
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, disk_cache: bool = False) -> WorkerEngine:
-        """The LM of `settings` (loaded on first use or by `load()`): 8-bit on CUDA, fp32 on CPU.
-
-        `disk_cache`: read and fill the on-disk embedding cache of settings.cache_dir (the one `gpo embed` and
-        `gpo train` fill), keyed by model, revision, pooling and text. The in-process worker of the embedded
-        default uses it, so a restart or a text seen in training costs no LLM forward.
-        """
-        return cls(build_embedder(settings, use_cache=disk_cache), aliases=(settings.embedder,))
-
-    # -- identity ------------------------------------------------------------------------------------
-
-    @property
-    def identity(self) -> LMIdentity:
-        return self._embedder.identity
-
-    @property
-    def model_id(self) -> str:
-        return self.identity.model_id
-
-    @property
-    def revision(self) -> str:
-        return self.identity.revision
-
-    @property
-    def pooling(self) -> str:
-        return self._embedder.pooling
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._embedder.is_loaded
-
-    @property
-    def hidden_size(self) -> int | None:
-        """Hidden size of the LM; None while it is unknown without loading the model."""
-        if self._embedder.is_loaded:
-            return self._embedder.lm.hidden_size
-        return self.identity.hidden_size
-
-    @property
-    def dim(self) -> int | None:
-        """Width of the vectors; None while unknown without loading the model."""
-        return None if self.hidden_size is None else self._embedder.dim
-
-    def key_prefix(self, template_version: str = TEMPLATE_VERSION) -> str:
-        """Cache key prefix of the vectors of texts formatted with `template_version` (as `Embedder.key_prefix`)."""
-        return make_key_prefix(self.identity, self.pooling, template_version)
-
-    def serves(self, model: str | None) -> bool:
-        """Whether a request naming `model` (None: any) is for this worker's model."""
-        return model is None or model in {self.model_id, str(self.identity), *self.aliases}
-
-    # -- model calls (blocking; thread-safe) ----------------------------------------------------------
-
-    def _lm(self) -> BaseLM:
-        try:
-            lm = self._embedder.lm
-        except Exception as exc:
-            self.load_error = type(exc).__name__
-            log.exception("base LLM %s failed to load", self.identity)
-            raise EngineUnavailable(f"base LLM {self.model_id} failed to load ({type(exc).__name__})") from exc
-        self.load_error = None
-        return lm
-
-    def _max_positions(self, lm: BaseLM) -> int | None:
-        return getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
-
-    def load(self) -> None:
-        """Load the model and run one forward pass, so the first request pays no start-up cost."""
-        with self._lock:
-            lm = self._lm()
-            if not self._warmed:
-                t0 = time.perf_counter()
-                self._embedder.embed([WARMUP_TEXT])
-                self._warmed = True
-                log.info("worker model %s warm on %s in %.2f s", self.identity, lm.device, time.perf_counter() - t0)
-
-    def embed_with_usage(self, texts: list[str]) -> EmbeddingResult:
-        """Pooled vectors [N, D] of raw `texts` (the caller formats prompts) and their token count."""
-        with self._lock:
-            lm = self._lm()
-            if not texts:
-                return EmbeddingResult(np.zeros((0, self._embedder.dim), dtype=np.float32), 0)
-            # Counted as Embedder tokenises (special tokens included, no truncation).
-            lengths = [len(ids) for ids in lm.tokenizer(texts, add_special_tokens=True)["input_ids"]]
-            limit = self._max_positions(lm)
-            if limit is not None and max(lengths) > limit:
-                worst = int(np.argmax(lengths))
-                raise InputTooLong(f"input {worst} has {lengths[worst]} tokens; the model takes at most {limit}")
-            if min(lengths) == 0:
-                raise InputTooLong(f"input {int(np.argmin(lengths))} has no tokens")
-            vectors = self._embedder.embed(texts)
-        return EmbeddingResult(np.asarray(vectors, dtype=np.float32), int(sum(lengths)))
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        """Pooled vectors [N, D] float32 of raw `texts`, in order."""
-        return self.embed_with_usage(texts).vectors
-
-    def complete_with_usage(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-        vectors: bool = False,
-    ) -> CompletionResult:
-        """n samples from one batched `generate` call (see `sample_responses`), with token counts; with
-        `vectors`, each sample's vector pooled in the same pass."""
-        with self._lock:
-            lm = self._lm()
-            # The same ids sample_responses builds (chat template when the tokenizer has one).
-            prompt_tokens = int(_chat_prompt_ids(lm, prompt, None).shape[1])
-            limit = self._max_positions(lm)
-            if limit is not None and prompt_tokens + max_tokens > limit:
-                raise InputTooLong(
-                    f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the model's {limit}"
-                )
-            out = sample_responses(
-                lm,
-                prompt,
-                n,
-                max_new_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                top_p=top_p,
-                pooling=self.pooling if vectors else None,
-            )
-            texts, pooled = out if isinstance(out, tuple) else (out, None)
-            counts = [len(ids) for ids in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        finish: list[FinishReason] = ["length" if c >= max_tokens else "stop" for c in counts]
-        return CompletionResult(texts, prompt_tokens, counts, finish, pooled)
-
-    def complete(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> list[str]:
-        """n sampled continuations of `prompt`; a fixed seed repeats exactly."""
-        return self.complete_with_usage(prompt, n, max_tokens, temperature, seed, top_p=top_p).texts
-
-    # -- the same, off the event loop ---------------------------------------------------------------
-
-    async def _in_thread(self, fn: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
-        return await anyio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel, limiter=self._limiter)
-
-    async def aload(self) -> None:
-        # A cancelled start-up (shutdown during loading) must not wait for the load to finish.
-        await self._in_thread(self.load, abandon_on_cancel=True)
-
-    async def aembed_with_usage(self, texts: list[str]) -> EmbeddingResult:
-        out = await self._embed_batcher.submit(list(texts))
-        if isinstance(out, Exception):
-            raise out
-        return out
-
-    async def aembed(self, texts: list[str]) -> np.ndarray:
-        return (await self.aembed_with_usage(texts)).vectors
-
-    async def acomplete_with_usage(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-        vectors: bool = False,
-    ) -> CompletionResult:
-        call = CompletionCall(prompt, n, max_tokens, temperature, seed, top_p, vectors)
-        out = await self._complete_batcher.submit(call)
-        if isinstance(out, Exception):
-            raise out
-        return out
-
-    async def acomplete(
-        self,
-        prompt: str,
-        n: int = 1,
-        max_tokens: int = 128,
-        temperature: float = 0.7,
-        seed: int | None = None,
-        *,
-        top_p: float | None = None,
-    ) -> list[str]:
-        return (await self.acomplete_with_usage(prompt, n, max_tokens, temperature, seed, top_p=top_p)).texts
-
-    async def aclose(self) -> None:
-        await self._embed_batcher.aclose()
-        await self._complete_batcher.aclose()
-
-    # -- batched model calls (run by the batchers in a worker thread) --------------------------------
-
-    @staticmethod
-    def _record(sizes: list[int], n: int) -> None:
-        sizes.append(n)
-        del sizes[:-1000]
-
-    def _embed_batch(self, requests: list[list[str]]) -> list[EmbeddingResult | Exception]:
-        """Every request's texts in one embed call (each distinct text once); on a refused input, each request
-        runs alone so only the request that holds it fails."""
-        self._record(self.embed_batches, len(requests))
-        if len(requests) > 1:
-            unique = list(dict.fromkeys(t for texts in requests for t in texts))
-            try:
-                joined = self.embed_with_usage(unique)
-            except InputTooLong:
-                pass
-            except EngineUnavailable as exc:
-                return [exc] * len(requests)
-            else:
-                row = {t: i for i, t in enumerate(unique)}
-                with self._lock:
-                    tok = self._lm().tokenizer
-                    ids = tok(unique, add_special_tokens=True)["input_ids"]
-                    lengths = {t: len(i) for t, i in zip(unique, ids, strict=True)}
-                return [
-                    EmbeddingResult(
-                        joined.vectors[[row[t] for t in texts]].reshape(len(texts), -1), sum(lengths[t] for t in texts)
-                    )
-                    for texts in requests
-                ]
-        out: list[EmbeddingResult | Exception] = []
-        for texts in requests:
-            try:
-                out.append(self.embed_with_usage(texts))
-            except (InputTooLong, EngineUnavailable) as exc:
-                out.append(exc)
-        return out
-
-    def _complete_batch(self, calls: list[CompletionCall]) -> list[CompletionResult | Exception]:
-        """Unseeded calls with the same settings share one generate call; seeded or greedy ones run alone."""
-        self._record(self.complete_batches, len(calls))
-        out: list[CompletionResult | Exception | None] = [None] * len(calls)
-        groups: dict[tuple, list[int]] = {}
-        for i, c in enumerate(calls):
-            if c.shareable:
-                groups.setdefault((c.max_tokens, c.temperature, c.top_p, c.vectors), []).append(i)
-        for (max_tokens, temperature, top_p, want_vectors), idx in groups.items():
-            if len(idx) < 2:
-                continue
-            try:
-                with self._lock:
-                    lm = self._lm()
-                    prompt_tokens = [int(_chat_prompt_ids(lm, calls[i].prompt, None).shape[1]) for i in idx]
-                    limit = self._max_positions(lm)
-                    if limit is not None and max(prompt_tokens) + max_tokens > limit:
-                        continue  # each runs alone below and the long one gets its own error
-                    many = sample_responses_many(
-                        lm,
-                        [calls[i].prompt for i in idx],
-                        [calls[i].n for i in idx],
-                        max_new_tokens=max_tokens,
-                        temperature=temperature,
-                        top_p=top_p,
-                        pooling=self.pooling if want_vectors else None,
-                    )
-                    for i, pt, got in zip(idx, prompt_tokens, many, strict=True):
-                        t, vec = got if isinstance(got, tuple) else (got, None)
-                        counts = (
-                            [len(ids) for ids in lm.tokenizer(t, add_special_tokens=False)["input_ids"]] if t else []
-                        )
-                        finish: list[FinishReason] = ["length" if c >= max_tokens else "stop" for c in counts]
-                        out[i] = CompletionResult(t, pt, counts, finish, vec)
-            except EngineUnavailable as exc:
-                for i in idx:
-                    out[i] = exc
-        for i, c in enumerate(calls):
-            if out[i] is None:
-                try:
-                    out[i] = self.complete_with_usage(
-                        c.prompt, c.n, c.max_tokens, c.temperature, c.seed, top_p=c.top_p, vectors=c.vectors
-                    )
-                except (InputTooLong, EngineUnavailable) as exc:
-                    out[i] = exc
-        return out  # type: ignore[return-value]
-
-    def model_card(self, template_version: str = TEMPLATE_VERSION) -> ModelCard:
-        return ModelCard(
-            id=self.model_id,
-            created=self.created,
-            model_id=self.model_id,
-            revision=self.revision,
-            hidden_size=self.hidden_size,
-            dim=self.dim,
-            pooling=self.pooling,
-            loaded=self.is_loaded,
-            template_version=template_version,
-            key_prefix=self.key_prefix(template_version),
-            key_prefixes={
-                v: self.key_prefix(v)
-                for v in (TEMPLATE_VERSION, RESPONSE_TEMPLATE_VERSION, RESPONSE_POOLED_TEMPLATE_VERSION)
-            },
-        )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# wire models (OpenAI shapes, plus our identity fields)
-
-Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
-TemplateVersion = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-
-
-class EmbeddingsRequest(BaseModel):
-    """OpenAI `POST /v1/embeddings` body (text inputs only)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    user: str | None = None
-
-    @property
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
-
-class CompletionsRequest(BaseModel):
-    """OpenAI `POST /v1/completions` body (one text prompt; sampling parameters bounded)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: Text
-    n: int = Field(1, ge=1, le=MAX_N)
-    max_tokens: int = Field(16, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float = Field(1.0, ge=0.0, le=2.0, description="0 is greedy (n identical answers)")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="a fixed seed repeats the samples exactly")
-    return_embeddings: bool = Field(
-        False,
-        description="extension: each choice also carries its vector (base64 float32), pooled in the sampling "
-        f"pass (template {RESPONSE_POOLED_TEMPLATE_VERSION}, see the model card's key_prefixes)",
+def model_card(engine: WorkerEngine, template_version: str = TEMPLATE_VERSION) -> ModelCard:
+    """The engine's entry of `GET /v1/models`; `key_prefix` is for texts formatted with `template_version`."""
+    return ModelCard(
+        id=engine.model_id,
+        created=engine.created,
+        model_id=engine.model_id,
+        revision=engine.revision,
+        hidden_size=engine.hidden_size,
+        dim=engine.dim,
+        pooling=engine.pooling,
+        loaded=engine.is_loaded,
+        template_version=template_version,
+        key_prefix=engine.key_prefix(template_version),
+        key_prefixes={
+            v: engine.key_prefix(v)
+            for v in (TEMPLATE_VERSION, RESPONSE_TEMPLATE_VERSION, RESPONSE_POOLED_TEMPLATE_VERSION)
+        },
     )
-    model: str | None = None
-    user: str | None = None
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-    completion_tokens: int | None = None
-
-
-class EmbeddingData(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str  # str: base64 of little-endian float32
-
-
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
-    revision: str  # ours: lets a client notice that the worker's weights changed under its cache keys
-    usage: Usage
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    finish_reason: FinishReason
-    embedding: str | None = None  # base64 float32, when the request asked for return_embeddings
-
-
-class CompletionsResponse(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage
-
-
-class ModelCard(BaseModel):
-    """One entry of `GET /v1/models`: OpenAI's fields, then what names the worker's vectors."""
-
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "gpo-serve"
-    model_id: str
-    revision: str
-    hidden_size: int | None
-    dim: int | None
-    pooling: str
-    loaded: bool
-    template_version: str
-    key_prefix: str  # make_key_prefix(model_id@revision, pooling, template_version): cache keys of the API
-    key_prefixes: dict[str, str]  # the same for each template version this code knows
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-def encode_base64(vector: np.ndarray) -> str:
-    """OpenAI's base64 embedding: little-endian float32 bytes."""
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-
-
-def decode_base64(data: str) -> np.ndarray:
-    """Inverse of `encode_base64`: a float32 vector [D]."""
-    return np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -585,7 +94,7 @@ async def list_models(
     engine: EngineDep, template_version: Annotated[TemplateVersion, Query()] = TEMPLATE_VERSION
 ) -> ModelList:
     """OpenAI model list; `key_prefix` is for texts formatted with `template_version`."""
-    return ModelList(data=[engine.model_card(template_version)])
+    return ModelList(data=[model_card(engine, template_version)])
 
 
 @router.post("/v1/embeddings")
@@ -605,15 +114,7 @@ async def create_embeddings(body: EmbeddingsRequest, engine: EngineDep) -> Embed
 async def create_completions(body: CompletionsRequest, engine: EngineDep) -> CompletionsResponse:
     """n samples of one prompt in one batched generate call; a fixed seed repeats exactly."""
     _check_model(engine, body.model)
-    result = await engine.acomplete_with_usage(
-        body.prompt,
-        body.n,
-        body.max_tokens,
-        body.temperature,
-        body.seed,
-        top_p=body.top_p,
-        vectors=body.return_embeddings,
-    )
+    result = await engine.acomplete_with_usage(body.sampling_params(), vectors=body.return_embeddings)
     vectors = [None] * len(result.texts) if result.vectors is None else [encode_base64(v) for v in result.vectors]
     choices = [
         CompletionChoice(index=i, text=t, finish_reason=r, embedding=e)
@@ -632,35 +133,8 @@ async def create_completions(body: CompletionsRequest, engine: EngineDep) -> Com
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class _MetricsMiddleware:
-    """Counts requests by route template and status, and times them (pure ASGI: no body buffering)."""
-
-    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
-        self.app, self.requests, self.latency = app, requests, latency
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500  # what the client sees if the app raises before answering
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        t0 = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # The route template, not the raw path: bounded label values.
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(route, str(status)).inc()
-            self.latency.labels(route).observe(time.perf_counter() - t0)
+    worker_metrics: WorkerMetrics = request.app.state.metrics
+    return Response(worker_metrics.render(), media_type=worker_metrics.content_type)
 
 
 def _error(status: int, detail: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
@@ -686,17 +160,8 @@ def create_worker_app(engine: WorkerEngine, *, warm: bool = True) -> FastAPI:
 
     app = FastAPI(title="gpo-serve embedding worker", version="1", lifespan=lifespan)
     app.state.engine = engine
-    registry = CollectorRegistry()  # per app: two apps in one process (tests) never share counters
-    app.state.metrics_registry = registry
-    requests = Counter("gpo_worker_requests", "worker HTTP requests", ["route", "status"], registry=registry)
-    latency = Histogram(
-        "gpo_worker_request_seconds",
-        "worker HTTP request latency",
-        ["route"],
-        registry=registry,
-        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-    )
-    app.add_middleware(_MetricsMiddleware, requests=requests, latency=latency)
+    app.state.metrics = WorkerMetrics()  # per app: two apps in one process (tests) never share counters
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_exception_handler(EngineUnavailable, _error(503, "model unavailable"))
     app.add_exception_handler(InputTooLong, _error(422, "input too long"))
     app.add_exception_handler(ModelNotServed, _error(404, "model not served"))
@@ -719,4 +184,4 @@ async def _warm_up(engine: WorkerEngine) -> None:
     except Exception:  # a failed warm-up pass must not take the server down: requests will show the error
         log.exception("worker warm-up failed")
         return
-    log.info("worker ready in %.1f s: %s", time.perf_counter() - t0, engine.model_card().key_prefix)
+    log.info("worker ready in %.1f s: %s", time.perf_counter() - t0, engine.key_prefix())

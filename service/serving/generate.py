@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.embedder.generate import is_greedy
+from service.embedder.protocol import SamplingParams
 from service.schemas import MAX_SEED, GenerateRequest, GenerateResponse, ScoredResponse
 from service.serving.contexts import group_state
 from service.serving.predict import compare_pairs, group_info, score_responses
@@ -36,11 +37,11 @@ async def sample_distinct(
     for round_ in range(services.settings.generate_sampling_rounds):
         want = body.n - len(distinct)
         seed = None if body.seed is None else (body.seed + round_) % (MAX_SEED + 1)
-        args = (body.prompt, want, body.max_new_tokens, body.temperature, seed)
+        params = SamplingParams(body.prompt, want, body.max_new_tokens, body.temperature, seed)
         if with_vectors:
-            texts, vectors = await services.worker.complete_with_vectors(*args)
+            texts, vectors = await services.worker.complete_with_vectors(params)
         else:
-            texts, vectors = await services.worker.complete(*args), None
+            texts, vectors = await services.worker.complete(params), None
         sampled += len(texts)
         for i, t in enumerate(texts):
             distinct.setdefault(t.strip(), (t, None if vectors is None else vectors[i]))

@@ -45,15 +45,11 @@ every split and seed); score the LLM baselines, and GPO and the other baselines 
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import logging
-import sqlite3
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +57,7 @@ import torch
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
+from service.embedder.array_store import ArrayStore
 from service.embedder.generate import option_letter_token_ids
 from service.embedder.loading import BaseLM, LMIdentity
 from service.embedder.prompts import TEMPLATE_VERSION, format_question_prompt, option_letter
@@ -78,7 +75,6 @@ LM_METHODS = ("lm_base", "lm_qa", "lm_bio", "lm_portray", "few_shot")
 STEERING_STYLES = {"lm_qa": "qa", "lm_bio": "bio", "lm_portray": "portray"}
 DEFAULT_MAX_CACHE_BYTES = 512 << 20  # key/value cache of one batch: bounds the rows on top of a long prefix
 _EVAL_STREAM = 0x4C4D  # "LM": mixed into lm_eval_questions' seed, so it never replays the split's draws
-_SQL_CHUNK = 500
 
 
 # ------------------------------------------------------------------------------------------ prompts
@@ -348,26 +344,19 @@ def shared_prefix_letter_probs(
 # ------------------------------------------------------------------------------------------ disk cache
 
 
-class LMPredictionCache:
+class LMPredictionCache(ArrayStore):
     """Option-letter distributions on disk in one sqlite3 file: (key TEXT PRIMARY KEY, n INTEGER, probs BLOB).
 
     `key(prefix, prompt)` = sha256(prefix + "\\x00" + prompt), where `key_prefix(lm)` names the weights,
-    their dtype and `LM_PROMPT_VERSION`; the prompt lists the options, so it fixes their number. Safe to
-    share between threads (one connection behind a lock) and processes (WAL, busy timeout).
+    their dtype and `LM_PROMPT_VERSION`; the prompt lists the options, so it fixes their number.
     """
 
     FILENAME = "predictions.sqlite3"
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / self.FILENAME
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    @classmethod
-    def in_cache_dir(cls, cache_dir: Path) -> LMPredictionCache:
-        """The cache at `cache_dir/lm_baselines/` (the layout Settings.cache_dir implies)."""
-        return cls(Path(cache_dir) / "lm_baselines")
+    CACHE_SUBDIR = "lm_baselines"
+    TABLE = "predictions"
+    LENGTH_COLUMN = "n"
+    BLOB_COLUMN = "probs"
+    DTYPE = "<f8"
 
     @staticmethod
     def key_prefix(identity: LMIdentity, dtype: torch.dtype | str, load_in_8bit: bool = False) -> str:
@@ -375,64 +364,9 @@ class LMPredictionCache:
         precision = f"{dtype}".removeprefix("torch.") + ("+int8" if load_in_8bit else "")
         return f"{identity.model_id}@{identity.revision}|{precision}|{LM_PROMPT_VERSION}"
 
-    @staticmethod
-    def key(key_prefix: str, prompt: str) -> str:
-        return hashlib.sha256(f"{key_prefix}\x00{prompt}".encode()).hexdigest()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS predictions (key TEXT PRIMARY KEY, n INTEGER, probs BLOB)")
-            conn.commit()
-            self._conn = conn
-        return self._conn
-
     def get_many(self, keys: Sequence[str]) -> list[np.ndarray | None]:
-        """Distributions (float64 copies) for `keys` in order, None where absent."""
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(keys))
-        with self._lock:
-            conn = self._connect()
-            for i in range(0, len(unique), _SQL_CHUNK):
-                chunk = unique[i : i + _SQL_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT key, n, probs FROM predictions WHERE key IN ({marks})"
-                for key, n, blob in conn.execute(query, chunk):
-                    p = np.frombuffer(blob, dtype="<f8")
-                    if p.shape[0] == n:  # a truncated blob is a miss, never a wrong distribution
-                        found[key] = p
-        return [found[k].copy() if k in found else None for k in keys]
-
-    def put_many(self, keys: Sequence[str], dists: Sequence[np.ndarray]) -> None:
-        """Store one distribution per key (replacing any old value)."""
-        if len(keys) != len(dists):
-            raise ValueError(f"{len(keys)} keys for {len(dists)} distributions")
-        rows = []
-        for k, d in zip(keys, dists, strict=True):
-            arr = np.asarray(d, dtype="<f8")
-            rows.append((k, int(arr.shape[0]), arr.tobytes()))
-        with self._lock:
-            conn = self._connect()
-            with conn:  # one transaction
-                conn.executemany("INSERT OR REPLACE INTO predictions (key, n, probs) VALUES (?, ?, ?)", rows)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return int(self._connect().execute("SELECT COUNT(*) FROM predictions").fetchone()[0])
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def __enter__(self) -> LMPredictionCache:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        """Distributions (float64 copies: callers may change them) for `keys` in order, None where absent."""
+        return [None if p is None else p.copy() for p in super().get_many(keys)]
 
 
 # ------------------------------------------------------------------------------------------ baselines

@@ -25,9 +25,11 @@ from service.embedder.client import (
     build_worker,
 )
 from service.embedder.embed import Embedder
+from service.embedder.engine import WorkerEngine
 from service.embedder.loading import BaseLM, BaseLMNotFoundError, LMIdentity
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_items
-from service.embedder.worker import WorkerEngine, create_worker_app
+from service.embedder.protocol import SamplingParams
+from service.embedder.worker import create_worker_app
 
 TEXTS = [
     *format_items("Do you trust the news?", ["A great deal", "Some", "Not at all"]),
@@ -92,11 +94,11 @@ async def test_http_and_local_workers_agree(server_url: str, tiny_lm: BaseLM) ->
         np.testing.assert_allclose(over_http, Embedder(tiny_lm).embed(TEXTS), atol=1e-6, rtol=0)
         assert (await remote.embed([])).shape == (0, 64) == (await local.embed([])).shape
 
-        a = await remote.complete(PROMPT, n=4, max_tokens=10, temperature=1.0, seed=11)
-        assert a == await remote.complete(PROMPT, n=4, max_tokens=10, temperature=1.0, seed=11)
-        assert a == await local.complete(PROMPT, n=4, max_tokens=10, temperature=1.0, seed=11)
+        a = await remote.complete(SamplingParams(PROMPT, n=4, max_new_tokens=10, temperature=1.0, seed=11))
+        assert a == await remote.complete(SamplingParams(PROMPT, n=4, max_new_tokens=10, temperature=1.0, seed=11))
+        assert a == await local.complete(SamplingParams(PROMPT, n=4, max_new_tokens=10, temperature=1.0, seed=11))
         assert len(a) == 4 and len(set(a)) >= 3
-        assert a != await remote.complete(PROMPT, n=4, max_tokens=10, temperature=1.0, seed=12)
+        assert a != await remote.complete(SamplingParams(PROMPT, n=4, max_new_tokens=10, temperature=1.0, seed=12))
 
 
 @pytest.mark.anyio
@@ -116,7 +118,7 @@ async def test_refused_requests_raise_with_the_workers_detail(tiny_lm: BaseLM) -
     async with asgi_client(create_worker_app(engine, warm=False)) as remote:
         for worker in (remote, local):
             with pytest.raises(WorkerRequestError) as bad_n:
-                await worker.complete(PROMPT, n=17)
+                await worker.complete(SamplingParams(PROMPT, n=17))
             assert bad_n.value.status_code == 422
             assert any(err["loc"][-1] == "n" for err in bad_n.value.detail)
             with pytest.raises(WorkerRequestError) as too_long:
@@ -135,7 +137,7 @@ async def test_closed_port_is_unavailable() -> None:
         with pytest.raises(WorkerUnavailable):
             await client.info()
         with pytest.raises(WorkerUnavailable):
-            await client.complete(PROMPT)
+            await client.complete(SamplingParams(PROMPT))
 
 
 @pytest.mark.anyio

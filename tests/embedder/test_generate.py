@@ -68,10 +68,10 @@ def test_option_letter_token_ids(tiny_lm: BaseLM) -> None:
 def _standalone_pooled(lm: BaseLM, prompt: str, response_ids: list[int], pooling: str) -> np.ndarray:
     """One forward over the chat prompt ids + the response ids the model read, pooled (no padding)."""
     from service.embedder.embed import last_hidden_state
-    from service.embedder.generate import _chat_prompt_ids
+    from service.embedder.generate import chat_prompt_ids
     from service.embedder.pooling import pool
 
-    ids = torch.cat([_chat_prompt_ids(lm, prompt, None)[0], torch.tensor(response_ids, dtype=torch.long)])[None]
+    ids = torch.cat([chat_prompt_ids(lm, prompt, None)[0], torch.tensor(response_ids, dtype=torch.long)])[None]
     mask = torch.ones_like(ids)
     with torch.inference_mode():
         return pool(last_hidden_state(lm, ids, mask).float(), mask, pooling)[0].numpy()
@@ -79,13 +79,13 @@ def _standalone_pooled(lm: BaseLM, prompt: str, response_ids: list[int], pooling
 
 @pytest.mark.parametrize("pooling", ["mean", "last", "mean_last"])
 def test_vectors_pooled_in_the_sampling_pass_equal_a_forward_over_what_was_read(tiny_lm: BaseLM, pooling) -> None:
-    from service.embedder.generate import _chat_prompt_ids, _end_ids, _generate
+    from service.embedder.generate import chat_prompt_ids, end_token_ids, generate_batch
 
     prompt = "Tell me about the sea."
     texts, vectors = sample_responses(tiny_lm, prompt, n=3, max_new_tokens=12, temperature=1.0, seed=5, pooling=pooling)
     assert vectors.shape[0] == 3 and texts == sample_responses(tiny_lm, prompt, 3, 12, 1.0, 5)
     # the same draw, with the token ids: each row's vector is the pooled forward over prompt + what was read
-    ids_in = _chat_prompt_ids(tiny_lm, prompt, None)
+    ids_in = chat_prompt_ids(tiny_lm, prompt, None)
     torch.manual_seed(5)
     with torch.inference_mode():
         kwargs = dict(
@@ -95,9 +95,9 @@ def test_vectors_pooled_in_the_sampling_pass_equal_a_forward_over_what_was_read(
             temperature=1.0,
             num_return_sequences=3,
         )
-        _, ids, again = _generate(tiny_lm, ids_in, torch.ones_like(ids_in), kwargs, pooling)
+        _, ids, again = generate_batch(tiny_lm, ids_in, torch.ones_like(ids_in), kwargs, pooling)
     np.testing.assert_allclose(again, vectors, atol=1e-5)
-    assert not _end_ids(tiny_lm) & {t for row in ids for t in row}
+    assert not end_token_ids(tiny_lm) & {t for row in ids for t in row}
     for row, v in zip(ids, vectors, strict=True):
         read = row[: min(len(row), 11)]  # the 12th sampled token is never read
         np.testing.assert_allclose(v, _standalone_pooled(tiny_lm, prompt, read, pooling), atol=2e-4)

@@ -15,17 +15,12 @@ from typer.testing import CliRunner
 
 from service.cli import app as cli_app
 from service.embedder.embed import Embedder
+from service.embedder.engine import InputTooLong, WorkerEngine
 from service.embedder.generate import sample_responses
 from service.embedder.loading import BaseLM, BaseLMNotFoundError
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION, format_items
-from service.embedder.worker import (
-    MAX_INPUTS,
-    MAX_TEXT_CHARS,
-    InputTooLong,
-    WorkerEngine,
-    create_worker_app,
-    decode_base64,
-)
+from service.embedder.protocol import MAX_INPUTS, MAX_TEXT_CHARS, SamplingParams, decode_base64
+from service.embedder.worker import create_worker_app
 
 TEXTS = [
     *format_items("Is crime a problem where you live?", ["A major problem", "A minor problem", "Not a problem"]),
@@ -248,7 +243,8 @@ def test_failed_load_is_503(tiny_lm: BaseLM) -> None:
 def test_engine_direct_calls(engine: WorkerEngine, tiny_lm: BaseLM) -> None:
     assert engine.embed([]).shape == (0, 64)
     np.testing.assert_allclose(engine.embed(TEXTS[:2]), Embedder(tiny_lm).embed(TEXTS[:2]), atol=1e-6)
-    assert engine.complete(PROMPT, 2, 5, 1.0, 3) == engine.complete(PROMPT, 2, 5, 1.0, 3)
+    params = SamplingParams(PROMPT, 2, 5, 1.0, 3)
+    assert engine.complete(params) == engine.complete(params)
     assert engine.serves(None) and engine.serves(tiny_lm.model_id) and not engine.serves("other")
 
 
@@ -298,10 +294,13 @@ async def test_concurrent_unseeded_completions_share_one_generate_call(tiny_lm: 
         return real(*args, **kwargs)
 
     engine.complete_with_usage = held  # type: ignore[method-assign]
-    first = asyncio.create_task(engine.acomplete_with_usage(PROMPT, 1, 4, 1.0, 7))  # seeded: alone
+    first = asyncio.create_task(engine.acomplete_with_usage(SamplingParams(PROMPT, 1, 4, 1.0, 7)))  # seeded: alone
     await asyncio.sleep(0.05)
-    shared = [asyncio.create_task(engine.acomplete_with_usage(f"{PROMPT} {i}", 2 + i, 6, 0.8)) for i in range(3)]
-    seeded = asyncio.create_task(engine.acomplete_with_usage(PROMPT, 2, 6, 0.8, 11))
+    shared = [
+        asyncio.create_task(engine.acomplete_with_usage(SamplingParams(f"{PROMPT} {i}", 2 + i, 6, 0.8)))
+        for i in range(3)
+    ]
+    seeded = asyncio.create_task(engine.acomplete_with_usage(SamplingParams(PROMPT, 2, 6, 0.8, 11)))
     await asyncio.sleep(0.05)
     gate.set()
     out = await asyncio.gather(first, *shared, seeded)
