@@ -2,6 +2,8 @@
 
     .venv/bin/python -m benchmarks.run                  # everything (about 10 minutes on a 2-core CPU)
     .venv/bin/python -m benchmarks.run --quick          # shorter runs, same sections
+    .venv/bin/python -m benchmarks.run --baseline REV   # + /predict against git revision REV, interleaved
+    .venv/bin/python -m benchmarks.run --only-baseline --baseline REV --quick   # that section alone (baseline.md)
 
 Real processes on loopback: one `gpo worker` (the base LLM, SmolLM2 by default) and `gpo serve` replicas in
 front of it, with the shipped checkpoint and the shipped OpinionQA data (a group with 100 context questions,
@@ -29,6 +31,7 @@ import httpx
 import numpy as np
 import torch
 
+from benchmarks import baseline
 from benchmarks.loadgen import load
 from benchmarks.naive_gpo import naive_eval_group, naive_loss
 
@@ -58,10 +61,23 @@ def free_port() -> int:
 class Proc:
     """A `gpo` subprocess on a port, its log in a file; peak memory read from /proc."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], port: int, logdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str],
+        port: int,
+        logdir: Path,
+        *,
+        cmd: list[str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        """`cmd` (default: the venv's `gpo`) + `args`, run in `cwd`, with os.environ updated by `env`."""
         self.name, self.port = name, port
         self.log = open(logdir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.p = subprocess.Popen([GPO, *args], env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            [*(cmd or [GPO]), *args], cwd=cwd, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     @property
     def url(self) -> str:
@@ -140,18 +156,23 @@ def predict_bodies(group: str, targets: list[dict]) -> list[dict]:
     return [{"group_id": group, "questions": [t]} for t in targets]
 
 
-def register(url: str, group: str, context: list[dict]) -> float:
+def register(url: str, group: str, context: list[dict], headers: dict[str, str] | None = None) -> float:
     t0 = time.perf_counter()
     r = httpx.post(
-        f"{url}/groups/{group}/context", json={"mode": "replace", "items": context}, timeout=900, headers=AUTH
+        f"{url}/groups/{group}/context",
+        json={"mode": "replace", "items": context},
+        timeout=900,
+        headers=AUTH if headers is None else headers,
     )
     r.raise_for_status()
     return time.perf_counter() - t0
 
 
-def warm(url: str, bodies: list[dict]) -> None:
+def warm(url: str, bodies: list[dict], headers: dict[str, str] | None = None) -> None:
     for b in bodies:
-        httpx.post(f"{url}/predict", json=b, timeout=600, headers=AUTH).raise_for_status()
+        httpx.post(
+            f"{url}/predict", json=b, timeout=600, headers=AUTH if headers is None else headers
+        ).raise_for_status()
 
 
 def latency_and_throughput(ports: list[int], bodies: list[dict], quick: bool) -> dict[str, Any]:
@@ -495,6 +516,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "GPO_TORCH_THREADS": str(args.api_threads),
             "GPO_WORKER_TIMEOUT_S": "600",
         }
+        if args.baseline:  # first, before the other sections start servers: its own two, interleaved
+            results["baseline"] = baseline.section(ROOT, args.baseline, base_env, context, bodies, args.quick, tmp)
+            if args.only_baseline:
+                return results
 
         # 1. one replica on the embedded defaults (SQLite file, in-process cache), worker in its own process
         port = free_port()
@@ -598,7 +623,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p.stop()
         if drop_db is not None:
             drop_db()
-        _clear_redis(redis_prefix)
+        if not args.only_baseline:
+            _clear_redis(redis_prefix)
 
     print("training and evaluation vs the naive reference", flush=True)
     results["training"] = section_training_and_eval(args.quick)
@@ -655,6 +681,8 @@ def _training_detail(t: dict[str, Any]) -> list[str]:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    if "predict" not in r:  # --only-baseline
+        return baseline.standalone_markdown(r)
     m = r["machine"]
     lines = [
         "# Benchmarks",
@@ -738,6 +766,8 @@ def markdown(r: dict[str, Any]) -> str:
         for n in (4, 8):
             x = g[f"n{n}"]
             lines.append(f"| {n} | {x['total_s']} | {x['sample_s']} | {x['score_s']} | {x['score_share']:.1%} |")
+    if "baseline" in r:
+        lines += baseline.markdown(r["baseline"], m)
     pk = r["peak_rss_mib"]
     lines += [
         "",
@@ -756,13 +786,22 @@ def markdown(r: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs (a smoke test of the suite)")
-    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results.json"))
+    ap.add_argument(
+        "--out", help="markdown report (default BENCHMARKS.md; benchmarks/baseline.md with --only-baseline)"
+    )
+    ap.add_argument("--json", help="results (default benchmarks/results.json; benchmarks/baseline.json likewise)")
+    ap.add_argument("--baseline", metavar="REV", help="also measure /predict against this git revision, interleaved")
+    ap.add_argument("--only-baseline", action="store_true", help="only the worker and the --baseline section")
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of this process (training section)")
     ap.add_argument("--api-threads", type=int, default=1, help="GPO_TORCH_THREADS of the API processes")
     ap.add_argument("--report-only", metavar="JSON", help="rewrite the markdown from a saved results file")
     args = ap.parse_args()
+    if args.only_baseline and not args.baseline:
+        ap.error("--only-baseline needs --baseline REV")
+    alone = args.only_baseline or (args.report_only and "predict" not in json.loads(Path(args.report_only).read_text()))
+    args.out = args.out or str(ROOT / ("benchmarks/baseline.md" if alone else "BENCHMARKS.md"))
+    args.json = args.json or str(ROOT / "benchmarks" / ("baseline.json" if alone else "results.json"))
     if args.report_only:
         results = json.loads(Path(args.report_only).read_text())
     else:
@@ -770,7 +809,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
     text = markdown(results)
     notes = ROOT / "benchmarks" / "NOTES.md"
-    if notes.exists():
+    if notes.exists() and not alone:
         text += "\n" + notes.read_text()
     Path(args.out).write_text(text)
     print(text)
