@@ -34,6 +34,7 @@ import torch
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, PriorBank
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel
+from service.gpo.losses import bt_loss, rank_loss
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
 from service.training.fit import TrainConfig, meta_train_loop
@@ -242,35 +243,6 @@ def bt_episode(
         tl,
     )
     return Episode(x=xs, y=yy, is_context=is_ctx, question=torch.arange(len(yy))), pairs
-
-
-def rank_loss(batch, mean: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Pairwise logistic ranking loss of predicted scores [B, N] over the target pairs rated differently: per row,
-    the mean over its pairs times its number of targets (the NLL's scale: a sum over targets), averaged over rows."""
-    import torch.nn.functional as F
-
-    t = batch.is_target
-    better = (batch.y[:, :, None] > batch.y[:, None, :]) & t[:, :, None] & t[:, None, :]  # [B, N, N]
-    margin = (mean[:, :, None] - mean[:, None, :]) / temperature
-    per_pair = F.softplus(-margin).masked_fill(~better, 0.0)
-    n_pairs = better.sum(dim=(1, 2)).clamp_min(1)
-    return (per_pair.sum(dim=(1, 2)) / n_pairs * t.sum(dim=1)).mean()
-
-
-def bt_loss(
-    model: GPO, episodes: Sequence[Episode], pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
-) -> torch.Tensor:
-    """Bradley-Terry cross-entropy of the target pairs, summed per episode, averaged over episodes."""
-    import torch.nn.functional as F
-
-    logits = model(collate(list(episodes))).logits
-    total = logits.new_zeros(())
-    for b, (ep, (ia, ib, lab)) in enumerate(zip(episodes, pairs, strict=True)):
-        n_ctx = int(ep.is_context.sum())
-        s = logits[b, n_ctx : ep.y.shape[0]]
-        diff = s[torch.from_numpy(ia)] - s[torch.from_numpy(ib)]
-        total = total + F.binary_cross_entropy_with_logits(diff, torch.from_numpy(lab), reduction="sum")
-    return total / len(episodes)
 
 
 # ---------------------------------------------------------------------------------------------- training
