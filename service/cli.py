@@ -303,7 +303,8 @@ def eval_individuals_cmd(
     from service.embedder.embed import build_embedder
     from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
     from service.gpo.features import FeatureSpec
-    from service.training.individuals import IndividualEvalConfig, IndividualTrainConfig, evaluate_individuals
+    from service.training.individuals.evaluate import IndividualEvalConfig, evaluate_individuals
+    from service.training.individuals.train import IndividualTrainConfig
     from service.training.individuals_report import write_individuals_report
     from service.training.ratings import load_nytbooks, read_ratings_jsonl
 
@@ -405,12 +406,9 @@ def train_individuals_cmd(
     from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
     from service.gpo.checkpoint import save_checkpoint
     from service.gpo.features import FeatureSpec
-    from service.training.individuals import (
-        IndividualTrainConfig,
-        rating_checkpoint,
-        split_people,
-        train_individual_gpo,
-    )
+    from service.training.individuals.export import rating_checkpoint
+    from service.training.individuals.splits import split_people
+    from service.training.individuals.train import IndividualTrainConfig, train_individual_gpo
     from service.training.ratings import load_nytbooks, read_ratings_jsonl
 
     settings = get_settings()
