@@ -214,14 +214,10 @@ def eval_cmd(
 
     from service.config import get_settings
     from service.gpo.features import FeatureSpec
-    from service.training.evaluate import (
-        EvalConfig,
-        markdown_table,
-        run_group_protocol,
-        run_new_question_protocol,
-    )
+    from service.training.evaluate import EvalConfig, run_group_protocol, run_new_question_protocol
     from service.training.fit import TrainConfig
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
+    from service.training.report import markdown_table
 
     t0 = time.perf_counter()
     ds, _, data_hash = _load_data(data)
