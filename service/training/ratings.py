@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import json
 import logging
 import math
 import os
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,13 +34,22 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from service.training.jsonl import DatasetError, _atomic_binary, _decode_line, _open_binary, _Problem
+from service.training.records import (
+    DatasetError,
+    RecordProblem,
+    check_field_names,
+    compact_number,
+    encode_line,
+    is_number,
+    nonempty_str,
+    read_records,
+    write_records,
+)
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("person", "item", "text", "score", "scale")
 OPTIONAL_FIELDS = ("prompt", "attributes")
-_KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 
 
 # ---------------------------------------------------------------------------------------------- dataset
@@ -158,55 +165,40 @@ def read_ratings_jsonl(path: str | os.PathLike[str]) -> RatingsDataset:
     scale: tuple[tuple[float, float], int] | None = None
     prompt: tuple[str, int] | None = None
 
-    lineno = 0
-    with _open_binary(path) as f:
-        try:
-            for lineno, raw_bytes in enumerate(f, start=1):
-                try:
-                    raw = raw_bytes.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DatasetError(path, lineno, f"not UTF-8 ({e.reason} at byte {e.start})") from None
-                if not raw.strip():
-                    continue
-                try:
-                    rec = _parse_rating(_decode_line(raw))
-                    key = (rec.person, rec.item.item_id)
-                    if key in seen:
-                        raise _Problem(
-                            f"duplicate rating of item {rec.item.item_id!r} by person {rec.person!r} "
-                            f"(first on line {seen[key]})"
-                        )
-                    if scale is None:
-                        scale = (rec.scale, lineno)
-                    elif rec.scale != scale[0]:
-                        raise _Problem(
-                            f"scale {_shown(rec.scale)} differs from {_shown(scale[0])} on line {scale[1]} "
-                            "(one scale per file)"
-                        )
-                    if rec.prompt is not None:
-                        if prompt is None:
-                            prompt = (rec.prompt, lineno)
-                        elif rec.prompt != prompt[0]:
-                            raise _Problem(f"'prompt' differs from line {prompt[1]}")
-                    if rec.item.item_id in items:
-                        first, first_line = items[rec.item.item_id]
-                        if first.text != rec.item.text:
-                            raise _Problem(f"item {rec.item.item_id!r}: 'text' differs from line {first_line}")
-                    if rec.attributes is not None:
-                        if rec.person in attributes and attributes[rec.person][0] != rec.attributes:
-                            raise _Problem(
-                                f"person {rec.person!r}: 'attributes' differ from line {attributes[rec.person][1]}"
-                            )
-                        attributes.setdefault(rec.person, (rec.attributes, lineno))
-                except _Problem as e:
-                    raise DatasetError(path, lineno, str(e)) from None
-                items.setdefault(rec.item.item_id, (rec.item, lineno))
-                people.setdefault(rec.person, lineno)
-                seen[key] = lineno
-                scores.setdefault(rec.person, {})[rec.item.item_id] = rec.score
-        except (OSError, EOFError, zlib.error) as e:
-            raise DatasetError(path, lineno + 1, f"unreadable ({type(e).__name__}: {e})") from e
+    def add(lineno: int, obj: dict[str, Any]) -> None:
+        """Check a rating on its own and against the lines before it, then register it."""
+        nonlocal scale, prompt
+        rec = _parse_rating(obj)
+        key = (rec.person, rec.item.item_id)
+        if key in seen:
+            raise RecordProblem(
+                f"duplicate rating of item {rec.item.item_id!r} by person {rec.person!r} (first on line {seen[key]})"
+            )
+        if scale is None:
+            scale = (rec.scale, lineno)
+        elif rec.scale != scale[0]:
+            raise RecordProblem(
+                f"scale {_shown(rec.scale)} differs from {_shown(scale[0])} on line {scale[1]} (one scale per file)"
+            )
+        if rec.prompt is not None:
+            if prompt is None:
+                prompt = (rec.prompt, lineno)
+            elif rec.prompt != prompt[0]:
+                raise RecordProblem(f"'prompt' differs from line {prompt[1]}")
+        if rec.item.item_id in items:
+            first, first_line = items[rec.item.item_id]
+            if first.text != rec.item.text:
+                raise RecordProblem(f"item {rec.item.item_id!r}: 'text' differs from line {first_line}")
+        if rec.attributes is not None:
+            if rec.person in attributes and attributes[rec.person][0] != rec.attributes:
+                raise RecordProblem(f"person {rec.person!r}: 'attributes' differ from line {attributes[rec.person][1]}")
+            attributes.setdefault(rec.person, (rec.attributes, lineno))
+        items.setdefault(rec.item.item_id, (rec.item, lineno))
+        people.setdefault(rec.person, lineno)
+        seen[key] = lineno
+        scores.setdefault(rec.person, {})[rec.item.item_id] = rec.score
 
+    read_records(path, add)
     if scale is None:
         raise DatasetError(path, None, "no ratings in the file")
     return RatingsDataset(
@@ -220,46 +212,42 @@ def read_ratings_jsonl(path: str | os.PathLike[str]) -> RatingsDataset:
 
 
 def _parse_rating(obj: Mapping[str, Any]) -> _Rating:
-    """Check one decoded line on its own; raises `_Problem` describing the first problem."""
-    unknown = sorted(set(obj) - _KNOWN_FIELDS)
-    if unknown:
-        raise _Problem(f"unknown field(s) {unknown}; allowed: {sorted(_KNOWN_FIELDS)}")
-    for name in REQUIRED_FIELDS:
-        if name not in obj or obj[name] is None:
-            raise _Problem(f"missing field {name!r}")
-    person = _nonempty_str(obj, "person")
-    item_id = _nonempty_str(obj, "item")
-    text = _nonempty_str(obj, "text")
+    """Check one decoded line on its own; raises `RecordProblem` describing the first problem."""
+    check_field_names(obj, REQUIRED_FIELDS, OPTIONAL_FIELDS)
+    person = nonempty_str(obj, "person")
+    item_id = nonempty_str(obj, "item")
+    text = nonempty_str(obj, "text")
 
     sc = obj["scale"]
-    if not (isinstance(sc, list) and len(sc) == 2 and all(_is_number(v) for v in sc)):
-        raise _Problem(f"field 'scale' must be a list of two numbers [lowest, highest], got {sc!r}")
+    if not (isinstance(sc, list) and len(sc) == 2 and all(is_number(v) for v in sc)):
+        raise RecordProblem(f"field 'scale' must be a list of two numbers [lowest, highest], got {sc!r}")
     lo, hi = float(sc[0]), float(sc[1])
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise _Problem("field 'scale' has a non-finite value")
+        raise RecordProblem("field 'scale' has a non-finite value")
     if not lo < hi:
-        raise _Problem(f"field 'scale' must have lowest < highest, got {sc!r}")
+        raise RecordProblem(f"field 'scale' must have lowest < highest, got {sc!r}")
 
     score = obj["score"]
-    if not _is_number(score):
-        raise _Problem(f"field 'score' must be a number, got {score!r}")
+    if not is_number(score):
+        raise RecordProblem(f"field 'score' must be a number, got {score!r}")
     score = float(score)
     if not math.isfinite(score):
-        raise _Problem("field 'score' is not finite")
+        raise RecordProblem("field 'score' is not finite")
     if not lo <= score <= hi:
-        raise _Problem(f"score {_compact(score)} is outside the scale [{_compact(lo)}, {_compact(hi)}]")
+        shown = f"[{compact_number(lo)}, {compact_number(hi)}]"
+        raise RecordProblem(f"score {compact_number(score)} is outside the scale {shown}")
 
     prompt = obj.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
-        raise _Problem(f"field 'prompt' must be a string, got {type(prompt).__name__}")
+        raise RecordProblem(f"field 'prompt' must be a string, got {type(prompt).__name__}")
 
     attrs = obj.get("attributes")
     if attrs is not None:
         if not isinstance(attrs, dict) or not all(isinstance(k, str) and k for k in attrs):
-            raise _Problem("field 'attributes' must be an object with non-empty names")
+            raise RecordProblem("field 'attributes' must be an object with non-empty names")
         bad = sorted(k for k, v in attrs.items() if not isinstance(v, str))
         if bad:
-            raise _Problem(f"field 'attributes': values must be strings (not for {bad})")
+            raise RecordProblem(f"field 'attributes': values must be strings (not for {bad})")
         attrs = dict(attrs)
 
     return _Rating(
@@ -270,17 +258,6 @@ def _parse_rating(obj: Mapping[str, Any]) -> _Rating:
         prompt=prompt,
         attributes=attrs,
     )
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _nonempty_str(obj: Mapping[str, Any], name: str) -> str:
-    value = obj[name]
-    if not isinstance(value, str) or not value:
-        raise _Problem(f"field {name!r} must be a non-empty string, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -320,12 +297,7 @@ def write_ratings_jsonl(ds: RatingsDataset, path: str | os.PathLike[str]) -> Non
     if unrated:
         raise DatasetError(path, None, f"items without any rating cannot be written: {unrated[:5]}")
 
-    with _atomic_binary(path) as raw:
-        if path.name.endswith(".gz"):
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as z:
-                _write_lines(ds, path, z)
-        else:
-            _write_lines(ds, path, raw)
+    write_records(path, lambda out: _write_lines(ds, path, out))
 
 
 def _write_lines(ds: RatingsDataset, path: Path, out: IO[bytes]) -> None:
@@ -338,7 +310,7 @@ def _write_lines(ds: RatingsDataset, path: Path, out: IO[bytes]) -> None:
                 continue
             lineno += 1
             obj: dict[str, Any] = {"person": p, "item": it.item_id, "text": it.text}
-            obj["score"] = _compact(score)
+            obj["score"] = compact_number(score)
             obj["scale"] = scale
             if ds.prompt:
                 obj["prompt"] = ds.prompt
@@ -347,19 +319,13 @@ def _write_lines(ds: RatingsDataset, path: Path, out: IO[bytes]) -> None:
                 obj["attributes"] = dict(attrs)
             try:
                 _parse_rating(obj)
-            except _Problem as e:
+            except RecordProblem as e:
                 raise DatasetError(path, lineno, f"person {p!r}, item {it.item_id!r}: {e}") from None
-            line = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-            out.write(line.encode("utf-8") + b"\n")
+            out.write(encode_line(obj))
 
 
 def _shown(scale: tuple[float, float]) -> list[int | float]:
-    return [_compact(scale[0]), _compact(scale[1])]
-
-
-def _compact(x: float) -> int | float:
-    x = float(x)
-    return int(x) if math.isfinite(x) and x.is_integer() else x
+    return [compact_number(scale[0]), compact_number(scale[1])]
 
 
 # ---------------------------------------------------------------------------------------------- NYT books
@@ -632,7 +598,7 @@ def summary_lines(ds: RatingsDataset) -> Iterator[str]:
     for v in ds.scores.values():
         for s in v.values():
             dist[s] = dist.get(s, 0) + 1
-    yield "scores: " + ", ".join(f"{_compact(s)}: {n}" for s, n in sorted(dist.items()))
+    yield "scores: " + ", ".join(f"{compact_number(s)}: {n}" for s, n in sorted(dist.items()))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from service.training.jsonl import DatasetError
 from service.training.ratings import (
     NYT_PROMPT,
     RatedItem,
@@ -31,6 +30,7 @@ from service.training.ratings import (
     shipped_nytbooks_path,
     write_ratings_jsonl,
 )
+from service.training.records import DatasetError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_NYT = REPO_ROOT.parent / "shared" / "data" / "nytbooks"
