@@ -76,7 +76,8 @@ def import_nytbooks_cmd(
     ] = "drop",
 ) -> None:
     """Convert the NYT books per-annotator ratings to the per-person ratings JSONL format."""
-    from service.training.ratings import import_nytbooks_to, summary_lines
+    from service.training.nytbooks import import_nytbooks_to
+    from service.training.ratings import summary_lines
 
     choices = ("raise", "drop", "first", "last")
     for name, value in (
@@ -302,7 +303,8 @@ def eval_individuals_cmd(
     from service.training.individuals.evaluate import IndividualEvalConfig, evaluate_individuals
     from service.training.individuals.train import IndividualTrainConfig
     from service.training.individuals_report import write_individuals_report
-    from service.training.ratings import load_nytbooks, read_ratings_jsonl
+    from service.training.nytbooks import load_nytbooks
+    from service.training.ratings import read_ratings_jsonl
 
     t0 = time.perf_counter()
     ds = read_ratings_jsonl(data) if data else load_nytbooks()
@@ -405,7 +407,8 @@ def train_individuals_cmd(
     from service.training.individuals.export import rating_checkpoint
     from service.training.individuals.splits import split_people
     from service.training.individuals.train import IndividualTrainConfig, train_individual_gpo
-    from service.training.ratings import load_nytbooks, read_ratings_jsonl
+    from service.training.nytbooks import load_nytbooks
+    from service.training.ratings import read_ratings_jsonl
 
     settings = get_settings()
     ds = read_ratings_jsonl(data) if data else load_nytbooks()

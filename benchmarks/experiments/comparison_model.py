@@ -31,7 +31,7 @@ from service.training.individuals.train import (
     train_individual_gpo,
 )
 from service.training.metrics import pairwise_accuracy
-from service.training.ratings import load_nytbooks
+from service.training.nytbooks import load_nytbooks
 
 
 def main() -> None:

@@ -53,7 +53,7 @@ from service.training.individuals.episodes import comparison_pairs
 from service.training.individuals.priors import fit_content_basis
 from service.training.individuals.splits import context_draw, split_people
 from service.training.metrics import pairwise_accuracy
-from service.training.ratings import load_nytbooks
+from service.training.nytbooks import load_nytbooks
 
 
 def sigmoid(t: np.ndarray) -> np.ndarray:

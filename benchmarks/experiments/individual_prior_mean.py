@@ -22,7 +22,7 @@ from service.training.individuals.baselines import fit_reward_model, latent_fact
 from service.training.individuals.priors import fit_content_basis, fit_rating_prior
 from service.training.individuals.splits import context_draw, split_people
 from service.training.metrics import pairwise_accuracy
-from service.training.ratings import load_nytbooks
+from service.training.nytbooks import load_nytbooks
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from service.training.individuals.train import (
     predict_person,
     train_individual_gpo,
 )
-from service.training.ratings import load_nytbooks
+from service.training.nytbooks import load_nytbooks
 
 VARIANTS: dict[str, tuple[dict, dict]] = {  # name: (train config changes, model config changes)
     "default": ({}, {}),
