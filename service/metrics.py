@@ -17,7 +17,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 class Metrics:
     """Every metric of one app, on a registry of its own (two apps in one process never share counters).
 
-    Group ids are never label values: their number is unbounded and they are tenant data (issue 5).
+    Group ids are never label values: their number is unbounded and they are tenant data.
     """
 
     content_type = CONTENT_TYPE_LATEST
