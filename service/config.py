@@ -36,7 +36,7 @@ class Settings(BaseSettings):
         None, description="comparison checkpoint (gpo train-individuals --kind comparison) serving comparison groups"
     )
 
-    # --- service (issue 3) ---
+    # --- storage, cache, worker and HTTP server ---
     database_url: str = Field(
         f"sqlite:///{PROJECT_ROOT / 'var' / 'gpo.sqlite3'}",
         description="SQLAlchemy URL: a SQLite file by default, postgresql+psycopg://... for Postgres",
@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     database_connect_timeout_s: int = Field(5, ge=1, description="seconds to wait for a Postgres connection")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of 503 answers (a dependency is down)")
 
-    # --- security (issue 5) ---
+    # --- security: API keys and request size ---
     auth: bool = Field(
         True,
         description="require an API key (Authorization: Bearer) on every group, predict and generate route; "
@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body; past it: 413")
 
-    # --- fast path (issue 4) ---
+    # --- fast path: encoded group contexts kept between requests, requests merged into one GPO forward ---
     context_cache_mb: float = Field(
         256.0, ge=0, description="in-process cache of encoded group contexts (GPO keys/values), MiB; 0: off"
     )

@@ -21,20 +21,17 @@ from service.config import get_settings
 from service.embedder.embed import build_embedder
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
 from service.gpo.features import FeatureSpec
-from service.training.individuals import (
+from service.training.individuals.baselines import fit_reward_model
+from service.training.individuals.priors import PersonFeatures, fit_rating_prior, prior_loadings
+from service.training.individuals.splits import context_draw, split_people
+from service.training.individuals.train import (
     IndividualTrainConfig,
-    PersonFeatures,
-    context_draw,
-    fit_rating_prior,
-    fit_reward_model,
     pairwise_from,
     predict_person,
-    prior_loadings,
-    split_people,
     train_individual_gpo,
 )
 from service.training.metrics import pairwise_accuracy
-from service.training.ratings import load_nytbooks
+from service.training.nytbooks import load_nytbooks
 
 
 def main() -> None:

@@ -18,16 +18,11 @@ from service.config import get_settings
 from service.embedder.embed import build_embedder
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_response_item
 from service.gpo.prior import PopulationPrior
-from service.training.individuals import (
-    context_draw,
-    fit_content_basis,
-    fit_rating_prior,
-    fit_reward_model,
-    latent_factor_predict,
-    split_people,
-)
+from service.training.individuals.baselines import fit_reward_model, latent_factor_predict
+from service.training.individuals.priors import fit_content_basis, fit_rating_prior
+from service.training.individuals.splits import context_draw, split_people
 from service.training.metrics import pairwise_accuracy
-from service.training.ratings import load_nytbooks
+from service.training.nytbooks import load_nytbooks
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ class GPOConfig:
     kind: str = "choice"
     # Comparisons only: "pair" (appendix H: every token is a pair, the output is P(a preferred)) or "score"
     # (context tokens are pairs, target tokens single responses whose output is a scalar score; trained with a
-    # Bradley-Terry loss on pairs of targets, see service.training.individuals).
+    # Bradley-Terry loss on pairs of targets, see service.gpo.losses.bt_loss).
     comparison_head: str = "pair"
     # Comparisons with the score head and the "ridge" readout: a target response's score starts at
     # beta * mean + loadings @ u, u being one Newton step (from 0) of the ridge-regularised logistic fit of the

@@ -276,22 +276,3 @@ def run_new_question_protocol(
             {(r["method"], r["subset"]): round(r["alignment"], 4) for r in found},
         )
     return records
-
-
-def markdown_table(records: Sequence[dict], subset: str = "all", n_context: int = 20) -> str:
-    """Mean alignment over seeds: one row per method, one column per split."""
-    rows = [
-        r
-        for r in records
-        if r["subset"] == subset and r.get("protocol", "groups") == "groups" and r.get("n_context", 20) == n_context
-    ]
-    splits = sorted({r["split"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| method | " + " | ".join(f"{s:.0%}" for s in splits) + " |", "|---|" + "---|" * len(splits)]
-    for m in methods:
-        cells = []
-        for s in splits:
-            v = [r["alignment"] for r in rows if r["method"] == m and r["split"] == s]
-            cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "–")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

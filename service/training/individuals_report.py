@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.training.report import _plt
+from service.training.plots import plot_context_curve
 
 START, END = "<!-- section:individuals -->", "<!-- /section:individuals -->"
 LABELS = {
@@ -77,27 +77,6 @@ def margin(records: Sequence[dict], k: int, method: str = "gpo", over: str = "re
         "people": len(d),
         "bootstrap_ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
     }
-
-
-def plot_context_curve(records: Sequence[dict], path: Path) -> None:
-    plt = _plt()
-    methods = [m for m in LABELS if any(r["method"] == m for r in records)]
-    ks = sorted({r["n_context"] for r in records})
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    for m in methods:
-        ys = [np.mean(_values(records, m, k, "pairwise")) if _values(records, m, k, "pairwise") else np.nan for k in ks]
-        style = "-o" if m.startswith("gpo") else "--."
-        ax.plot(ks, ys, style, label=LABELS[m], linewidth=2 if m.startswith("gpo") else 1)
-    ax.set_xscale("log")
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("items the held-out person rated in the context")
-    ax.set_ylabel("pairwise accuracy on their other items")
-    ax.set_title("NYT books, held-out people (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def individuals_markdown(records: Sequence[dict], meta: dict, figure: str | None) -> str:
@@ -249,7 +228,7 @@ def write_individuals_report(records: Sequence[dict], meta: dict, out: Path) -> 
     out = Path(out)
     fig_dir = out.parent / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    plot_context_curve(records, fig_dir / "individuals_context.png")
+    plot_context_curve(records, fig_dir / "individuals_context.png", LABELS)
     section = individuals_markdown(records, meta, "results/individuals_context.png")
     page = out.read_text() if out.exists() else "# Results\n"
     out.write_text(splice(page, section))

@@ -1,109 +1,33 @@
-"""RESULTS.md and its plots from the records of `gpo eval --json` (matplotlib, no display needed)."""
+"""RESULTS.md from the records of `gpo eval --json`: tables, the acceptance check, and the figures of plots.py."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from service.training.evaluate import markdown_table
-
-ISSUE_BASELINES = ("uniform", "train_mean", "nearest_group", "mixture")
-
-
-def _mean(records: Sequence[dict], **match) -> float | None:
-    vals = [r["alignment"] for r in records if all(r.get(k) == v for k, v in match.items())]
-    return float(np.mean(vals)) if vals else None
+from service.training.individuals_report import section_of, splice
+from service.training.plots import mean_alignment, plot_bars, plot_curve, plot_examples
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_bars(records: Sequence[dict], path: Path, n_context: int = 20) -> None:
-    """Mean alignment per method and split (bars), all questions and the contentious subset."""
-    plt = _plt()
-    rows = [r for r in records if r["protocol"] == "groups" and r["n_context"] == n_context]
+def markdown_table(records: Sequence[dict], subset: str = "all", n_context: int = 20) -> str:
+    """Mean alignment over seeds: one row per method, one column per split."""
+    rows = [
+        r
+        for r in records
+        if r["subset"] == subset and r.get("protocol", "groups") == "groups" and r.get("n_context", 20) == n_context
+    ]
     splits = sorted({r["split"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows if r["subset"] == "all"))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), sharey=True)
-    for ax, subset in zip(axes, ("all", "contentious"), strict=True):
-        width = 0.8 / len(methods)
-        for i, m in enumerate(methods):
-            vals = [_mean(rows, method=m, split=s, subset=subset) or 0.0 for s in splits]
-            ax.bar(np.arange(len(splits)) + i * width, vals, width, label=m)
-        ax.set_xticks(np.arange(len(splits)) + 0.4 - width / 2, [f"{s:.0%} train groups" for s in splits])
-        ax.set_title(f"{subset} questions ({n_context} context questions)")
-        ax.set_ylim(0.75, 1.0)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("alignment (mean over seeds)")
-    axes[1].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_curve(records: Sequence[dict], path: Path) -> None:
-    """Alignment against the number of context questions (mean over seeds)."""
-    plt = _plt()
-    rows = [r for r in records if r["protocol"] == "groups" and r["subset"] == "all"]
-    sizes_by_method: dict[str, set[int]] = defaultdict(set)
-    splits = {r["split"] for r in rows if r["n_context"] != 20}
-    if not splits:
-        return
-    split = min(splits)
-    rows = [r for r in rows if r["split"] == split]
-    for r in rows:
-        sizes_by_method[r["method"]].add(r["n_context"])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for m, sizes in sizes_by_method.items():
-        ns = sorted(sizes)
-        if len(ns) < 3:
-            continue
-        ax.plot(ns, [_mean(rows, method=m, n_context=n) for n in ns], marker="o", label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("context questions")
-    ax.set_ylabel("alignment (all questions)")
-    ax.set_title(f"Context-size curve ({split:.0%} train groups)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_examples(examples: Sequence[dict], path: Path) -> None:
-    """Predicted vs true distributions for a few (group, question) pairs, as the paper's figure 4."""
-    if not examples:
-        return
-    plt = _plt()
-    n = len(examples)
-    cols = min(3, n)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.3 * rows), squeeze=False)
-    for ax, ex in zip(axes.flat, examples, strict=False):
-        k = len(ex["options"])
-        x = np.arange(k)
-        series = [("true", ex["true"]), ("GPO", ex["gpo"])] + [(m, ex[m]) for m in ("mixture",) if m in ex]
-        w = 0.8 / len(series)
-        for i, (name, vals) in enumerate(series):
-            ax.bar(x + i * w, vals, w, label=name)
-        ax.set_xticks(x + 0.4 - w / 2, [o[:18] for o in ex["options"]], rotation=25, fontsize=7)
-        ax.set_title(f"{ex['group']}: {ex['question'][:55]}", fontsize=8)
-        ax.set_ylim(0, 1)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    lines = ["| method | " + " | ".join(f"{s:.0%}" for s in splits) + " |", "|---|" + "---|" * len(splits)]
+    for m in methods:
+        cells = []
+        for s in splits:
+            v = [r["alignment"] for r in rows if r["method"] == m and r["split"] == s]
+            cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f}" if v else "–")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def results_markdown(records: Sequence[dict], examples: Sequence[dict], meta: dict, figures: dict[str, str]) -> str:
@@ -158,22 +82,22 @@ def results_markdown(records: Sequence[dict], examples: Sequence[dict], meta: di
     return "\n".join(lines)
 
 
-REFERENCES = ("latent_factor",)  # our own extra references, beyond the baselines the issue lists
+REFERENCES = ("latent_factor",)  # our own extra references, beyond the baselines of the protocol
 
 
 def _verdict(records: Sequence[dict]) -> list[str]:
     rows = [r for r in records if r["protocol"] == "groups" and r["n_context"] == 20]
     out = []
-    g06 = _mean(rows, method="gpo", split=0.6, subset="all")
+    g06 = mean_alignment(rows, method="gpo", split=0.6, subset="all")
     if g06 is not None:
         verdict = "met" if g06 >= 0.970 else "NOT met"
         out.append(f"- GPO mean alignment at the 60% split, all questions: **{g06:.4f}** (target ≥ 0.970: {verdict}).")
     lost: dict[bool, list[str]] = {True: [], False: []}
     for subset in ("all", "contentious", "lm_sample"):
         for s in sorted({r["split"] for r in rows}):
-            g = _mean(rows, method="gpo", split=s, subset=subset)
+            g = mean_alignment(rows, method="gpo", split=s, subset=subset)
             for m in sorted({r["method"] for r in rows if r["subset"] == subset} - {"gpo"}):
-                b = _mean(rows, method=m, split=s, subset=subset)
+                b = mean_alignment(rows, method=m, split=s, subset=subset)
                 if g is not None and b is not None and b >= g:
                     lost[m in REFERENCES].append(f"{m} ({subset}, {s:.0%}: {b:.4f} vs GPO {g:.4f})")
     if lost[False]:
@@ -199,10 +123,10 @@ def _new_question_table(rows: Sequence[dict]) -> str:
             v = [r["alignment"] for r in rows if r["method"] == m and r["subset"] == subset]
             if v:
                 lines.append(f"| {m} | {subset} | {np.mean(v):.4f} ± {np.std(v):.4f} |")
-    g_new = _mean(rows, method="gpo", subset="all")
-    u_new = _mean(rows, method="uniform", subset="all")
-    g_known = _mean(rows, method="gpo", subset="known_questions")
-    u_known = _mean(rows, method="uniform", subset="known_questions")
+    g_new = mean_alignment(rows, method="gpo", subset="all")
+    u_new = mean_alignment(rows, method="uniform", subset="all")
+    g_known = mean_alignment(rows, method="gpo", subset="known_questions")
+    u_known = mean_alignment(rows, method="uniform", subset="known_questions")
     if None not in (g_new, u_new, g_known, u_known) and g_known != u_known:
         kept = (g_new - u_new) / (g_known - u_known)
         lines += ["", f"GPO keeps {kept:.0%} of its advantage over uniform on questions no training group answered "
@@ -226,8 +150,6 @@ def write_report(records: Sequence[dict], examples: Sequence[dict], meta: dict, 
         figures["Predicted vs true distributions"] = "results/examples.png"
     text = results_markdown(records, examples, meta, figures)
     if out.exists():  # the individuals section (gpo eval-individuals) is kept as it is
-        from service.training.individuals_report import section_of, splice
-
         kept = section_of(out.read_text())
         if kept:
             text = splice(text, kept)

@@ -314,7 +314,7 @@ def test_batch_rejects_mismatched_shapes():
 def test_gpo_imports_no_heavy_modules():
     code = (
         "import json, sys\n"
-        "import service.gpo.model, service.gpo.batch, service.gpo.prior, service.gpo.checkpoint\n"
+        "import service.gpo.model, service.gpo.batch, service.gpo.prior, service.gpo.checkpoint, service.gpo.losses\n"
         "print(json.dumps([m for m in ('fastapi', 'sqlalchemy', 'transformers') if m in sys.modules]))\n"
     )
     res = subprocess.run(

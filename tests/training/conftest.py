@@ -1,4 +1,4 @@
-"""Fixtures for the training tests: the shipped OpinionQA dataset and, when present, the shared raw data."""
+"""Fixtures for the training tests: the shipped OpinionQA and NYT books datasets, and the shared raw data if present."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from service.training.datasets import PreferenceDataset
+from service.training.nytbooks import load_nytbooks
 from service.training.opinionqa import load_opinionqa
+from service.training.ratings import RatingsDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / "shared"  # present in CI and on dev machines; the project must not need it
@@ -19,6 +21,12 @@ SHARED_OQA_BASELINES = SHARED / "tools" / "oqa_baselines.py"
 def opinionqa() -> PreferenceDataset:
     """The shipped OpinionQA dataset, read once per session (treat it as read-only)."""
     return load_opinionqa()
+
+
+@pytest.fixture(scope="module")
+def nyt() -> RatingsDataset:
+    """The shipped NYT books ratings (read once per test module)."""
+    return load_nytbooks()
 
 
 @pytest.fixture(scope="session")

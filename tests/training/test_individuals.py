@@ -7,25 +7,21 @@ import pytest
 import torch
 
 from service.gpo.features import FeatureSpec
-from service.training.individuals import (
-    IndividualEvalConfig,
-    IndividualTrainConfig,
-    PeopleSplit,
+from service.gpo.losses import bt_loss
+from service.training.individuals.baselines import fit_reward_model, knn_predict, latent_factor_predict
+from service.training.individuals.episodes import bt_episode, comparison_pairs
+from service.training.individuals.evaluate import IndividualEvalConfig, evaluate_individuals
+from service.training.individuals.priors import (
     PersonFeatures,
-    _person_priors,
-    bt_episode,
-    bt_loss,
-    comparison_pairs,
-    context_draw,
-    evaluate_individuals,
     fit_content_basis,
+    fit_person_priors,
     fit_rating_prior,
-    fit_reward_model,
-    knn_predict,
-    latent_factor_predict,
+)
+from service.training.individuals.splits import PeopleSplit, context_draw, split_people
+from service.training.individuals.train import (
+    IndividualTrainConfig,
     pairwise_from,
     predict_person,
-    split_people,
     train_individual_gpo,
 )
 from service.training.metrics import exact_accuracy, pairwise_accuracy, rating_rmse, spearman
@@ -93,20 +89,20 @@ def test_fold_priors_never_encode_a_persons_own_ratings() -> None:
 
     # content loadings with the reward model's mean (the default), with item means, and SVD loadings
     for loadings, reward in ((content, True), (content, False), (None, False)):
-        _, _, priors = _person_priors(
+        _, _, priors = fit_person_priors(
             y, split, index, 3, loadings, n_folds=5, seed=0, mean_of=reward_of(y) if reward else None
         )
         for person in (split.fit[0], split.val[0]):
             changed = y.copy()
             row = index[person]
             changed[row] = np.where(np.isnan(y[row]), np.nan, 1.0 - y[row])
-            _, _, priors2 = _person_priors(
+            _, _, priors2 = fit_person_priors(
                 changed, split, index, 3, loadings, n_folds=5, seed=0, mean_of=reward_of(changed) if reward else None
             )
             assert np.array_equal(priors[person][0].mean, priors2[person][0].mean)
             # ... while the prior of test people (all training people) does follow them
             full, full2 = (
-                _person_priors(m, split, index, 3, loadings, 5, 0, reward_of(m) if reward else None)[0]
+                fit_person_priors(m, split, index, 3, loadings, 5, 0, reward_of(m) if reward else None)[0]
                 for m in (y, changed)
             )
             assert not np.allclose(full.mean, full2.mean)
@@ -195,7 +191,7 @@ def test_the_readout_is_kept_unless_training_beats_it_on_validation(min_gain_se:
         assert np.allclose(pred, readout, atol=1e-5)
         # its std is one constant: the readout's residual spread on the validation people, not the random head's
         from service.gpo.batch import collate
-        from service.training.individuals import rating_episode
+        from service.training.individuals.episodes import rating_episode
 
         with torch.no_grad():
             std = result.model(collate([rating_episode(x, yp, c, t)])).std[0, len(c) :]
@@ -212,7 +208,7 @@ def test_the_comparison_readout_is_the_closed_form_pair_fit() -> None:
     """The untrained score-head comparison model scores a response beta * reward + loadings @ u, u one Newton step of
     the ridge logistic fit of the person's context pairs (benchmarks/experiments/comparison_readout.py); with no
     pair rated differently it falls back to the reward model's order."""
-    from service.training.individuals import fit_pair_beta
+    from service.training.individuals.baselines import fit_pair_beta
 
     ds, emb = synthetic(n_people=60)
     spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=3)
@@ -250,7 +246,7 @@ def test_the_comparison_readout_is_the_closed_form_pair_fit() -> None:
 
 def test_fit_pair_beta_recovers_the_scale_of_the_mean() -> None:
     """Pairs labelled by sampling sigmoid(2.5 * (mean_a - mean_b)): the fit finds about 2.5."""
-    from service.training.individuals import fit_pair_beta
+    from service.training.individuals.baselines import fit_pair_beta
 
     rng = np.random.default_rng(0)
     mean = rng.normal(size=40)
@@ -307,19 +303,3 @@ def test_bradley_terry_episode_and_loss() -> None:
         model.head[-1].bias.zero_()
     base = float(bt_loss(model, [ep], [(ia, ib, lab)]))
     assert base == pytest.approx(len(ia) * np.log(2), rel=1e-5)  # equal scores: every pair at 1/2
-
-
-def test_rank_loss_counts_only_target_pairs_rated_differently() -> None:
-    from service.gpo.batch import GPOBatch
-    from service.training.individuals import rank_loss
-
-    y = torch.tensor([[0.9, 1.0, 0.0, 0.5, 0.5]])
-    is_ctx = torch.tensor([[True, False, False, False, False]])
-    batch = GPOBatch(x=torch.zeros(1, 5, 2), y=y, is_context=is_ctx, is_target=~is_ctx, question=torch.arange(5)[None])
-    right = torch.tensor([[-9.0, 1.0, 0.0, 0.5, 0.4]])  # the context token's score must not matter
-    wrong = torch.tensor([[9.0, 0.0, 1.0, 0.4, 0.5]])
-    assert float(rank_loss(batch, right, 0.01)) < 1e-3  # pairs (1,2), (1,3), (1,4), (3,2), (4,2) all ordered right
-    # every pair reversed by a margin of at least 0.1 / 0.01 = 10: loss ~ mean margin per pair times 4 targets
-    assert float(rank_loss(batch, wrong, 0.01)) > 4 * 9
-    tied = torch.tensor([[0.0, 1.0, 0.0, 0.5, 0.9]])  # only the tied pair (3, 4) is out of order: it is ignored
-    assert float(rank_loss(batch, tied, 0.01)) < 1e-3

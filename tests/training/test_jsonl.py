@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.training.datasets import PreferenceDataset, Question
-from service.training.jsonl import DatasetError, read_jsonl, write_jsonl
+from service.training.jsonl import read_jsonl, write_jsonl
+from service.training.records import DatasetError
 
 
 def _dataset() -> PreferenceDataset:

@@ -10,18 +10,12 @@ from service.embedder.prompts import format_response_item
 from service.gpo.checkpoint import save_checkpoint
 from service.gpo.features import FeatureSpec
 from service.serving.predictor import AnsweredItem, Item, Predictor
-from service.training.individuals import (
-    IndividualTrainConfig,
-    PersonFeatures,
-    comparison_pairs,
-    context_draw,
-    fit_content_basis,
-    fit_reward_regressor,
-    predict_person,
-    rating_checkpoint,
-    split_people,
-    train_individual_gpo,
-)
+from service.training.individuals.baselines import fit_reward_regressor
+from service.training.individuals.episodes import comparison_pairs
+from service.training.individuals.export import rating_checkpoint
+from service.training.individuals.priors import PersonFeatures, fit_content_basis
+from service.training.individuals.splits import context_draw, split_people
+from service.training.individuals.train import IndividualTrainConfig, predict_person, train_individual_gpo
 
 from .test_individuals import synthetic
 

@@ -1,0 +1,5 @@
+"""`python -m service.cli`: the `gpo` command line."""
+
+from service.cli import app
+
+app()

@@ -1,0 +1,226 @@
+"""Evaluation of individuals: every method on identical people splits and context draws, baselines chosen by CV."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from service.gpo.features import FeatureSpec
+from service.training.individuals.baselines import fit_reward_model, knn_predict, latent_factor_predict
+from service.training.individuals.priors import PersonFeatures, fit_rating_prior, prior_loadings
+from service.training.individuals.splits import PeopleSplit, context_draw, split_people
+from service.training.individuals.train import (
+    IndividualTrainConfig,
+    pairwise_from,
+    predict_person,
+    train_individual_gpo,
+)
+from service.training.metrics import exact_accuracy, pairwise_accuracy, rating_rmse, spearman
+from service.training.ratings import RatingsDataset
+
+log = logging.getLogger(__name__)
+
+
+METHODS = (
+    "gpo",
+    "gpo_comparison",
+    "global_mean",
+    "context_mean",
+    "knn",
+    "reward_model",
+    "latent_factor",
+    "content_factor",
+)
+
+
+@dataclass
+class IndividualEvalConfig:
+    train_frac: float = 0.6
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_context: tuple[int, ...] = (1, 2, 5, 10, 20)
+    main_context: int = 10  # the headline table's context size
+    prior_rank: int = 8  # rank of the baselines' latent-factor prior (GPO's comes from its FeatureSpec)
+    knn_k: tuple[int, ...] = (5, 10, 20, 40, 80, 160)
+    reward_lambda: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    lf_lambda: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
+    comparison: bool = True  # also meta-train and score the comparison kind
+    val_draws: int = 2  # context draws per person and context size when choosing settings by cross-validation
+    cv_folds: int = 5
+
+
+def _choose_baselines(
+    ds: RatingsDataset,
+    emb: np.ndarray,
+    y: np.ndarray,
+    split: PeopleSplit,
+    cfg: IndividualEvalConfig,
+    seed: int,
+    content: np.ndarray | None,
+    prior_mean: str,
+) -> tuple[int, float, float, float]:
+    """(kNN k, reward-model ridge, latent-factor ridge, content-factor ridge), chosen by cross-validation over
+    the training people (fit + validation; `cv_folds` folds): each candidate is fitted on the other folds and
+    scored by mean pairwise accuracy on the fold's people, over every evaluated context size up to main_context
+    with `val_draws` context draws each; the best mean over all training people wins (first best on ties).
+    The content-factor reference starts from the chosen reward model when prior_mean is "reward"."""
+    index = {p: i for i, p in enumerate(ds.people)}
+    people = list(split.fit) + list(split.val)
+    fold_of = np.random.default_rng(seed + 30_000).permutation(len(people)) % cfg.cv_folds
+    sizes = [k for k in cfg.n_context if k <= cfg.main_context] or [cfg.main_context]
+    folds = []  # (rows the candidates are fitted on, [(y of the person, context, targets)])
+    for f in range(cfg.cv_folds):
+        rows = np.array([index[p] for p, g in zip(people, fold_of, strict=True) if g != f])
+        draws = [
+            (y[index[p]], *context_draw(ds, p, k, seed + 10_000 + d))
+            for p, g in zip(people, fold_of, strict=True)
+            if g == f
+            for k in sizes
+            for d in range(cfg.val_draws)
+        ]
+        folds.append((rows, draws))
+
+    def choose(candidates: Sequence, predict) -> float | int:
+        """predict(candidate, rows) -> a function (y_person, ctx, tgt) -> prediction."""
+        means = []
+        for cand in candidates:
+            accs = []
+            for rows, draws in folds:
+                fn = predict(cand, rows)
+                accs += [pairwise_accuracy(fn(yp, c, t), yp[t]) for yp, c, t in draws]
+            means.append(float(np.mean([a for a in accs if a is not None])))
+        return candidates[int(np.argmax(means))]
+
+    def knn(k: int, rows: np.ndarray):
+        mean = fit_rating_prior(y[rows], 0)[0].mean
+        return lambda yp, c, t: knn_predict(y, rows, yp, c, t, k, mean)
+
+    def reward(lam: float, rows: np.ndarray):
+        r = fit_reward_model(emb, y, rows, lam)
+        return lambda yp, c, t: r[t]
+
+    def factor(lam: float, rows: np.ndarray, loadings: np.ndarray | None = None, mean_lam: float | None = None):
+        mean = fit_reward_model(emb, y, rows, mean_lam).astype(np.float32) if mean_lam is not None else None
+        rank = loadings.shape[1] if loadings is not None else cfg.prior_rank
+        prior, _ = fit_rating_prior(y[rows], rank, loadings=loadings, mean=mean)
+        return lambda yp, c, t: latent_factor_predict(prior, yp, c, t, lam)
+
+    k = choose(cfg.knn_k, knn)
+    lam_rm = choose(cfg.reward_lambda, reward)
+    lam_lf = choose(cfg.lf_lambda, factor)
+    lam_cf = 1.0
+    if content is not None:
+        mean_lam = lam_rm if prior_mean == "reward" else None
+        lam_cf = choose(cfg.lf_lambda, lambda lam, rows: factor(lam, rows, content, mean_lam))
+    return int(k), float(lam_rm), float(lam_lf), float(lam_cf)
+
+
+def _person_metrics(ds: RatingsDataset, pred_norm: np.ndarray, y_norm: np.ndarray) -> dict[str, float | None]:
+    lo, hi = ds.scale
+    pred = lo + (hi - lo) * np.clip(pred_norm, 0.0, 1.0)
+    true = lo + (hi - lo) * y_norm
+    levels = np.arange(lo, hi + 1)
+    return {
+        "rmse": rating_rmse(pred, true),
+        "spearman": spearman(pred, true),
+        "pairwise": pairwise_accuracy(pred, true),
+        "exact": exact_accuracy(pred, true, levels),
+    }
+
+
+def evaluate_individuals(
+    ds: RatingsDataset,
+    emb: np.ndarray,
+    spec: FeatureSpec,
+    cfg: IndividualEvalConfig | None = None,
+    train_cfg: IndividualTrainConfig | None = None,
+    model_cfg: dict | None = None,
+) -> tuple[list[dict], dict]:
+    """Every method on identical people splits and context draws. Returns (records, meta): one record per
+    (method, seed, n_context) with the mean of each metric over the test people, and per-person pairwise
+    accuracies for the confidence intervals."""
+    cfg = cfg or IndividualEvalConfig()
+    train_cfg = train_cfg or IndividualTrainConfig()
+    y = ds.matrix()
+    index = {p: i for i, p in enumerate(ds.people)}
+    records: list[dict] = []
+    meta: dict = {"chosen": {}, "training": {}}
+    for seed in cfg.seeds:
+        split = split_people(ds.people, cfg.train_frac, seed)
+        train_rows = np.array([index[p] for p in split.fit + split.val])
+        prior, _ = fit_rating_prior(y[train_rows], cfg.prior_rank)
+        content = prior_loadings(emb, spec.prior_rank, train_cfg.loadings)
+        k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(ds, emb, y, split, cfg, seed, content, train_cfg.prior_mean)
+        reward = fit_reward_model(emb, y, train_rows, float(lam_rm))
+        # GPO's prior (and the content-factor reference's) starts from this very reward model: the baseline
+        seed_cfg = replace(train_cfg, reward_lambda=float(lam_rm))
+        gpo_mean = reward.astype(np.float32) if train_cfg.prior_mean == "reward" else None
+        gpo_prior, gpo_known = fit_rating_prior(y[train_rows], spec.prior_rank, loadings=content, mean=gpo_mean)
+
+        meta["chosen"][str(seed)] = {
+            "knn_k": k_best,
+            "reward_lambda": lam_rm,
+            "lf_lambda": lam_lf,
+            "content_lambda": lam_cf,
+        }
+        # the ridge readout starts at the strength the content-factor reference chose on the validation people
+        rating_cfg = {"ridge_init": lam_cf, **(model_cfg or {})}
+        models = {"gpo": train_individual_gpo(ds, emb, split, spec, seed_cfg, "rating", rating_cfg)}
+        if cfg.comparison:
+            models["gpo_comparison"] = train_individual_gpo(ds, emb, split, spec, seed_cfg, "comparison", model_cfg)
+            models["gpo_comparison_bt"] = train_individual_gpo(
+                ds, emb, split, spec, seed_cfg, "comparison_bt", model_cfg
+            )
+        for name, m in models.items():
+            meta["training"][f"{name}/{seed}"] = {
+                "steps": m.steps_run,
+                "best_step": m.best_step,
+                "best_val_pairwise": m.best_val,
+                "wall_s": m.wall_s,
+            }
+        x_test = PersonFeatures(spec, emb).build(gpo_prior, gpo_known)
+        rng = np.random.default_rng(seed)
+        for k in cfg.n_context:
+            per: dict[str, list[dict]] = {}
+            for p in split.test:
+                yp = y[index[p]]
+                ctx, tgt = context_draw(ds, p, k, seed)
+                preds = {
+                    "gpo": predict_person(models["gpo"].model, "rating", x_test, yp, ctx, tgt, rng),
+                    "global_mean": prior.mean[tgt].astype(np.float64),
+                    "context_mean": np.full(len(tgt), float(np.mean(yp[ctx]))),
+                    "knn": knn_predict(y, train_rows, yp, ctx, tgt, int(k_best), prior.mean),
+                    "reward_model": reward[tgt],
+                    "latent_factor": latent_factor_predict(prior, yp, ctx, tgt, float(lam_lf)),
+                }
+                if content is not None:
+                    preds["content_factor"] = latent_factor_predict(gpo_prior, yp, ctx, tgt, lam_cf)
+                for name, pred in preds.items():
+                    per.setdefault(name, []).append({"person": p, **_person_metrics(ds, pred, yp[tgt])})
+                for name, kind in (("gpo_comparison", "comparison"), ("gpo_comparison_bt", "comparison_bt")):
+                    if name in models:
+                        pair_pred = predict_person(models[name].model, kind, x_test, yp, ctx, tgt, rng)
+                        acc = pairwise_from(kind, pair_pred, yp, tgt)
+                        spear = spearman(pair_pred, yp[tgt]) if kind == "comparison_bt" else None
+                        per.setdefault(name, []).append(
+                            {"person": p, "rmse": None, "spearman": spear, "pairwise": acc, "exact": None}
+                        )
+            for name, rows in per.items():
+                rec = {"method": name, "seed": seed, "n_context": k, "n_people": len(rows)}
+                for metric in ("rmse", "spearman", "pairwise", "exact"):
+                    vals = [r[metric] for r in rows if r[metric] is not None]
+                    rec[metric] = float(np.mean(vals)) if vals else None
+                rec["per_person_pairwise"] = {r["person"]: r["pairwise"] for r in rows}
+                records.append(rec)
+            log.info(
+                "seed %d, %d context items: %s",
+                seed,
+                k,
+                {
+                    n: round(np.mean([r["pairwise"] for r in rows if r["pairwise"] is not None]), 4)
+                    for n, rows in per.items()
+                },
+            )
+    return records, meta
