@@ -69,6 +69,44 @@ def reachable(start: str) -> set[str]:
     return seen
 
 
+# What each part of `service` may import (docs/ARCHITECTURE.md draws it): lower layers never import higher ones.
+LAYERS: dict[str, set[str]] = {
+    "config": set(),
+    "gpo": set(),
+    "batching": set(),
+    "metrics": set(),
+    "schemas": {"config"},
+    "db": {"config"},
+    "cache": {"config"},
+    "auth": {"db"},
+    "limits": {"config", "schemas"},
+    "client": {"schemas"},
+    "embedder": {"batching", "config", "metrics"},
+    "training": {"config", "embedder", "gpo"},
+    "serving": {"auth", "batching", "cache", "config", "db", "embedder", "gpo", "limits", "metrics", "schemas"},
+    "api": {"auth", "batching", "config", "db", "embedder", "limits", "schemas", "serving"},
+    "app": {"api", "cache", "config", "db", "embedder", "gpo", "limits", "metrics", "serving"},
+    "cli": {"app", "auth", "config", "db", "embedder", "gpo", "training"},
+    "data": set(),
+}
+
+
+def part(module: str) -> str:
+    """service.serving.predict -> serving; service.limits -> limits."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_every_part_imports_only_the_layers_below_it() -> None:
+    wrong = sorted(
+        f"{m} imports {i}"
+        for m, imported in GRAPH.items()
+        if m != "service"
+        for i in imported
+        if part(i) != part(m) and part(i) not in LAYERS[part(m)]
+    )
+    assert wrong == []
+
+
 def test_the_import_graph_has_no_cycle() -> None:
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
@@ -106,6 +144,26 @@ def test_the_model_package_imports_only_torch_numpy_and_safetensors() -> None:
 def test_no_module_is_over_500_lines() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """A helper another module needs is public, with a name that says what it does."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("service"):
+                found += [f"{name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert found == []
+
+
+def test_no_two_classes_share_a_name() -> None:
+    """One name, one thing: a reader (and a grep) never has to ask which `Prediction` is meant."""
+    where: dict[str, list[str]] = {}
+    for name, path in MODULES.items():
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(name)
+    assert {c: ms for c, ms in where.items() if len(ms) > 1} == {}
 
 
 def test_the_graph_is_read_right() -> None:

@@ -120,7 +120,7 @@ class ContextState:
 
 
 @dataclass
-class Prediction:
+class GPOOutput:
     """Per-token outputs. `mean` is the per-question softmax over option scores (targets only)."""
 
     mean: torch.Tensor  # [B, N] probabilities; 0 on non-target tokens
@@ -270,7 +270,7 @@ class GPO(nn.Module):
         """Token embeddings [B, N, C]: standardised x joined with y (y zeroed outside the context)."""
         return self._tokens(batch.x, torch.where(batch.is_context, batch.y, torch.zeros_like(batch.y)))
 
-    def forward(self, batch: GPOBatch) -> Prediction:
+    def forward(self, batch: GPOBatch) -> GPOOutput:
         assert bool(batch.is_context.any(dim=1).all()), "every row needs at least one context item"
         h = self.encode_tokens(batch)  # [B, N, C]
         # keys = context tokens only; positions after the last context token of every row hold none
@@ -286,7 +286,7 @@ class GPO(nn.Module):
 
     def _readout(
         self, h: torch.Tensor, prior: torch.Tensor | None, question: torch.Tensor, is_target: torch.Tensor
-    ) -> Prediction:
+    ) -> GPOOutput:
         out = self.head(self.norm(h))  # [B, N, 2]
         logits, raw_std = out.unbind(-1)
         if prior is not None:
@@ -298,7 +298,7 @@ class GPO(nn.Module):
         else:  # comparison
             mean = torch.sigmoid(logits).masked_fill(~is_target, 0.0)
         std = self.cfg.min_std + F.softplus(raw_std)
-        return Prediction(mean=mean, std=std.masked_fill(~is_target, 1.0), logits=logits)
+        return GPOOutput(mean=mean, std=std.masked_fill(~is_target, 1.0), logits=logits)
 
     # ------------------------------------------------------------------ cached context (serving)
     #
@@ -323,7 +323,7 @@ class GPO(nn.Module):
 
     def predict_targets(
         self, state: ContextState, x: torch.Tensor, question: torch.Tensor, mask: torch.Tensor
-    ) -> Prediction:
+    ) -> GPOOutput:
         """Targets x [B, Nt, Dx] with question ids [B, Nt] and mask [B, Nt] against an encoded context."""
         h = self._tokens(x, torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device))
         attend = state.mask[:, None, None, :]
@@ -387,7 +387,7 @@ class GPO(nn.Module):
         z = self._ridge_z(batch.x, batch.y, batch.is_context) if self.cfg.prior_readout == "ridge" else None
         return self._prior_logits(batch.x, z)
 
-    def loss(self, batch: GPOBatch, pred: Prediction | None = None) -> torch.Tensor:
+    def loss(self, batch: GPOBatch, pred: GPOOutput | None = None) -> torch.Tensor:
         """Per target token, summed per row, averaged over rows: Gaussian NLL of the true y (choices, ratings),
         or binary cross-entropy of the preference probability (comparisons)."""
         pred = self(batch) if pred is None else pred

@@ -19,8 +19,7 @@ from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_resp
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel
-from service.gpo.model import ContextState
-from service.gpo.model import Prediction as GPOOutput
+from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
 
 

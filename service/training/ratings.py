@@ -331,9 +331,3 @@ def summary_lines(ds: RatingsDataset) -> Iterator[str]:
         for s in v.values():
             dist[s] = dist.get(s, 0) + 1
     yield "scores: " + ", ".join(f"{compact_number(s)}: {n}" for s, n in sorted(dist.items()))
-
-
-if __name__ == "__main__":  # `python -m service.training.ratings ROOT OUT`: the NYT importer, now in nytbooks.py
-    from service.training.nytbooks import main
-
-    main()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from service.gpo.batch import Episode, GPOBatch, collate
-from service.gpo.model import GPO, GPOConfig, Prediction
+from service.gpo.model import GPO, GPOConfig, GPOOutput
 
 DIM_X = 8
 
@@ -73,7 +73,7 @@ def permute_episode(ep: Episode, perm: torch.Tensor) -> Episode:
     return Episode(x=ep.x[perm], y=ep.y[perm], is_context=ep.is_context[perm], question=ep.question[perm])
 
 
-def predict(model: GPO, batch: GPOBatch | Sequence[Episode]) -> Prediction:
+def predict(model: GPO, batch: GPOBatch | Sequence[Episode]) -> GPOOutput:
     if not isinstance(batch, GPOBatch):
         batch = collate(batch)
     with torch.no_grad():
