@@ -359,3 +359,76 @@ def test_generate_for_a_comparison_group_ranks_by_win_rate(comparison_client: Te
     wins = [np.mean([(p[i, j] + 1 - p[j, i]) / 2 for j in range(n) if j != i]) for i in range(n)]
     assert [r["score"] for r in ranked] == pytest.approx(wins, abs=1e-5)
     assert wins[0] == max(wins)
+
+
+def test_every_kind_waits_in_the_one_micro_batcher(make_settings, sqlite_url: str, rating_store) -> None:
+    """Rating and comparison predictions queue on the same micro-batcher as choice ones (bounded: 429 when full), and
+    a batch that mixes kinds answers each request as it would be answered alone."""
+    import threading
+    import time
+
+    from .conftest import COMPARISON_CHECKPOINT, RATING_CHECKPOINT, RATING_PROMPT, authed_client
+
+    settings = make_settings(
+        sqlite_url,
+        model_store=rating_store,
+        rating_checkpoint=RATING_CHECKPOINT,
+        comparison_checkpoint=COMPARISON_CHECKPOINT,
+        batch_max_requests=8,
+        batch_max_queue=2,
+    )
+    with authed_client(settings) as c:
+        assert c.post("/groups/choice/context", json={"items": [context_item(1)]}).status_code == 200
+        assert (
+            c.post("/groups/rater/context", json={"items": [_rating(j, 1 + j % 5) for j in range(6)]}).status_code
+            == 200
+        )
+        items = [_comparison(j, j + 1, "a" if j % 2 else "b") for j in range(6)]
+        assert c.post("/groups/chooser/context", json={"items": items}).status_code == 200
+        bodies = {
+            "choice": {"group_id": "choice", "questions": [question(2)]},
+            "rating": {"group_id": "rater", "responses": [{"prompt": RATING_PROMPT, "response": "A new reply."}]},
+            "comparison": {
+                "group_id": "chooser",
+                "pairs": [{"prompt": RATING_PROMPT, "response_a": "A short reply.", "response_b": "A long reply."}],
+            },
+        }
+        alone = {kind: c.post("/predict", json=body).json() for kind, body in bodies.items()}  # warm: states cached
+
+        services = c.app.state.services
+        gate, entered = threading.Event(), threading.Event()
+        real = services.predictor.predict_encoded
+
+        def held(calls):  # the choice forward, held until the other kinds have queued behind it
+            entered.set()
+            gate.wait(10)
+            return real(calls)
+
+        services.predictor.predict_encoded = held
+        answers: dict[str, dict] = {}
+
+        def post(kind: str) -> None:
+            answers[kind] = c.post("/predict", json=bodies[kind]).json()
+
+        threads = [threading.Thread(target=post, args=("choice",))]
+        threads[0].start()
+        assert entered.wait(10)
+        threads += [threading.Thread(target=post, args=(kind,)) for kind in ("rating", "comparison")]
+        for t in threads[1:]:
+            t.start()
+        deadline = time.monotonic() + 10
+        while services.batcher.waiting < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert services.batcher.waiting == 2  # the rating and the comparison request wait for the next forward
+        refused = c.post("/predict", json=bodies["rating"])
+        gate.set()
+        for t in threads:
+            t.join(10)
+        services.predictor.predict_encoded = real
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+        assert answers["rating"]["scores"][0]["score"] == pytest.approx(alone["rating"]["scores"][0]["score"], abs=1e-6)
+        assert answers["comparison"]["preferences"][0]["probability_a"] == pytest.approx(
+            alone["comparison"]["preferences"][0]["probability_a"], abs=1e-6
+        )
+        (got,), (want,) = answers["choice"]["predictions"], alone["choice"]["predictions"]
+        assert got["distribution"] == pytest.approx(want["distribution"], abs=1e-6)
