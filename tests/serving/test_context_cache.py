@@ -12,7 +12,7 @@ import torch
 from service.cache import RedisVectorCache
 from service.serving.context_cache import ContextCache, StateKey
 
-from .test_inference import _random_group, predictor  # noqa: F401 - the fixture
+from .test_predictor import _random_group, predictor  # noqa: F401 - the fixture
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
