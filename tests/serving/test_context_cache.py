@@ -101,7 +101,7 @@ def test_a_rating_models_state_goes_through_redis_with_its_own_layout(predictor,
 
     from service.serving.predictor import AnsweredItem, Item, Predictor
 
-    rating = Predictor.from_store(Path(__file__).resolve().parents[1] / "model_store", "nytbooks-rating")
+    rating = Predictor.from_store(Path(__file__).resolve().parents[2] / "model_store", "nytbooks-rating")
     rng = np.random.default_rng(3)
     dim = rating.spec.emb_dim
     ctx = [
