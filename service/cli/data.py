@@ -1,4 +1,4 @@
-"""Data commands: `gpo import opinionqa|nytbooks` (source folders to JSONL) and `gpo embed`."""
+"""Data commands: `gpo import opinionqa|globalopinionqa|nytbooks` (source folders to JSONL) and `gpo embed`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,30 @@ def import_opinionqa_cmd(
 
     ds = import_opinionqa_to(root, out)
     typer.echo(f"wrote {out}: {len(ds.groups)} groups, {len(ds.questions)} questions")
+
+
+@import_app.command("globalopinionqa")
+def import_globalopinionqa_cmd(
+    root: Annotated[Path, typer.Argument(help="folder holding the two GlobalOpinionQA copies (see its SOURCE.md)")],
+    out: Annotated[Path | None, typer.Argument(help="output .jsonl or .jsonl.gz (not with --dry-run)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="import and summarise, write nothing")] = False,
+) -> None:
+    """Merge the GlobalOpinionQA copies (countries as groups, ragged) into the generic JSONL format."""
+    from service.training.globalopinionqa import import_globalopinionqa_with_notes, summary_lines
+    from service.training.jsonl import write_jsonl
+
+    if (out is None) != dry_run:
+        raise typer.BadParameter("give OUT, or --dry-run without OUT")
+    try:
+        ds, notes = import_globalopinionqa_with_notes(root)
+        if out is not None:
+            write_jsonl(ds, out)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("dry run: nothing written" if out is None else f"wrote {out}")
+    for line in [*notes.lines(), *summary_lines(ds)]:
+        typer.echo(line)
 
 
 @import_app.command("nytbooks")
