@@ -258,3 +258,20 @@ def test_reimport_gives_the_shipped_file(goqa: PreferenceDataset, tmp_path: Path
         shipped_globalopinionqa_path().read_bytes()
     )
     assert (notes.rows_in_both, len(notes.disagreements), notes.zero_sum_rows) == (571, 0, 9)
+
+
+def test_evaluation_scores_goqa_questions_with_js(sources: Path) -> None:
+    """The evaluation's per-question score uses 1 - JS distance on these non-ordinal questions; NaN raises."""
+    from service.training.evaluate import score
+
+    ds = import_globalopinionqa(sources)
+    qids = [QID["q1"], QID["q4"]]
+    preds = {QID["q1"]: np.array([0.5, 0.5]), QID["q4"]: np.array([1.0, 0.0])}
+    got = score(ds, "Germany", preds, qids)
+    # q1: true (0.6, 0.4), m = (0.55, 0.45); q4: true (0.5, 0.5) against (1, 0): 1 - sqrt(0.75 ln(4/3))
+    kl_pred = 0.5 * np.log(0.5 / 0.55) + 0.5 * np.log(0.5 / 0.45)
+    kl_true = 0.6 * np.log(0.6 / 0.55) + 0.4 * np.log(0.4 / 0.45)
+    js_q1 = (kl_pred + kl_true) / 2
+    np.testing.assert_allclose(got, [1 - np.sqrt(js_q1), 1 - np.sqrt(0.75 * np.log(4 / 3))], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        score(ds, "Germany", {**preds, QID["q4"]: np.array([np.nan, np.nan])}, qids)

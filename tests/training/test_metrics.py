@@ -166,3 +166,51 @@ def test_score_alignment_skips_and_counts() -> None:
     assert score_alignment(items) == AlignmentScore(mean=0.5, n_scored=2, n_skipped=1)
     with pytest.raises(ValueError, match="no question could be scored"):
         score_alignment([(flat, [1, 0], [0, 1])])
+
+
+# ------------------------------------------------------------------------- non-ordinal (GlobalOpinionQA)
+
+
+@pytest.mark.parametrize(
+    ("pred", "true", "expected"),
+    [
+        # m = (0.75, 0.25); KL(p||m) = 0.5 ln(4/3), KL(t||m) = ln(4/3); JS = 0.75 ln(4/3)
+        ([0.5, 0.5], [1.0, 0.0], 1 - math.sqrt(0.75 * math.log(4 / 3))),
+        # m = (0.25, 0.5, 0.25); each KL = 0.5 ln 2; JS = 0.5 ln 2
+        ([0.5, 0.5, 0.0], [0.0, 0.5, 0.5], 1 - math.sqrt(0.5 * math.log(2))),
+        ([1.0, 0.0, 0.0], [0.0, 0.5, 0.5], 1 - math.sqrt(math.log(2))),  # disjoint supports: the minimum
+        ([0.25, 0.25, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25], 1.0),
+    ],
+)
+def test_js_hand_computed_values(pred, true, expected) -> None:
+    """1 - scipy's JS distance with base e, computed by hand (0.5355, 0.4113, 0.1674, 1)."""
+    assert js_alignment(pred, true) == pytest.approx(expected, abs=1e-12)
+    assert 1 - jensenshannon(pred, true) == pytest.approx(expected, abs=1e-12)  # base e is scipy's default
+    nominal = Question("n", "?", tuple("abcd"[: len(pred)]))
+    assert question_alignment(nominal, pred, true) == pytest.approx(expected, abs=1e-12)
+
+
+def test_score_alignment_picks_the_metric_per_question() -> None:
+    ordinal = Question("o", "?", ("a", "b", "c"), (1.0, 2.0, 3.0))
+    nominal = Question("n", "?", ("a", "b", "c"))
+    items = [
+        (ordinal, [1, 0, 0], [0, 1, 0]),  # Wasserstein: 1 - 1/2 = 0.5 (JS would give 1 - sqrt(ln 2))
+        (nominal, [0.5, 0.5, 0], [0, 0.5, 0.5]),  # JS: 1 - sqrt(0.5 ln 2) (Wasserstein would give 0.5)
+    ]
+    expected = (0.5 + 1 - math.sqrt(0.5 * math.log(2))) / 2
+    assert score_alignment(items) == AlignmentScore(mean=pytest.approx(expected, abs=1e-12), n_scored=2, n_skipped=0)
+
+
+def test_nan_is_never_a_perfect_score() -> None:
+    """The research code scored a NaN JS distance as 0 (alignment 1); here every NaN path raises."""
+    with np.errstate(invalid="ignore"):
+        assert math.isnan(jensenshannon([0.0, 0.0], [0.5, 0.5]))  # scipy: NaN for an all-zero input
+    nominal = Question("n", "?", ("a", "b"))
+    with pytest.raises(ValueError, match="sums to 0"):
+        question_alignment(nominal, [0.0, 0.0], [0.5, 0.5])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        question_alignment(nominal, [np.nan, np.nan], [0.5, 0.5])
+    with pytest.raises(ValueError, match="NaN or inf"):  # one bad item spoils the mean: no skipping
+        score_alignment([(nominal, [0.5, 0.5], [0.5, 0.5]), (nominal, [np.nan, 1.0], [0.5, 0.5])])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        js_alignments(np.array([[0.5, 0.5], [np.nan, 0.5]]), [0.5, 0.5])
