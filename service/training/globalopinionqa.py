@@ -98,6 +98,21 @@ def _values(raw: Any, n: int, where: str) -> np.ndarray:
     return values
 
 
+def _country(raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"{where}: the country must be a non-empty string, got {raw!r}")
+    return raw
+
+
+def _options(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{where}: the options must be a non-empty list, got {raw!r}")
+    options = tuple(_option_text(o, where) for o in raw)
+    if len(set(options)) != len(options) or not all(options):
+        raise ValueError(f"{where}: empty or repeated options {list(options)}")
+    return options
+
+
 def _load_list(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
@@ -113,8 +128,8 @@ def read_bench_rows(path: str | os.PathLike[str]) -> list[SourceRow]:
     for i, r in enumerate(_load_list(path)):
         where = f"{path}, item {i}"
         try:
-            options = tuple(_option_text(o, where) for o in r["options"])
-            rows.append(SourceRow(r["question"].strip(), options, r["country"],
+            options = _options(r["options"], where)
+            rows.append(SourceRow(r["question"].strip(), options, _country(r["country"], where),
                                   _values(r["distribution"], len(options), where)))
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{where}: not a {{country, question, options, distribution}} row: {e!r}") from e
@@ -123,6 +138,10 @@ def read_bench_rows(path: str | os.PathLike[str]) -> list[SourceRow]:
 
 def prompt_question(prompt: str, options: tuple[str, ...]) -> str:
     """The question text inside a modular_pluralism prompt "Question: <text>\\nOptions: A. .. B. ..\\nAnswer:"."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"the prompt must be a string, got {type(prompt).__name__}")
+    if len(options) > len(LETTERS):
+        raise ValueError(f"{len(options)} options: more than the {len(LETTERS)} letters a prompt can list")
     head, sep, rest = prompt.rpartition("\nOptions: ")
     if not sep or not head.startswith("Question: ") or not rest.endswith("\nAnswer:"):
         raise ValueError(f"not a 'Question: ...\\nOptions: ...\\nAnswer:' prompt: {prompt[:80]!r}")
@@ -140,14 +159,17 @@ def read_pluralism_rows(path: str | os.PathLike[str]) -> list[SourceRow]:
     for i, r in enumerate(_load_list(path)):
         where = f"{path}, item {i}"
         try:
-            options = tuple(_option_text(o, where) for o in r["options"])
-            text = prompt_question(r["question"], options)
-            rows.append(SourceRow(text, options, r["attribute"],
-                                  _values(r["gold_distribution"], len(options), where)))
+            options = _options(r["options"], where)
+            prompt = r["question"]
+            country = _country(r["attribute"], where)
+            values = _values(r["gold_distribution"], len(options), where)
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{where}: not a {{question, options, attribute, gold_distribution}} row: {e!r}") from e
-        except ValueError as e:
+        try:
+            text = prompt_question(prompt, options)
+        except (ValueError, AttributeError) as e:
             raise ValueError(f"{where}: {e}") from None
+        rows.append(SourceRow(text, options, country, values))
     return rows
 
 
@@ -313,6 +335,8 @@ def import_globalopinionqa(root: str | os.PathLike[str]) -> PreferenceDataset:
 
 def summary_lines(dataset: PreferenceDataset, min_questions: int = 50) -> list[str]:
     """Groups, questions, rows, questions per group, groups with >= min_questions, most questions two groups share."""
+    if not dataset.groups or not dataset.questions:
+        return [f"{len(dataset.groups)} groups, {len(dataset.questions)} questions, 0 rows"]
     answered = np.array([[dataset.has(g, q.qid) for q in dataset.questions] for g in dataset.groups])
     per_group = answered.sum(axis=1)  # [G]
     shared = answered.astype(np.int64) @ answered.T.astype(np.int64)  # [G, G]

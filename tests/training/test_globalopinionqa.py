@@ -189,6 +189,16 @@ def test_bad_rows_are_refused(tmp_path: Path) -> None:
     (tmp_path / BENCH_FILE).write_text(json.dumps([{"country": "France"}]), encoding="utf-8")
     with pytest.raises(ValueError, match="not a"):
         import_globalopinionqa(tmp_path)
+    (tmp_path / BENCH_FILE).write_text(json.dumps([dict(BENCH[0], country="")]), encoding="utf-8")
+    with pytest.raises(ValueError, match="country must be a non-empty string"):
+        import_globalopinionqa(tmp_path)
+    (tmp_path / BENCH_FILE).write_text(json.dumps([dict(BENCH[0], options=["Yes", "Yes ", "No"])]), encoding="utf-8")
+    with pytest.raises(ValueError, match="repeated options"):
+        import_globalopinionqa(tmp_path)
+    (tmp_path / BENCH_FILE).write_text("[]", encoding="utf-8")
+    (tmp_path / PLURALISM_FILE).write_text(json.dumps([dict(PLURALISM[0], options=["Yes", "No", "Other"])]))
+    with pytest.raises(ValueError, match=f"{PLURALISM_FILE}, item 0: the prompt lists"):
+        import_globalopinionqa(tmp_path)
 
 
 def test_cli_dry_run_and_write(sources: Path, tmp_path: Path) -> None:
