@@ -6,17 +6,18 @@ list of `{question: "Question: <text>\\nOptions: A. .. B. ..\\nAnswer:", options
 gold_distribution, ...}`). Processing:
 - a question is its text and its original option list, both with surrounding whitespace stripped (options
   given as numbers, e.g. `1.0`, become their text `"1.0"`: numeric options stay strings). Its id is
-  `GOQA_` + the first 12 hex digits of the sha256 of the JSON `[text, options]` (original options,
-  before any is dropped), so the id does not depend on file order. The text inside the second file's
-  prompt must be followed by exactly its lettered options, else the import fails;
-- a row is one (question, country). Rows in both files must agree after each is renormalised by its sum
-  (largest absolute difference <= `AGREE_TOLERANCE`); the first file's row is kept, and disagreements are
-  counted and listed (the first file's copy wins);
+  `GOQA_` + the first 12 hex digits of the sha256 of `json.dumps([text, options], ensure_ascii=False)`
+  in UTF-8 (original options, before any is dropped), so the id does not depend on file order. The text
+  inside the second file's prompt must be followed by exactly its lettered options, else the import fails;
+- a row is one (question, country). Rows in both files are compared after each is renormalised by its sum:
+  a largest absolute difference over `AGREE_TOLERANCE` is a disagreement, counted and listed; either way
+  the first file's row is kept;
 - groups are the countries, with their original labels as group ids (e.g. "India (Current national
   sample)"; "Britain" and "Great Britain" stay two groups, as in the source), all with attribute `country`;
 - non-substantive options (`is_non_substantive`: after case folding, curly apostrophes made straight and
   whitespace collapsed, the text starts with "dk", "don't know", "no answer", "missing" or "other missing"
-  as a word, contains the word "refused", or is the truncated WVS label "don't -9:-2") are dropped from
+  as a word, contains the word "refused", or is the truncated WVS label "don't -9:-2": the regular
+  expression `NON_SUBSTANTIVE`) are dropped from
   the question and its rows renormalised over the remaining options, as the paper does with OpinionQA's
   refusal options. Volunteered substantive answers ("Neither (VOL)", "Depends (VOL)", "Never heard of
   (VOL)", "Can't rate (VOL)", ...) are kept: they are answers, not missing data;
