@@ -73,16 +73,36 @@ def add_meta_train_options(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+STRICT_HELP = (
+    "exit with status 3, saving nothing, when the time budget stopped training too early to trust it (before "
+    "min_steps steps, or with the untrained model kept); without it that is a WARNING and the model is saved"
+)
+STRICT_EXIT = 3
+
+
+def refuse_if_strict(strict: bool, shortfall: str | None) -> None:
+    """With --strict, a training run too short to trust (its warning `shortfall`) ends the command, saving nothing."""
+    if strict and shortfall is not None:
+        typer.echo(f"error (--strict): {shortfall}; nothing saved", err=True)
+        raise typer.Exit(STRICT_EXIT)
+
+
 @add_meta_train_options
 def train(
     data: Annotated[Path | None, typer.Option(help="dataset JSONL (default: shipped OpinionQA)")] = None,
     name: Annotated[str, typer.Option(help="checkpoint name under the model store")] = "opinionqa-gpo",
     exclude_group: Annotated[list[str] | None, typer.Option(help="leave this group out of training")] = None,
     seed: int = 0,
+    strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
     *,
     options: MetaTrainOptions,
 ) -> None:
-    """Meta-train GPO on the dataset's groups (validation groups drawn from them) and save a checkpoint."""
+    """Meta-train GPO on the dataset's groups (validation groups drawn from them) and save a checkpoint.
+
+    --time-budget-s is wall-clock time from the command's start: set-up and embedding spend it too."""
+    from service.training.budget import Budget
+
+    budget = Budget(options.time_budget_s)
     set_up_logging_and_threads(options.threads)
     from service.config import get_settings
     from service.embedder.prompts import TEMPLATE_VERSION
@@ -102,7 +122,8 @@ def train(
     fit, val = validation_groups(groups, seed)
     spec = options.feature_spec(table.emb.shape[1])
     cfg = options.train_config(seed=seed)
-    result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg)
+    result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg, budget=budget)
+    refuse_if_strict(strict, result.shortfall)
     bank = None
     if result.prior is not None:
         rows = {
@@ -138,6 +159,8 @@ def train(
         "best_step": result.best_step,
         "steps_run": result.steps_run,
         "wall_s": result.wall_s,
+        "stopped_by": result.stop.reason if result.stop else None,
+        "shortfall": result.shortfall,
         "history": result.history,
     }
     out = save_checkpoint(Checkpoint(result.model, meta, bank, metrics), settings.model_store, name)

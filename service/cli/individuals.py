@@ -12,6 +12,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from service.cli.groups import STRICT_HELP, refuse_if_strict
 from service.cli.runtime import set_up_logging_and_threads
 
 
@@ -138,9 +139,15 @@ def train_individuals_cmd(
     ] = True,
     seed: int = 0,
     threads: int | None = None,
+    strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
 ) -> None:
     """Meta-train a rating (or comparison) GPO on every person of a ratings dataset (15% of them for validation)
-    and save a servable checkpoint (model, feature spec, item prior bank, content basis)."""
+    and save a servable checkpoint (model, feature spec, item prior bank, content basis).
+
+    --time-budget-s is wall-clock time from the command's start: set-up and embedding spend it too."""
+    from service.training.budget import Budget
+
+    budget = Budget(time_budget_s)
     if kind not in ("rating", "comparison"):
         raise typer.BadParameter(f"kind is rating or comparison, not {kind!r}")
     if head not in ("score", "pair"):
@@ -166,7 +173,8 @@ def train_individuals_cmd(
         pair_readout=pair_readout,
     )
     train_kind = "comparison_bt" if kind == "comparison" and head == "score" else kind
-    result = train_individual_gpo(ds, emb, split, spec, cfg, train_kind, {"ridge_init": ridge_init})
+    result = train_individual_gpo(ds, emb, split, spec, cfg, train_kind, {"ridge_init": ridge_init}, budget)
+    refuse_if_strict(strict, result.shortfall)
     embedder_meta = {
         "key_prefix": embedder.key_prefix,
         "name": settings.embedder,
