@@ -206,7 +206,7 @@ def eval_cmd(
         lm_methods=LM_METHODS if lm else (),
         lm_questions=lm_questions,
     )
-    tcfg = options.train_config(progress=False)
+    tcfg = options.train_config()
     base_lm = load_lm_for_baselines(get_settings()) if lm else None
     examples: list[dict] = []
     records = run_group_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, examples=examples)

@@ -68,7 +68,7 @@ def eval_individuals_cmd(
         comparison=comparison,
     )
     tcfg = IndividualTrainConfig(
-        max_steps=max_steps, time_budget_s=time_budget_s, loadings=loadings, patience=8, progress=False
+        max_steps=max_steps, time_budget_s=time_budget_s, loadings=loadings, patience=8
     )
     records, meta = evaluate_individuals(ds, emb, spec, cfg, tcfg)
     command = "gpo " + " ".join(sys.argv[1:])
@@ -168,7 +168,7 @@ def train_individuals_cmd(
         time_budget_s=time_budget_s,
         seed=seed,
         patience=8,
-        progress=False,
+        progress=True,
         reward_lambda=reward_lambda,
         pair_readout=pair_readout,
     )

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from service.embedder.array_store import ArrayStore
 from service.embedder.loading import BaseLM, LMIdentity, identify_base_lm, load_base_lm
 from service.embedder.pooling import check_method, pool, pooled_dim
 from service.embedder.prompts import TEMPLATE_VERSION
+from service.progress import progress_bar
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -210,7 +210,7 @@ class Embedder:
         with (
             self._lock,
             torch.inference_mode(),
-            tqdm(total=len(texts), disable=not progress, unit="text", desc="embedding") as bar,
+            progress_bar(len(texts), "embedding", unit="text", enabled=progress) as bar,
         ):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]

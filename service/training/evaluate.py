@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from service.gpo.features import FeatureSpec
+from service.progress import progress_bar
 from service.training.baselines import group_context, predict_many
 from service.training.datasets import PreferenceDataset
 from service.training.features import known_items
@@ -46,6 +47,7 @@ class EvalConfig:
     lm_methods: Sequence[str] = ()
     lm_questions: int = 50
     new_question_share: float = 0.2  # new-questions protocol: share of questions held out of meta-training
+    progress: bool = True  # a bar over the (split, seed) runs (stderr, terminals only: service.progress)
 
 
 def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDataset, split: Split) -> list[dict]:
@@ -149,8 +151,10 @@ def run_group_protocol(
     train_q = table.qindex(qids)
     lm_sample = lm_eval_questions(dataset, cfg.lm_questions, 0) if lm is not None and cfg.lm_methods else []
     records = []
+    bar = progress_bar(len(cfg.splits) * len(cfg.seeds), "groups protocol", unit="run", enabled=cfg.progress)
     for split_frac in cfg.splits:
         for seed in cfg.seeds:
+            bar.set_postfix(split=split_frac, seed=seed)
             split = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context)
             fit, val = validation_groups(split.train_groups, seed)
             tcfg = TrainConfig(**{**train_cfg.__dict__, "seed": seed})
@@ -180,6 +184,8 @@ def run_group_protocol(
                     for r in evaluate_split(dataset, table, s_n, result, cfg.curve_baselines, subsets=("all",)):
                         r.update(protocol="groups", split=split_frac, seed=seed, n_context=n)
                         records.append(r)
+            bar.update(1)
+    bar.close()
     return records
 
 
@@ -248,7 +254,9 @@ def run_new_question_protocol(
 
     qids = scorable_question_ids(dataset)
     records = []
+    bar = progress_bar(len(cfg.seeds), "new-questions protocol", unit="run", enabled=cfg.progress)
     for seed in cfg.seeds:
+        bar.set_postfix(seed=seed)
         base = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context)
         known, split = new_question_split(dataset, base, cfg.new_question_share, seed, cfg.n_context)
         fit, val = validation_groups(split.train_groups, seed)
@@ -275,4 +283,6 @@ def run_new_question_protocol(
             seed,
             {(r["method"], r["subset"]): round(r["alignment"], 4) for r in found},
         )
+        bar.update(1)
+    bar.close()
     return records

@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from service.gpo.batch import Episode, collate_buckets
 from service.gpo.features import FeatureSpec
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
+from service.progress import progress_bar
 from service.training.budget import Budget, TrainingStop
 from service.training.datasets import PreferenceDataset
 from service.training.features import fit_group_priors, known_items
@@ -220,7 +220,7 @@ def meta_train_loop(
     setup_s = budget.elapsed()
     if budget.exceeded(reserve_s=val_s):
         reason = "time_budget"
-    bar = tqdm(total=cfg.max_steps, desc="meta-training", disable=not cfg.progress)
+    bar = progress_bar(cfg.max_steps, "meta-training", unit="step", enabled=cfg.progress, leave=False)
     while step < cfg.max_steps and reason != "time_budget":
         t_step = time.perf_counter()
         model.train()
