@@ -192,6 +192,7 @@ def eval_cmd(
     from service.config import get_settings
     from service.training.evaluate import EvalConfig, run_group_protocol, run_new_question_protocol
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
+    from service.training.records import write_json
     from service.training.report import markdown_table
 
     t0 = time.perf_counter()
@@ -209,22 +210,30 @@ def eval_cmd(
     tcfg = options.train_config()
     base_lm = load_lm_for_baselines(get_settings()) if lm else None
     examples: list[dict] = []
-    records = run_group_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, examples=examples)
+
+    def save(records: list[dict], complete: bool = False) -> dict:
+        """The records so far and their meta data beside them, each file written atomically: after every (split,
+        seed) run, so an interrupted evaluation keeps the runs it finished (`complete` false in the meta)."""
+        meta = {
+            "command": "gpo eval " + " ".join(sys.argv[2:]),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "embedder": embedder.key_prefix,
+            "data_sha256": data_hash,
+            "threads": torch.get_num_threads(),
+            "machine": f"{os.cpu_count()}-core CPU",
+            "wall_s": time.perf_counter() - t0,
+            "complete": complete,
+        }
+        if json_out:
+            write_json(json_out, records)
+            write_json(meta_path_of(json_out), {"meta": meta, "examples": examples})
+        return meta
+
+    records = run_group_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, examples=examples, on_run=save)
     if new_questions:
-        records += run_new_question_protocol(ds, table, spec, tcfg, cfg, lm=base_lm)
-    meta = {
-        "command": "gpo eval " + " ".join(sys.argv[2:]),
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "embedder": embedder.key_prefix,
-        "data_sha256": data_hash,
-        "threads": torch.get_num_threads(),
-        "machine": f"{os.cpu_count()}-core CPU",
-        "wall_s": time.perf_counter() - t0,
-    }
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(records, indent=1))
-        meta_path_of(json_out).write_text(json.dumps({"meta": meta, "examples": examples}, indent=1))
+        done = list(records)
+        records += run_new_question_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, on_run=lambda r: save(done + r))
+    meta = save(records, complete=True)
     for subset in ("all", "contentious"):
         typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset))
     gpo = [

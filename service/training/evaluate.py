@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,10 +141,12 @@ def run_group_protocol(
     model_cfg: dict | None = None,
     lm=None,
     examples: list[dict] | None = None,
+    on_run: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Splits x seeds: meta-train on the split's train groups (validation groups taken from them), then
     score every method on the test groups' targets given the same context questions. On `curve_split`
-    the same trained model is also scored with 1..100 context questions (the context-size curve)."""
+    the same trained model is also scored with 1..100 context questions (the context-size curve).
+    `on_run(records)` runs after each (split, seed) with every record so far (to save them as they come)."""
     from service.training.lm_baselines import lm_eval_questions
 
     qids = scorable_question_ids(dataset)
@@ -185,6 +187,8 @@ def run_group_protocol(
                         r.update(protocol="groups", split=split_frac, seed=seed, n_context=n)
                         records.append(r)
             bar.update(1)
+            if on_run is not None:
+                on_run(records)
     bar.close()
     return records
 
@@ -245,11 +249,13 @@ def run_new_question_protocol(
     model_cfg: dict | None = None,
     lm=None,
     split_frac: float = 0.6,
+    on_run: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Protocol 2 (what serving meets): meta-train without `new_question_share` of the questions, then
     score test groups on those questions only. No train group answered them, so the population-prior
     baselines cannot predict them: GPO is compared with uniform and the LLM baselines, and with its own
-    score on known questions (how much of its advantage over uniform it keeps)."""
+    score on known questions (how much of its advantage over uniform it keeps). `on_run(records)`: as in
+    `run_group_protocol`, after each seed."""
     from service.training.lm_baselines import lm_eval_questions
 
     qids = scorable_question_ids(dataset)
@@ -284,5 +290,7 @@ def run_new_question_protocol(
             {(r["method"], r["subset"]): round(r["alignment"], 4) for r in found},
         )
         bar.update(1)
+        if on_run is not None:
+            on_run(records)
     bar.close()
     return records

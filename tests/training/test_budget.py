@@ -101,15 +101,10 @@ def test_gpo_train_counts_set_up_in_the_budget_warns_and_fails_with_strict(tmp_p
     assert "untrained" in metrics["shortfall"]
 
 
-def test_gpo_train_individuals_strict_fails_when_the_budget_left_no_training(tmp_path: Path, tiny_lm_path: Path):
-    from service.training.ratings import RatedItem, RatingsDataset, write_ratings_jsonl
-
-    rng = np.random.default_rng(0)
-    items = [RatedItem(f"r{j}", f"reply {j} about topic {j % 5}") for j in range(20)]
-    scores = {f"p{i}": {f"r{j}": float(rng.integers(1, 6)) for j in rng.choice(20, 12, replace=False)}
-              for i in range(20)}
-    data = tmp_path / "ratings.jsonl"
-    write_ratings_jsonl(RatingsDataset(items, list(scores), scores, (1.0, 5.0), prompt="Rate this reply."), data)
+def test_gpo_train_individuals_strict_fails_when_the_budget_left_no_training(
+    tmp_path: Path, tiny_lm_path: Path, small_ratings_file: Path
+) -> None:
+    data = small_ratings_file
     cmd = [sys.executable, "-m", "service.cli", "train-individuals", "--data", str(data), "--name", "r",
            "--max-steps", "20", "--time-budget-s", "0.2", "--prior-rank", "3", "--threads", "1", "--strict"]
     out = subprocess.run(cmd, env=_env(tmp_path, tiny_lm_path), capture_output=True, text=True, timeout=300)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -139,10 +139,12 @@ def evaluate_individuals(
     cfg: IndividualEvalConfig | None = None,
     train_cfg: IndividualTrainConfig | None = None,
     model_cfg: dict | None = None,
+    on_seed: Callable[[list[dict], dict], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Every method on identical people splits and context draws. Returns (records, meta): one record per
     (method, seed, n_context) with the mean of each metric over the test people, and per-person pairwise
-    accuracies for the confidence intervals."""
+    accuracies for the confidence intervals. `on_seed(records, meta)` runs after each seed with everything so far
+    (to save it: an interrupted run then keeps its finished seeds)."""
     cfg = cfg or IndividualEvalConfig()
     train_cfg = train_cfg or IndividualTrainConfig()
     y = ds.matrix()
@@ -233,5 +235,7 @@ def evaluate_individuals(
                 },
             )
         bar.update(1)
+        if on_seed is not None:
+            on_seed(records, meta)
     bar.close()
     return records, meta
