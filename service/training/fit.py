@@ -257,7 +257,8 @@ def meta_train_loop(
             if bad >= cfg.patience and step < cfg.max_steps:
                 reason = "patience"
                 break
-            if out_of_time and step < cfg.max_steps:
+            # a scheduled validation spent time too: stop now if the next step and its validation would not fit
+            if (out_of_time or budget.exceeded(reserve_s=step_s + val_s)) and step < cfg.max_steps:
                 reason = "time_budget"
     bar.close()
     stop = TrainingStop(step, cfg.max_steps, reason, best_step, setup_s, budget.seconds)

@@ -111,3 +111,30 @@ def test_gpo_train_individuals_strict_fails_when_the_budget_left_no_training(
     assert out.returncode == 3, out.stderr[-2000:]
     assert "WARNING" in out.stderr and "0 of 20 planned steps ran" in out.stderr
     assert not (tmp_path / "store" / "r").exists()
+
+
+def test_the_loop_ends_within_the_budget_and_scores_its_last_steps(caplog: pytest.LogCaptureFixture) -> None:
+    """Steps of 0.05 s and validations of 0.1 s in a 1 s budget: it stops early enough for the last validation."""
+    from service.training.fit import meta_train_loop
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    cfg = TrainConfig(max_steps=1000, eval_every=5, patience=1000, warmup_steps=1, progress=False)
+    steps: list[int] = []
+
+    def batch_loss() -> torch.Tensor:
+        time.sleep(0.05)
+        steps.append(1)
+        return model(torch.ones(1, 2)).sum()
+
+    def validate() -> float:
+        time.sleep(0.1)
+        return float(len(steps))  # later is better: the last step validated is kept
+
+    budget = Budget(1.0)
+    with caplog.at_level(logging.WARNING, logger="service.training.fit"):
+        loop = meta_train_loop(model, opt, cfg, batch_loss, validate, {}, budget)
+    assert budget.elapsed() < 1.0 + 0.15  # jitter of a loaded machine, not a validation more
+    assert loop.stop.reason == "time_budget" and 3 <= loop.steps_run < 1000
+    assert loop.history[-1]["step"] == loop.steps_run == loop.best_step  # the steps since the last validation count
+    assert any(f"{loop.steps_run} of 1000 planned steps ran" in r.getMessage() for r in caplog.records)
