@@ -83,8 +83,13 @@ def import_nytbooks_cmd(
 
 
 def embed(data: Annotated[Path | None, typer.Option(help="dataset JSONL (default: shipped OpinionQA)")] = None) -> None:
-    """Embed every item of a dataset into the on-disk cache."""
+    """Embed every item of a dataset into the on-disk cache (each batch is saved as it is done: an interrupted run
+    keeps its batches, and running it again embeds only the rest)."""
     set_up_logging_and_threads(None)
     ds, _, _ = load_group_dataset(data)
-    table, embedder = embed_group_dataset(ds)
+    try:
+        table, embedder = embed_group_dataset(ds)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the batches done so far are in the cache; `gpo embed` again does the rest", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"{table.n_items} items embedded ({embedder.key_prefix})")

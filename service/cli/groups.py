@@ -73,16 +73,36 @@ def add_meta_train_options(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
+STRICT_HELP = (
+    "exit with status 3, saving nothing, when the time budget stopped training too early to trust it (before "
+    "min_steps steps, or with the untrained model kept); without it that is a WARNING and the model is saved"
+)
+STRICT_EXIT = 3
+
+
+def refuse_if_strict(strict: bool, shortfall: str | None) -> None:
+    """With --strict, a training run too short to trust (its warning `shortfall`) ends the command, saving nothing."""
+    if strict and shortfall is not None:
+        typer.echo(f"error (--strict): {shortfall}; nothing saved", err=True)
+        raise typer.Exit(STRICT_EXIT)
+
+
 @add_meta_train_options
 def train(
     data: Annotated[Path | None, typer.Option(help="dataset JSONL (default: shipped OpinionQA)")] = None,
     name: Annotated[str, typer.Option(help="checkpoint name under the model store")] = "opinionqa-gpo",
     exclude_group: Annotated[list[str] | None, typer.Option(help="leave this group out of training")] = None,
     seed: int = 0,
+    strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
     *,
     options: MetaTrainOptions,
 ) -> None:
-    """Meta-train GPO on the dataset's groups (validation groups drawn from them) and save a checkpoint."""
+    """Meta-train GPO on the dataset's groups (validation groups drawn from them) and save a checkpoint.
+
+    --time-budget-s is wall-clock time from the command's start: set-up and embedding spend it too."""
+    from service.training.budget import Budget
+
+    budget = Budget(options.time_budget_s)
     set_up_logging_and_threads(options.threads)
     from service.config import get_settings
     from service.embedder.prompts import TEMPLATE_VERSION
@@ -102,7 +122,8 @@ def train(
     fit, val = validation_groups(groups, seed)
     spec = options.feature_spec(table.emb.shape[1])
     cfg = options.train_config(seed=seed)
-    result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg)
+    result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg, budget=budget)
+    refuse_if_strict(strict, result.shortfall)
     bank = None
     if result.prior is not None:
         rows = {
@@ -138,6 +159,8 @@ def train(
         "best_step": result.best_step,
         "steps_run": result.steps_run,
         "wall_s": result.wall_s,
+        "stopped_by": result.stop.reason if result.stop else None,
+        "shortfall": result.shortfall,
         "history": result.history,
     }
     out = save_checkpoint(Checkpoint(result.model, meta, bank, metrics), settings.model_store, name)
@@ -169,6 +192,7 @@ def eval_cmd(
     from service.config import get_settings
     from service.training.evaluate import EvalConfig, run_group_protocol, run_new_question_protocol
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
+    from service.training.records import write_json
     from service.training.report import markdown_table
 
     t0 = time.perf_counter()
@@ -183,25 +207,33 @@ def eval_cmd(
         lm_methods=LM_METHODS if lm else (),
         lm_questions=lm_questions,
     )
-    tcfg = options.train_config(progress=False)
+    tcfg = options.train_config()
     base_lm = load_lm_for_baselines(get_settings()) if lm else None
     examples: list[dict] = []
-    records = run_group_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, examples=examples)
+
+    def save(records: list[dict], complete: bool = False) -> dict:
+        """The records so far and their meta data beside them, each file written atomically: after every (split,
+        seed) run, so an interrupted evaluation keeps the runs it finished (`complete` false in the meta)."""
+        meta = {
+            "command": "gpo eval " + " ".join(sys.argv[2:]),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "embedder": embedder.key_prefix,
+            "data_sha256": data_hash,
+            "threads": torch.get_num_threads(),
+            "machine": f"{os.cpu_count()}-core CPU",
+            "wall_s": time.perf_counter() - t0,
+            "complete": complete,
+        }
+        if json_out:
+            write_json(json_out, records)
+            write_json(meta_path_of(json_out), {"meta": meta, "examples": examples})
+        return meta
+
+    records = run_group_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, examples=examples, on_run=save)
     if new_questions:
-        records += run_new_question_protocol(ds, table, spec, tcfg, cfg, lm=base_lm)
-    meta = {
-        "command": "gpo eval " + " ".join(sys.argv[2:]),
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
-        "embedder": embedder.key_prefix,
-        "data_sha256": data_hash,
-        "threads": torch.get_num_threads(),
-        "machine": f"{os.cpu_count()}-core CPU",
-        "wall_s": time.perf_counter() - t0,
-    }
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(records, indent=1))
-        meta_path_of(json_out).write_text(json.dumps({"meta": meta, "examples": examples}, indent=1))
+        done = list(records)
+        records += run_new_question_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, on_run=lambda r: save(done + r))
+    meta = save(records, complete=True)
     for subset in ("all", "contentious"):
         typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset))
     gpo = [

@@ -12,6 +12,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from service.cli.groups import STRICT_HELP, refuse_if_strict
 from service.cli.runtime import set_up_logging_and_threads
 
 
@@ -56,8 +57,10 @@ def eval_individuals_cmd(
     from service.training.individuals.evaluate import IndividualEvalConfig, evaluate_individuals
     from service.training.individuals.train import IndividualTrainConfig
     from service.training.individuals_report import write_individuals_report
+    from service.training.records import write_json
 
     t0 = time.perf_counter()
+    old = json.loads(json_out.read_text()) if append and json_out and json_out.exists() else None
     ds, emb, embedder, spec = load_and_embed_ratings(data, get_settings(), prior_rank)
     cfg = IndividualEvalConfig(
         train_frac=train_frac,
@@ -66,30 +69,41 @@ def eval_individuals_cmd(
         main_context=main_context,
         comparison=comparison,
     )
-    tcfg = IndividualTrainConfig(
-        max_steps=max_steps, time_budget_s=time_budget_s, loadings=loadings, patience=8, progress=False
-    )
-    records, meta = evaluate_individuals(ds, emb, spec, cfg, tcfg)
-    command = "gpo " + " ".join(sys.argv[1:])
-    if append and json_out and json_out.exists():
-        old = json.loads(json_out.read_text())
-        new_keys = {(r["method"], r["seed"], r["n_context"]) for r in records}
-        records = [r for r in old["records"] if (r["method"], r["seed"], r["n_context"]) not in new_keys] + records
-        for part in ("chosen", "training"):
-            meta[part] = {**old["meta"].get(part, {}), **meta[part]}
-        command = f"{old['meta']['command']}; then {command}"
-        meta["wall_s_before"] = old["meta"]["wall_s"] + old["meta"].get("wall_s_before", 0.0)
-    meta.update(
-        {
-            "command": command,
-            "wall_s": time.perf_counter() - t0 + meta.get("wall_s_before", 0.0),
-            "main_context": main_context,
-            "train_frac": train_frac,
-            "embedder": embedder.key_prefix,
-            "features": spec.to_dict(),
-            "train_config": asdict(tcfg),
-        }
-    )
+    tcfg = IndividualTrainConfig(max_steps=max_steps, time_budget_s=time_budget_s, loadings=loadings, patience=8)
+    context = {
+        "main_context": main_context,
+        "train_frac": train_frac,
+        "embedder": embedder.key_prefix,
+        "features": spec.to_dict(),
+        "train_config": asdict(tcfg),
+    }
+
+    def with_old(records: list[dict], meta: dict, complete: bool) -> tuple[list[dict], dict]:
+        """This run's records and meta so far, merged into the old file's with --append (same method, seed and k:
+        replaced); `complete` says whether every seed of this run is in."""
+        meta = {**meta, **context, "chosen": dict(meta["chosen"]), "training": dict(meta["training"])}
+        meta["seeds_done"] = sorted({r["seed"] for r in records})
+        meta["complete"] = complete
+        command = "gpo " + " ".join(sys.argv[1:])
+        if old is not None:
+            new_keys = {(r["method"], r["seed"], r["n_context"]) for r in records}
+            records = [r for r in old["records"] if (r["method"], r["seed"], r["n_context"]) not in new_keys] + records
+            for part in ("chosen", "training"):
+                meta[part] = {**old["meta"].get(part, {}), **meta[part]}
+            command = f"{old['meta']['command']}; then {command}"
+            meta["wall_s_before"] = old["meta"]["wall_s"] + old["meta"].get("wall_s_before", 0.0)
+        meta["command"] = command
+        meta["wall_s"] = time.perf_counter() - t0 + meta.get("wall_s_before", 0.0)
+        return list(records), meta
+
+    def save_seed(records: list[dict], meta: dict) -> None:
+        """After each seed: the file holds every finished seed (written atomically), so an interrupted run keeps
+        them; `--append` with the missing seeds finishes it."""
+        if json_out:
+            merged, merged_meta = with_old(records, meta, complete=False)
+            write_json(json_out, {"records": merged, "meta": merged_meta})
+
+    records, meta = with_old(*evaluate_individuals(ds, emb, spec, cfg, tcfg, on_seed=save_seed), complete=True)
     for k in cfg.n_context:
         rows = [r for r in records if r["n_context"] == k]
         typer.echo(
@@ -102,8 +116,7 @@ def eval_individuals_cmd(
     if report:
         typer.echo(f"wrote {write_individuals_report(records, meta, report)}")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"records": records, "meta": meta}, indent=1, default=float))
+        write_json(json_out, {"records": records, "meta": meta})
         typer.echo(f"wrote {json_out}")
 
 
@@ -138,9 +151,15 @@ def train_individuals_cmd(
     ] = True,
     seed: int = 0,
     threads: int | None = None,
+    strict: Annotated[bool, typer.Option(help=STRICT_HELP)] = False,
 ) -> None:
     """Meta-train a rating (or comparison) GPO on every person of a ratings dataset (15% of them for validation)
-    and save a servable checkpoint (model, feature spec, item prior bank, content basis)."""
+    and save a servable checkpoint (model, feature spec, item prior bank, content basis).
+
+    --time-budget-s is wall-clock time from the command's start: set-up and embedding spend it too."""
+    from service.training.budget import Budget
+
+    budget = Budget(time_budget_s)
     if kind not in ("rating", "comparison"):
         raise typer.BadParameter(f"kind is rating or comparison, not {kind!r}")
     if head not in ("score", "pair"):
@@ -161,12 +180,13 @@ def train_individuals_cmd(
         time_budget_s=time_budget_s,
         seed=seed,
         patience=8,
-        progress=False,
+        progress=True,
         reward_lambda=reward_lambda,
         pair_readout=pair_readout,
     )
     train_kind = "comparison_bt" if kind == "comparison" and head == "score" else kind
-    result = train_individual_gpo(ds, emb, split, spec, cfg, train_kind, {"ridge_init": ridge_init})
+    result = train_individual_gpo(ds, emb, split, spec, cfg, train_kind, {"ridge_init": ridge_init}, budget)
+    refuse_if_strict(strict, result.shortfall)
     embedder_meta = {
         "key_prefix": embedder.key_prefix,
         "name": settings.embedder,

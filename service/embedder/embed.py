@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from service.embedder.array_store import ArrayStore
 from service.embedder.loading import BaseLM, LMIdentity, identify_base_lm, load_base_lm
 from service.embedder.pooling import check_method, pool, pooled_dim
 from service.embedder.prompts import TEMPLATE_VERSION
+from service.progress import progress_bar
 
 if TYPE_CHECKING:
     from service.config import Settings
@@ -51,28 +51,45 @@ class EmbeddingCache(ArrayStore):
         super().put_many(keys, vectors)
 
 
+Commit = Callable[[Sequence[int], np.ndarray], None]
+"""`commit(indices, vectors)`: vectors [b, D] of the texts at `indices` of the list being computed, done."""
+
+
 def embed_with_cache(
     texts: Sequence[str],
     key_prefix: str,
     cache: EmbeddingCache | None,
-    compute: Callable[[list[str]], np.ndarray],
+    compute: Callable[[list[str], Commit], None],
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Vectors for `texts` [N, D]: cached ones from `cache`, the rest from `compute(missing_texts)`.
+    """Vectors for `texts` [N, D]: cached ones from `cache`, the rest from `compute(missing_texts, commit)`.
 
-    `compute` is called once, with each missing text once, and only if something is missing: a fully
-    cached call never touches (or loads) a model.
+    `compute` is called once, with each missing text once, and only if something is missing: a fully cached call
+    never touches (or loads) a model. It hands over its vectors batch by batch through `commit`, and each batch is
+    written to the cache at once (its own transaction): an interrupted call keeps every batch it finished, and the
+    next call computes only the rest. `on_batch(n_done, n_missing)` runs after each committed batch (a progress
+    hook: an exception it raises stops the computation, with the batches so far kept).
     """
     texts = list(texts)
     keys = [EmbeddingCache.key(key_prefix, t) for t in texts] if cache is not None else []
     cached: list[np.ndarray | None] = cache.get_many(keys) if cache is not None else [None] * len(texts)
     missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
     fresh: dict[str, np.ndarray] = {}
-    if missing:
-        vecs = np.asarray(compute(missing), dtype=np.float32)  # [M, D]
-        assert vecs.shape[0] == len(missing), f"compute returned {vecs.shape[0]} vectors for {len(missing)}"
-        fresh = dict(zip(missing, vecs, strict=True))
+
+    def commit(indices: Sequence[int], vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)  # [b, D]
+        batch = [missing[i] for i in indices]
+        assert vectors.shape[0] == len(batch), f"{vectors.shape[0]} vectors for {len(batch)} texts"
         if cache is not None:
-            cache.put_many([EmbeddingCache.key(key_prefix, t) for t in missing], vecs)
+            cache.put_many([EmbeddingCache.key(key_prefix, t) for t in batch], vectors)
+        fresh.update(zip(batch, vectors, strict=True))
+        if on_batch is not None:
+            on_batch(len(fresh), len(missing))
+
+    if missing:
+        log.debug("%d of %d texts in the cache; embedding %d", len(texts) - len(missing), len(texts), len(missing))
+        compute(missing, commit)
+        assert len(fresh) == len(missing), f"compute committed {len(fresh)} of {len(missing)} texts"
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
     rows = [v if v is not None else fresh[t] for t, v in zip(texts, cached, strict=True)]
@@ -120,6 +137,7 @@ class Embedder:
         self.template_version = template_version
         self.max_length = max_length
         self.n_forward_batches = 0  # model calls made so far (for tests and metrics)
+        self.n_texts_embedded = 0  # texts those calls embedded
         self._lock = threading.Lock()  # one forward pass (or load) at a time
 
     # -- identity ------------------------------------------------------------------------------------
@@ -159,13 +177,23 @@ class Embedder:
 
     # -- embedding -----------------------------------------------------------------------------------
 
-    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        """[N, D] float32 vectors for `texts`, from the cache where possible."""
+    def embed(
+        self,
+        texts: Sequence[str],
+        progress: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """[N, D] float32 vectors for `texts`, from the cache where possible; each computed batch is in the cache as
+        soon as it is done (`embed_with_cache`), so an interrupted call loses at most one batch."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return embed_with_cache(texts, self.key_prefix, self.cache, lambda m: self._compute(m, progress))
+        return embed_with_cache(
+            texts, self.key_prefix, self.cache, lambda m, commit: self._compute(m, commit, progress), on_batch
+        )
 
-    def _compute(self, texts: list[str], progress: bool) -> np.ndarray:
+    def _compute(self, texts: list[str], commit: Commit, progress: bool) -> None:
+        if progress:
+            log.info("embedding %d texts not in the cache (each batch saved as it is done)", len(texts))
         lm = self.lm
         tok = lm.tokenizer
         enc = tok(
@@ -178,22 +206,22 @@ class Embedder:
         # Longest first: batches of similar length waste little on padding, and an out-of-memory batch
         # fails at once rather than at the end.
         order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
-        out = np.empty((len(texts), pooled_dim(lm.hidden_size, self.pooling)), dtype=np.float32)
         t0 = time.perf_counter()
         with (
             self._lock,
             torch.inference_mode(),
-            tqdm(total=len(texts), disable=not progress, unit="text", desc="embedding") as bar,
+            progress_bar(len(texts), "embedding", unit="text", enabled=progress) as bar,
         ):
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 input_ids, mask = _right_pad([ids[i] for i in idx], tok.pad_token_id, lm.device)
                 hidden = last_hidden_state(lm, input_ids, mask)  # [b, T, H]
-                out[idx] = pool(hidden.float(), mask, self.pooling).cpu().numpy()
+                vectors = pool(hidden.float(), mask, self.pooling).cpu().numpy()  # [b, D]
                 self.n_forward_batches += 1
+                self.n_texts_embedded += len(idx)
+                commit(idx, vectors)
                 bar.update(len(idx))
         log.debug("embedded %d texts in %.2f s", len(texts), time.perf_counter() - t0)
-        return out
 
 
 def _right_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from service.gpo.features import FeatureSpec
+from service.progress import progress_bar
 from service.training.baselines import group_context, predict_many
 from service.training.datasets import PreferenceDataset
 from service.training.features import known_items
@@ -46,6 +47,7 @@ class EvalConfig:
     lm_methods: Sequence[str] = ()
     lm_questions: int = 50
     new_question_share: float = 0.2  # new-questions protocol: share of questions held out of meta-training
+    progress: bool = True  # a bar over the (split, seed) runs (stderr, terminals only: service.progress)
 
 
 def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDataset, split: Split) -> list[dict]:
@@ -139,18 +141,22 @@ def run_group_protocol(
     model_cfg: dict | None = None,
     lm=None,
     examples: list[dict] | None = None,
+    on_run: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Splits x seeds: meta-train on the split's train groups (validation groups taken from them), then
     score every method on the test groups' targets given the same context questions. On `curve_split`
-    the same trained model is also scored with 1..100 context questions (the context-size curve)."""
+    the same trained model is also scored with 1..100 context questions (the context-size curve).
+    `on_run(records)` runs after each (split, seed) with every record so far (to save them as they come)."""
     from service.training.lm_baselines import lm_eval_questions
 
     qids = scorable_question_ids(dataset)
     train_q = table.qindex(qids)
     lm_sample = lm_eval_questions(dataset, cfg.lm_questions, 0) if lm is not None and cfg.lm_methods else []
     records = []
+    bar = progress_bar(len(cfg.splits) * len(cfg.seeds), "groups protocol", unit="run", enabled=cfg.progress)
     for split_frac in cfg.splits:
         for seed in cfg.seeds:
+            bar.set_postfix(split=split_frac, seed=seed)
             split = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context)
             fit, val = validation_groups(split.train_groups, seed)
             tcfg = TrainConfig(**{**train_cfg.__dict__, "seed": seed})
@@ -180,6 +186,10 @@ def run_group_protocol(
                     for r in evaluate_split(dataset, table, s_n, result, cfg.curve_baselines, subsets=("all",)):
                         r.update(protocol="groups", split=split_frac, seed=seed, n_context=n)
                         records.append(r)
+            bar.update(1)
+            if on_run is not None:
+                on_run(records)
+    bar.close()
     return records
 
 
@@ -239,16 +249,20 @@ def run_new_question_protocol(
     model_cfg: dict | None = None,
     lm=None,
     split_frac: float = 0.6,
+    on_run: Callable[[list[dict]], None] | None = None,
 ) -> list[dict]:
     """Protocol 2 (what serving meets): meta-train without `new_question_share` of the questions, then
     score test groups on those questions only. No train group answered them, so the population-prior
     baselines cannot predict them: GPO is compared with uniform and the LLM baselines, and with its own
-    score on known questions (how much of its advantage over uniform it keeps)."""
+    score on known questions (how much of its advantage over uniform it keeps). `on_run(records)`: as in
+    `run_group_protocol`, after each seed."""
     from service.training.lm_baselines import lm_eval_questions
 
     qids = scorable_question_ids(dataset)
     records = []
+    bar = progress_bar(len(cfg.seeds), "new-questions protocol", unit="run", enabled=cfg.progress)
     for seed in cfg.seeds:
+        bar.set_postfix(seed=seed)
         base = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context)
         known, split = new_question_split(dataset, base, cfg.new_question_share, seed, cfg.n_context)
         fit, val = validation_groups(split.train_groups, seed)
@@ -275,4 +289,8 @@ def run_new_question_protocol(
             seed,
             {(r["method"], r["subset"]): round(r["alignment"], 4) for r in found},
         )
+        bar.update(1)
+        if on_run is not None:
+            on_run(records)
+    bar.close()
     return records

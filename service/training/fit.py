@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from service.gpo.batch import Episode, collate_buckets
 from service.gpo.features import FeatureSpec
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
+from service.progress import progress_bar
+from service.training.budget import Budget, TrainingStop
 from service.training.datasets import PreferenceDataset
 from service.training.features import fit_group_priors, known_items
 from service.training.items import ItemTable
@@ -45,6 +46,9 @@ class TrainConfig:
     val_context: int = 20  # context questions of a validation episode (as the test protocol)
     val_draws: int = 3  # context draws per validation group
     time_budget_s: float | None = 600.0
+    # A run the time budget stops before this many steps (or min(this, max_steps)), or whose kept checkpoint is the
+    # untrained one, is too short to trust: a WARNING, and an error with `--strict` (TrainingStop.shortfall).
+    min_steps: int = 100
     prior_readout: str = "ridge"  # "none" | "mean" | "ridge": where option scores start (GPOConfig.prior_readout)
     seed: int = 0
     progress: bool = True
@@ -60,6 +64,8 @@ class TrainResult:
     steps_run: int
     wall_s: float
     history: list[dict] = field(default_factory=list)
+    stop: TrainingStop | None = None
+    shortfall: str | None = None  # why the run is too short to trust (TrainingStop.shortfall), None when it is not
 
 
 class GroupFeatures:
@@ -169,6 +175,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+@dataclass
+class LoopResult:
+    """What `meta_train_loop` returns: the best state (a copy), its validation score and step, and how it ended."""
+
+    best_state: dict[str, torch.Tensor]
+    best_val: float
+    best_step: int
+    steps_run: int
+    history: list[dict]
+    stop: TrainingStop
+
+
 def meta_train_loop(
     model: GPO,
     opt: torch.optim.Optimizer,
@@ -176,22 +194,35 @@ def meta_train_loop(
     batch_loss: Callable[[], torch.Tensor],
     validate: Callable[[], float] | None,
     last_parts: dict[str, float],
-    t_start: float,
-) -> tuple[dict[str, torch.Tensor], float, int, int, list[dict]]:
+    budget: Budget,
+) -> LoopResult:
     """The meta-training loop shared by every kind: AdamW steps on the loss of a freshly sampled batch
     (`batch_loss()`; warm-up + cosine learning rate, gradient clipping), validation every `cfg.eval_every` steps,
-    early stopping on `cfg.patience`, a time budget. The untrained model is a candidate too. Returns (best state,
-    a copy; best validation score; its step; steps run; history). Without `validate`, the negative training
-    loss stands in for it."""
+    early stopping on `cfg.patience`, and a wall-clock `budget` (which may have started before this call, e.g. at
+    the command's start). The untrained model is a candidate too. Without `validate`, the negative training loss
+    stands in for it.
+
+    The budget ends the run early enough for one last step and validation to fit in it (their last measured
+    durations), so the steps since the last validation are scored; when set-up already spent it, no step runs.
+    A run the budget cut short is said in a WARNING line with the steps run of those planned.
+    """
     best_val, best_step, bad = -float("inf"), 0, 0
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     history: list[dict] = []
-    step = 0
+    step, val_s, step_s, reason = 0, 0.0, 0.0, "max_steps"
     if validate is not None:
+        t_val = time.perf_counter()
         best_val = validate()
-        history.append({"step": 0, "loss": float("nan"), "val_alignment": best_val, "elapsed_s": 0.0, **last_parts})
-    bar = tqdm(total=cfg.max_steps, desc="meta-training", disable=not cfg.progress)
-    while step < cfg.max_steps:
+        val_s = time.perf_counter() - t_val
+        history.append(
+            {"step": 0, "loss": float("nan"), "val_alignment": best_val, "elapsed_s": budget.elapsed(), **last_parts}
+        )
+    setup_s = budget.elapsed()
+    if budget.exceeded(reserve_s=val_s):
+        reason = "time_budget"
+    bar = progress_bar(cfg.max_steps, "meta-training", unit="step", enabled=cfg.progress, leave=False)
+    while step < cfg.max_steps and reason != "time_budget":
+        t_step = time.perf_counter()
         model.train()
         for group_ in opt.param_groups:
             group_["lr"] = lr_at(step, cfg)
@@ -202,15 +233,18 @@ def meta_train_loop(
         opt.step()
         step += 1
         bar.update(1)
-        out_of_time = cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s
+        step_s = time.perf_counter() - t_step
+        out_of_time = budget.exceeded(reserve_s=step_s + val_s)  # another step and the last validation would not fit
         if step % cfg.eval_every == 0 or step == cfg.max_steps or out_of_time:
+            t_val = time.perf_counter()
             val = validate() if validate is not None else -float(loss.item())
+            val_s = time.perf_counter() - t_val
             history.append(
                 {
                     "step": step,
                     "loss": float(loss.item()),
                     "val_alignment": val,
-                    "elapsed_s": time.perf_counter() - t_start,
+                    "elapsed_s": budget.elapsed(),
                     **last_parts,
                 }
             )
@@ -220,10 +254,18 @@ def meta_train_loop(
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}  # a copy, not live refs
             else:
                 bad += 1
-            if bad >= cfg.patience or out_of_time:
+            if bad >= cfg.patience and step < cfg.max_steps:
+                reason = "patience"
                 break
+            # a scheduled validation spent time too: stop now if the next step and its validation would not fit
+            if (out_of_time or budget.exceeded(reserve_s=step_s + val_s)) and step < cfg.max_steps:
+                reason = "time_budget"
     bar.close()
-    return best_state, best_val, best_step, step, history
+    stop = TrainingStop(step, cfg.max_steps, reason, best_step, setup_s, budget.seconds)
+    cut = stop.cut_message()
+    if cut is not None:
+        log.warning("%s", cut)
+    return LoopResult(best_state, best_val, best_step, step, history, stop)
 
 
 def train_gpo(
@@ -235,16 +277,19 @@ def train_gpo(
     spec: FeatureSpec,
     cfg: TrainConfig | None = None,
     model_cfg: dict | None = None,
+    budget: Budget | None = None,
 ) -> TrainResult:
     """Meta-train GPO on episodes of `fit_groups` over questions `train_q` (indices into `table`).
 
     The population prior is fitted on fit + validation groups' answers to `train_q` (each group's
     own features leave it out). The checkpoint kept is the one with the best mean alignment on the
     validation groups (20 fixed context questions, all other training questions as targets); test
-    groups are never seen here.
+    groups are never seen here. `budget`: the wall-clock budget to end within (default: `cfg.time_budget_s` from
+    now); a command passes the one it started with, so its set-up counts.
     """
     cfg = cfg or TrainConfig()
     t_start = time.perf_counter()
+    budget = budget or Budget(cfg.time_budget_s, t_start)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
@@ -335,21 +380,31 @@ def train_gpo(
     def batch_loss() -> torch.Tensor:
         return episodes_loss(model, sample_batch())
 
-    loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val_eps else None, last_parts, t_start)
-    best_state, best_val, best_step, step, history = loop
-    model.load_state_dict(best_state)
+    loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val_eps else None, last_parts, budget)
+    model.load_state_dict(loop.best_state)
     model.eval()
     wall = time.perf_counter() - t_start
-    log.info("trained %d steps in %.1f s; best validation alignment %.4f at step %d", step, wall, best_val, best_step)
+    log.info(
+        "trained %d steps in %.1f s; best validation alignment %.4f at step %d",
+        loop.steps_run,
+        wall,
+        loop.best_val,
+        loop.best_step,
+    )
+    shortfall = loop.stop.shortfall(cfg.min_steps)
+    if shortfall is not None:
+        log.warning("%s", shortfall)
     return TrainResult(
         model=model,
         spec=spec,
         prior=full_prior,
-        best_step=best_step,
-        best_val=best_val,
-        steps_run=step,
+        best_step=loop.best_step,
+        best_val=loop.best_val,
+        steps_run=loop.steps_run,
         wall_s=wall,
-        history=history,
+        history=loop.history,
+        stop=loop.stop,
+        shortfall=shortfall,
     )
 
 

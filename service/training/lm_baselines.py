@@ -61,6 +61,7 @@ from service.embedder.array_store import ArrayStore
 from service.embedder.generate import option_letter_token_ids
 from service.embedder.loading import BaseLM, LMIdentity
 from service.embedder.prompts import TEMPLATE_VERSION, format_question_prompt, option_letter
+from service.progress import progress_bar
 from service.training.datasets import PreferenceDataset, Question
 from service.training.splits import scorable_question_ids
 
@@ -402,7 +403,7 @@ def predict_lm_many(
     out: list[dict[str, np.ndarray]] = []
     n_computed = 0
     t0 = time.perf_counter()
-    with tqdm(total=0, disable=not progress, unit="prompt", desc=method) as bar:
+    with progress_bar(0, method, unit="prompt", enabled=progress) as bar:
         for gi, group in enumerate(groups):
             context = contexts[gi] if contexts is not None else None
             prefix = group_prefix(method, dataset, group, context)

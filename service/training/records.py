@@ -149,6 +149,14 @@ def write_records(path: Path, write_lines: Callable[[IO[bytes]], None]) -> None:
             write_lines(raw)
 
 
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented JSON at `path` (numpy numbers as floats), written atomically like `write_records`: a reader,
+    or a run interrupted mid-write, finds the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.dumps(obj, indent=1, default=float).encode("utf-8")
+    write_records(path, lambda out: out.write(data))
+
+
 @contextmanager
 def _atomic_binary(path: Path) -> Iterator[IO[bytes]]:
     """Yield a temporary file next to `path`; os.replace it onto `path` on success, delete it on failure."""

@@ -139,9 +139,9 @@ def test_embed_with_cache_function(tmp_path: Path) -> None:
     cache = EmbeddingCache(tmp_path)
     seen: list[list[str]] = []
 
-    def compute(texts: list[str]) -> np.ndarray:
+    def compute(texts: list[str], commit) -> None:
         seen.append(texts)
-        return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+        commit(range(len(texts)), np.array([[len(t), 1.0] for t in texts], dtype=np.float32))
 
     out = embed_with_cache(["ab", "c", "ab"], "p", cache, compute)
     assert seen == [["ab", "c"]]
@@ -151,6 +151,59 @@ def test_embed_with_cache_function(tmp_path: Path) -> None:
     assert out.tolist() == [[1.0, 1.0], [2.0, 1.0]]
     embed_with_cache(["c"], "q", cache, compute)  # another prefix, another key
     assert seen[-1] == ["c"]
+
+
+def test_each_batch_is_in_the_cache_as_soon_as_it_is_committed(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    sizes: list[int] = []
+
+    def compute(texts: list[str], commit) -> None:
+        for i in range(len(texts)):  # one text per batch, last first
+            j = len(texts) - 1 - i
+            commit([j], np.array([[float(len(texts[j]))]], dtype=np.float32))
+            sizes.append(len(cache))  # committed before the next batch starts
+
+    out = embed_with_cache(["a", "bb", "ccc"], "p", cache, compute, on_batch=lambda done, n: None)
+    assert sizes == [1, 2, 3]
+    assert out[:, 0].tolist() == [1.0, 2.0, 3.0]
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def test_an_interrupted_embedding_keeps_its_batches_and_a_rerun_embeds_only_the_rest(
+    tiny_lm_path: Path, tiny_lm: BaseLM, tmp_path: Path
+) -> None:
+    texts = [f"question {i}: " + "word " * i for i in range(12)]
+    settings = Settings(embedder=str(tiny_lm_path), device="cpu", cache_dir=tmp_path, embed_batch_size=3)
+    done_at: list[int] = []
+
+    def stop_after_two_batches(done: int, n_missing: int) -> None:
+        done_at.append(done)
+        if len(done_at) == 2:
+            raise Interrupted  # as Ctrl-C between two batches
+
+    first = build_embedder(settings)
+    with pytest.raises(Interrupted):
+        first.embed(texts, on_batch=stop_after_two_batches)
+    assert done_at == [3, 6] and first.n_texts_embedded == 6
+    truth = Embedder(tiny_lm, batch_size=3).embed(texts)  # no cache
+    cache = EmbeddingCache.in_cache_dir(tmp_path)
+    assert len(cache) == 6
+    stored = cache.get_many([EmbeddingCache.key(first.key_prefix, t) for t in texts])
+    kept = [i for i, v in enumerate(stored) if v is not None]
+    assert len(kept) == 6
+    np.testing.assert_allclose(np.stack([stored[i] for i in kept]), truth[kept], atol=1e-5)
+
+    again = build_embedder(settings)  # a new run (a new process would see the same file)
+    out = again.embed(texts)
+    assert again.n_texts_embedded == 6  # only what the first run did not finish
+    np.testing.assert_allclose(out, truth, atol=1e-5)
+    assert len(cache) == 12
+    third = build_embedder(settings)
+    third.embed(texts)
+    assert third.n_texts_embedded == 0 and not third.is_loaded
 
 
 def test_cache_get_put_roundtrip(tmp_path: Path) -> None:

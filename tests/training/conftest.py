@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from service.training.datasets import PreferenceDataset
@@ -35,3 +36,18 @@ def human_resp() -> Path:
     if not (SHARED_HUMAN_RESP / "American_Trends_Panel_W26").is_dir():
         pytest.skip(f"raw OpinionQA data not found at {SHARED_HUMAN_RESP}")
     return SHARED_HUMAN_RESP
+
+
+@pytest.fixture
+def small_ratings_file(tmp_path: Path) -> Path:
+    """A per-person ratings JSONL of 20 people, each rating 12 of 20 short replies 1..5 at random."""
+    from service.training.ratings import RatedItem, RatingsDataset, write_ratings_jsonl
+
+    rng = np.random.default_rng(0)
+    items = [RatedItem(f"r{j}", f"reply {j} about topic {j % 5}") for j in range(20)]
+    scores = {
+        f"p{i}": {f"r{j}": float(rng.integers(1, 6)) for j in rng.choice(20, 12, replace=False)} for i in range(20)
+    }
+    path = tmp_path / "ratings.jsonl"
+    write_ratings_jsonl(RatingsDataset(items, list(scores), scores, (1.0, 5.0), prompt="Rate this reply."), path)
+    return path

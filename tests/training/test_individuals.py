@@ -17,7 +17,7 @@ from service.training.individuals.priors import (
     fit_person_priors,
     fit_rating_prior,
 )
-from service.training.individuals.splits import PeopleSplit, context_draw, split_people
+from service.training.individuals.splits import PeopleSplit, context_draw, person_seed, split_people
 from service.training.individuals.train import (
     IndividualTrainConfig,
     pairwise_from,
@@ -124,6 +124,19 @@ def test_splits_and_draws() -> None:
     c2, t2 = context_draw(ds, "p1", 5, seed=0)
     assert c1.tolist() == c2.tolist() and t1.tolist() == t2.tolist()  # every method sees the same draw
     assert len(c1) == 5 and len(t1) == 15 and not set(c1) & set(t1)
+
+
+def test_people_whose_ids_share_a_prefix_get_different_draws() -> None:
+    """The seed hashes the whole id: the old one read its first bytes only (and kept 4 of them), so NYT ids
+    that began alike, e.g. '5f4d9b88...' and '5f4d9b88...', drew the same positions."""
+    items = [RatedItem(f"i{j}", f"item {j}") for j in range(30)]
+    same = {f"i{j}": float(1 + j % 4) for j in range(30)}  # both rate every item alike
+    people = ["5f4d9b883f20a00367ccff69", "5f4d9b883f20a00367ccff70"]  # a common 22-character prefix
+    ds = RatingsDataset(items=items, people=people, scores={p: same for p in people}, scale=(1.0, 4.0))
+    assert person_seed(people[0]) != person_seed(people[1])
+    draws = [context_draw(ds, p, 10, seed=0)[0].tolist() for p in people]
+    assert draws[0] != draws[1]
+    assert context_draw(ds, people[0], 10, seed=0)[0].tolist() == draws[0]  # still the same draw every time
 
 
 def test_metrics() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from service.gpo.features import FeatureSpec
+from service.progress import progress_bar
 from service.training.individuals.baselines import fit_reward_model, knn_predict, latent_factor_predict
 from service.training.individuals.priors import PersonFeatures, fit_rating_prior, prior_loadings
 from service.training.individuals.splits import PeopleSplit, context_draw, split_people
@@ -49,6 +50,7 @@ class IndividualEvalConfig:
     comparison: bool = True  # also meta-train and score the comparison kind
     val_draws: int = 2  # context draws per person and context size when choosing settings by cross-validation
     cv_folds: int = 5
+    progress: bool = True  # a bar over each seed's steps: choosing baselines, training each model, scoring
 
 
 def _choose_baselines(
@@ -137,22 +139,28 @@ def evaluate_individuals(
     cfg: IndividualEvalConfig | None = None,
     train_cfg: IndividualTrainConfig | None = None,
     model_cfg: dict | None = None,
+    on_seed: Callable[[list[dict], dict], None] | None = None,
 ) -> tuple[list[dict], dict]:
     """Every method on identical people splits and context draws. Returns (records, meta): one record per
     (method, seed, n_context) with the mean of each metric over the test people, and per-person pairwise
-    accuracies for the confidence intervals."""
+    accuracies for the confidence intervals. `on_seed(records, meta)` runs after each seed with everything so far
+    (to save it: an interrupted run then keeps its finished seeds)."""
     cfg = cfg or IndividualEvalConfig()
     train_cfg = train_cfg or IndividualTrainConfig()
     y = ds.matrix()
     index = {p: i for i, p in enumerate(ds.people)}
     records: list[dict] = []
     meta: dict = {"chosen": {}, "training": {}}
+    n_models = 3 if cfg.comparison else 1
+    bar = progress_bar(len(cfg.seeds) * (n_models + 2), "individuals", unit="stage", enabled=cfg.progress)
     for seed in cfg.seeds:
+        bar.set_postfix(seed=seed, stage="baselines")
         split = split_people(ds.people, cfg.train_frac, seed)
         train_rows = np.array([index[p] for p in split.fit + split.val])
         prior, _ = fit_rating_prior(y[train_rows], cfg.prior_rank)
         content = prior_loadings(emb, spec.prior_rank, train_cfg.loadings)
         k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(ds, emb, y, split, cfg, seed, content, train_cfg.prior_mean)
+        bar.update(1)
         reward = fit_reward_model(emb, y, train_rows, float(lam_rm))
         # GPO's prior (and the content-factor reference's) starts from this very reward model: the baseline
         seed_cfg = replace(train_cfg, reward_lambda=float(lam_rm))
@@ -167,12 +175,15 @@ def evaluate_individuals(
         }
         # the ridge readout starts at the strength the content-factor reference chose on the validation people
         rating_cfg = {"ridge_init": lam_cf, **(model_cfg or {})}
-        models = {"gpo": train_individual_gpo(ds, emb, split, spec, seed_cfg, "rating", rating_cfg)}
+        kinds = {"gpo": ("rating", rating_cfg)}
         if cfg.comparison:
-            models["gpo_comparison"] = train_individual_gpo(ds, emb, split, spec, seed_cfg, "comparison", model_cfg)
-            models["gpo_comparison_bt"] = train_individual_gpo(
-                ds, emb, split, spec, seed_cfg, "comparison_bt", model_cfg
-            )
+            kinds |= {"gpo_comparison": ("comparison", model_cfg), "gpo_comparison_bt": ("comparison_bt", model_cfg)}
+        models = {}
+        for name, (kind, kind_cfg) in kinds.items():
+            bar.set_postfix(seed=seed, stage=f"training {name}")
+            models[name] = train_individual_gpo(ds, emb, split, spec, seed_cfg, kind, kind_cfg)
+            bar.update(1)
+        bar.set_postfix(seed=seed, stage="scoring")
         for name, m in models.items():
             meta["training"][f"{name}/{seed}"] = {
                 "steps": m.steps_run,
@@ -223,4 +234,8 @@ def evaluate_individuals(
                     for n, rows in per.items()
                 },
             )
+        bar.update(1)
+        if on_seed is not None:
+            on_seed(records, meta)
+    bar.close()
     return records, meta

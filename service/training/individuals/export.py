@@ -42,6 +42,8 @@ def rating_checkpoint(
         "best_step": result.best_step,
         "steps_run": result.steps_run,
         "wall_s": result.wall_s,
+        "stopped_by": result.stop.reason if result.stop else None,
+        "shortfall": result.shortfall,
         "history": result.history,
     }
     return Checkpoint(result.model, meta, PriorBank(result.prior, rows), metrics, extra=extra)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,12 +34,17 @@ def rated_rows(ds: RatingsDataset, person: str) -> np.ndarray:
     return np.array([pos[i] for i in ds.rated(person)], dtype=np.int64)
 
 
+def person_seed(person: str) -> int:
+    """A 64-bit seed from the sha256 of a person's whole id: ids that share a prefix get unrelated streams."""
+    return int.from_bytes(hashlib.sha256(person.encode("utf-8")).digest()[:8], "little")
+
+
 def context_draw(ds: RatingsDataset, person: str, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(context item indices, target item indices) of a person: k random rated items, the rest as targets.
-    Seeded by (seed, person), so every method sees the same draw."""
+    Seeded by (seed, the person's whole id, k), so every method sees the same draw, and two people's draws are
+    independent however alike their ids."""
     rated = rated_rows(ds, person)
-    digest = int.from_bytes(person.encode()[:8].ljust(8, b"\0"), "little")
-    rng = np.random.default_rng([seed, digest % (2**32), k])
+    rng = np.random.default_rng([seed, person_seed(person), k])
     perm = rng.permutation(rated)
     k = min(k, len(rated) - 2)
     return np.sort(perm[:k]), np.sort(perm[k:])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from service.gpo.features import FeatureSpec, RewardModel
 from service.gpo.losses import bt_loss, rank_loss
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
+from service.training.budget import Budget, TrainingStop
 from service.training.fit import TrainConfig, meta_train_loop
 from service.training.individuals.baselines import fit_pair_beta, fit_reward_model, fit_reward_regressor
 from service.training.individuals.episodes import bt_episode, comparison_episode, comparison_pairs, rating_episode
@@ -81,6 +82,8 @@ class IndividualModel:
     steps_run: int
     wall_s: float
     history: list[dict] = field(default_factory=list)
+    stop: TrainingStop | None = None
+    shortfall: str | None = None  # why the run is too short to trust (TrainingStop.shortfall), None when it is not
 
 
 def train_individual_gpo(
@@ -91,11 +94,14 @@ def train_individual_gpo(
     cfg: IndividualTrainConfig | None = None,
     kind: str = "rating",
     model_cfg: dict | None = None,
+    budget: Budget | None = None,
 ) -> IndividualModel:
     """Meta-train a rating or comparison GPO on the fit people; the checkpoint kept is the one with the best
-    mean pairwise accuracy on the validation people (each of val_sizes context items, the rest as targets)."""
+    mean pairwise accuracy on the validation people (each of val_sizes context items, the rest as targets).
+    `budget`: the wall-clock budget to end within (default: `cfg.time_budget_s` from now)."""
     cfg = cfg or IndividualTrainConfig()
     t_start = time.perf_counter()
+    budget = budget or Budget(cfg.time_budget_s, t_start)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     y = ds.matrix()  # [P, I] normalised
@@ -213,10 +219,9 @@ def train_individual_gpo(
 
     readout_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     readout = per_person() if val_cases and model.cfg.prior_readout == "ridge" else None
-    best_state, best_val, best_step, step, history = meta_train_loop(
-        model, opt, cfg, batch_loss, validate if val_cases else None, last_parts, t_start
-    )
-    model.load_state_dict(best_state)
+    loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val_cases else None, last_parts, budget)
+    best_val, best_step, step = loop.best_val, loop.best_step, loop.steps_run
+    model.load_state_dict(loop.best_state)
     model.eval()
     if readout is not None and best_step > 0:
         # The untrained model is the ridge readout exactly. Validation picks the best of many checkpoints, so a
@@ -243,7 +248,13 @@ def train_individual_gpo(
         model.set_constant_std(max(float(np.sqrt(np.mean(res**2))), 2 * model.cfg.min_std))
     wall = time.perf_counter() - t_start
     log.info("%s GPO: %d steps in %.1f s; best validation pairwise %.4f at %d", kind, step, wall, best_val, best_step)
-    return IndividualModel(model, spec, full, known, reward, kind, best_val, best_step, step, wall, history)
+    stop = replace(loop.stop, best_step=best_step)  # the readout rule may have gone back to step 0
+    shortfall = stop.shortfall(cfg.min_steps)
+    if shortfall is not None:
+        log.warning("%s GPO: %s", kind, shortfall)
+    return IndividualModel(
+        model, spec, full, known, reward, kind, best_val, best_step, step, wall, loop.history, stop, shortfall
+    )
 
 
 @torch.no_grad()
