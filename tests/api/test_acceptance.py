@@ -30,7 +30,7 @@ def left_out_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("left-out-store")
     env = {**os.environ, "GPO_MODEL_STORE": str(store), "GPO_CACHE_DIR": str(PROJECT_ROOT / ".cache")}
     cmd = [sys.executable, "-m", "service.cli", "train", "--exclude-group", LEFT_OUT, "--name", "left-out"]
-    cmd += ["--max-steps", "300", "--threads", "2"]
+    cmd += ["--max-steps", "300", "--threads", "2", "--time-budget-s", "1700", "--strict"]  # embedding counts too
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     return store
