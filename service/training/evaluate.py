@@ -79,11 +79,11 @@ def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDa
 
 
 def score(dataset: PreferenceDataset, group: str, preds: dict, qids: Sequence[str]) -> list[float]:
-    """Alignment of every scorable question in `qids` that the group answered and that `preds` holds
-    (questions without a defined score are skipped)."""
+    """Alignment of every scorable question in `qids` that the group answered (questions without a defined
+    score are skipped)."""
     out = []
     for qid in qids:
-        if qid not in preds or not dataset.has(group, qid):
+        if not dataset.has(group, qid):
             continue
         s = question_alignments(dataset.question(qid), preds[qid], dataset.dist(group, qid))
         if s is not None:
@@ -201,7 +201,11 @@ def run_group_protocol(
                 for n in cfg.curve_sizes:
                     if n == cfg.n_context:
                         continue  # already scored above
-                    s_n = make_split(dataset.groups, qids, split_frac, seed, n, answered)
+                    try:
+                        s_n = make_split(dataset.groups, qids, split_frac, seed, n, answered)
+                    except ValueError as e:  # ragged data: no test group answered n + 1 usable questions
+                        log.warning("context-size curve: %d context questions skipped: %s", n, e)
+                        continue
                     for r in evaluate_split(dataset, table, s_n, result, cfg.curve_baselines, subsets=("all",)):
                         r.update(protocol="groups", split=split_frac, seed=seed, n_context=n)
                         if s_n.skipped_groups:

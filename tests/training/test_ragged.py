@@ -253,7 +253,8 @@ def test_group_protocol_runs_on_ragged_data() -> None:
     ds = _ragged(n_groups=12, n_questions=40)
     table = _table(ds)
     spec = FeatureSpec(emb_dim=4, prior_rank=2)
-    cfg = EvalConfig(splits=[0.6], seeds=[0], n_context=5, curve_split=0.6, curve_sizes=(1, 5, 20))
+    # each group answered ~24 of the 40 questions: no test group can have 35 context questions and a target
+    cfg = EvalConfig(splits=[0.6], seeds=[0], n_context=5, curve_split=0.6, curve_sizes=(1, 5, 20, 35))
     records = run_group_protocol(ds, table, spec, TCFG, cfg, TINY, examples=[])
     main = {r["method"]: r for r in records if r["n_context"] == 5 and r["subset"] == "all"}
     assert set(main) == {"gpo", "uniform", "train_mean", "nearest_group", "mixture", "latent_factor"}
@@ -263,7 +264,7 @@ def test_group_protocol_runs_on_ragged_data() -> None:
     split = make_split(ds.groups, scorable_question_ids(ds), 0.6, 0, 5, answered_sets(ds))
     truth = {g: {q: ds.dist(g, q) for q in split.targets_of(g)} for g in split.test_groups}
     assert main["uniform"]["n_scored"] == sum(len(score(ds, g, truth[g], list(truth[g]))) for g in truth)
-    assert {r["n_context"] for r in records} == {1, 5, 20}
+    assert {r["n_context"] for r in records} == {1, 5, 20}  # 35: skipped with a warning, not a crash
 
 
 def test_latent_factor_beats_the_train_mean_on_ragged_low_rank_data() -> None:
