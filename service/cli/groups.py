@@ -126,10 +126,12 @@ def train(
     refuse_if_strict(strict, result.shortfall)
     bank = None
     if result.prior is not None:
+        # ragged data: questions too few training groups answered have no prior (served as new questions)
+        thin = set() if result.thin_items is None else set(table.item_q[result.thin_items].tolist())
         rows = {
             question_key(q.text, q.options): (int(table.q_start[i]), int(table.q_len[i]))
             for i, q in enumerate(table.questions)
-            if q.qid in set(qids)
+            if q.qid in set(qids) and i not in thin
         }
         bank = PriorBank(result.prior, rows)
     meta = {

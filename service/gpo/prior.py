@@ -2,7 +2,8 @@
 
 For items of questions the training groups answered, the answers of G groups form a matrix Y [I, G].
 Its mean over groups and its top principal directions across groups (item loadings L [I, k]) describe
-the item the way collaborative filtering does: a group's answers are roughly mean + L z_group. Given
+the item the way collaborative filtering does: a group's answers are roughly mean + L z_group (groups that
+answered different questions: `fit_prior` fills the gaps by a low-rank fit before the SVD). Given
 these features next to the LLM embedding, GPO's in-context step amounts to inferring z from the context
 and reading it out on the targets, which plain embeddings make it learn only by memorisation. Questions
 the training groups never saw get the flag 0 and zeros (the LLM embedding must carry them).
@@ -51,20 +52,64 @@ class PopulationPrior:
         return f * flag  # unknown items: all zeros, flag 0
 
 
+# Ragged answers (groups answered different questions): the missing entries of the mean-centred matrix are
+# filled by a rank-`rank` alternating-least-squares fit with this ridge, for this many sweeps (deterministic:
+# it starts from the SVD of the zero-filled matrix). See `impute_low_rank`.
+IMPUTE_RIDGE = 1e-3
+IMPUTE_SWEEPS = 30
+
+
+def impute_low_rank(r: np.ndarray, rank: int, ridge: float = IMPUTE_RIDGE, sweeps: int = IMPUTE_SWEEPS) -> np.ndarray:
+    """r [I, G] (NaN = missing) with its missing entries replaced by a rank-`rank` fit A B^T of its observed ones.
+
+    Alternating ridge least squares on the observed entries only: minimise sum_obs (r - A B^T)^2 +
+    ridge (|A|^2 + |B|^2), starting from the top-`rank` SVD of r with missing entries set to 0 (so the
+    result is deterministic). Observed entries are returned unchanged. With rank 0, missing entries are 0.
+    """
+    obs = np.isfinite(r)
+    r0 = np.where(obs, r, 0.0)
+    k = min(rank, *r.shape)
+    if k == 0 or obs.all():
+        return r0
+    u, s, vt = np.linalg.svd(r0, full_matrices=False)
+    a, b = u[:, :k] * np.sqrt(s[:k]), vt[:k].T * np.sqrt(s[:k])  # [I, k], [G, k]
+    m = obs.astype(np.float64)
+    eye = ridge * np.eye(k)
+    for _ in range(sweeps):
+        # each item's loadings from the groups that answered it, then each group's factors from its items
+        gram = np.einsum("ig,gk,gl->ikl", m, b, b) + eye  # [I, k, k]
+        a = np.linalg.solve(gram, (r0 @ b)[..., None])[..., 0]
+        gram = np.einsum("ig,ik,il->gkl", m, a, a) + eye  # [G, k, k]
+        b = np.linalg.solve(gram, (r0.T @ a)[..., None])[..., 0]
+    return np.where(obs, r0, a @ b.T)
+
+
 def fit_prior(y: np.ndarray, rank: int, reference: np.ndarray | None = None) -> PopulationPrior:
-    """Prior from group answers y [I, G] (complete, no NaN).
+    """Prior from group answers y [I, G]; NaN marks an item whose question the group did not answer.
 
     Loadings are U_k S_k / sqrt(G), so their scale does not grow with the number of groups. When
     `reference` loadings [I, k] are given, the basis is rotated onto them (orthogonal Procrustes), so
     priors fitted on different group subsets (leave-one-out during training) share one coordinate system.
+
+    Ragged answers: an item's mean is over the groups that answered it, and the SVD runs on the
+    mean-centred matrix with its missing entries filled by `impute_low_rank`. Every item needs at least
+    one answer. On a complete matrix this is exactly the plain SVD (the imputation is not run).
     """
     assert y.ndim == 2 and y.shape[1] >= 1, "y must be [items, groups]"
-    assert np.isfinite(y).all(), "prior answers must be complete (no NaN)"
+    assert not np.isinf(y).any(), "prior answers must be finite (NaN marks a missing answer)"
+    observed = np.isfinite(y)
+    assert observed.any(axis=1).all(), "every item needs at least one group's answer"
     n_groups = y.shape[1]
-    mean = y.mean(axis=1)
+    if observed.all():
+        mean = y.mean(axis=1)
+        centred = y - mean[:, None]
+    else:
+        counts = observed.sum(axis=1)
+        mean = np.where(observed, y, 0.0).sum(axis=1) / counts
+        centred = impute_low_rank(y - mean[:, None], rank)
     loadings = np.zeros((y.shape[0], rank), dtype=np.float64)
     if n_groups > 1 and rank > 0:
-        u, s, _ = np.linalg.svd(y - mean[:, None], full_matrices=False)
+        u, s, _ = np.linalg.svd(centred, full_matrices=False)
         k = min(rank, s.shape[0])
         loadings[:, :k] = u[:, :k] * s[:k] / np.sqrt(n_groups)
     if reference is not None and rank > 0:

@@ -18,13 +18,17 @@ Baselines (numbers from oqa_baselines.py, which `evaluate_baselines` reproduces)
 - `mixture`: train groups weighted by w = exp(-3 fit / max(min fit, 1e-6));
 - `latent_factor` (ours, not in the reference): mean + principal loadings of the train groups with the
   group's factors fitted by ridge regression on its context; a strong collaborative-filtering reference.
-The last three raise `UnknownQuestionError` for a target no train group answered. When only some
+The last four raise `UnknownQuestionError` for a target no train group answered. When only some
 train groups answered a target they use those (mean over them, nearest among them, mixture weights
-computed among them); on a complete dataset this is exactly the reference.
+computed among them; latent_factor factorises the incomplete answers matrix as `service.gpo.prior`
+does); on a complete dataset this is exactly the reference.
 
-Context fit distance of a train group = mean over the context questions of (1 - question_alignment)
-between its distribution and the test group's, over the context questions every train group answered
-and whose score is defined (ordinal questions without ordinal spread are skipped).
+Context fit distance of a train group = mean over the context questions *it* answered of
+(1 - question_alignment) between its distribution and the test group's (context questions whose score
+is undefined, ordinal questions without ordinal spread, are skipped). Ragged data: a train group that
+answered none of the test group's context questions has fit +inf (never the nearest, mixture weight 0);
+when none of the groups that answered a target shares a context question with the test group,
+nearest_group and mixture fall back to train_mean over those groups.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from service.gpo.prior import impute_low_rank
 from service.training.datasets import PreferenceDataset, Question
 from service.training.metrics import AlignmentScore, question_alignments
 from service.training.splits import Split
@@ -91,28 +96,30 @@ def context_fit(
 ) -> np.ndarray:
     """Fit distance of each train group to the test group on the context: [n_train], lower is closer.
 
-    Uses the context questions that are in the dataset, answered by every train group and scorable;
-    raises ValueError when none is left.
+    A train group's distance is over the context questions that are in the dataset, that it answered and
+    that are scorable; +inf for a train group that answered none of them. Raises ValueError when no train
+    group answered any scorable context question.
     """
     if not train_groups:
         raise ValueError("no train groups")
     total = np.zeros(len(train_groups))
-    used = 0
+    used = np.zeros(len(train_groups))
     for qid, true in context.items():
         if not _in_dataset(dataset, qid):
             continue
-        if not all(dataset.has(g, qid) for g in train_groups):
+        has = np.array([dataset.has(g, qid) for g in train_groups])
+        if not has.any():
             continue
         q = dataset.question(qid)
-        train = np.stack([dataset.dist(g, qid) for g in train_groups])  # [T, n]
-        align = question_alignments(q, train, np.asarray(true, dtype=np.float64))  # [T] or None
+        train = np.stack([dataset.dist(g, qid) for g, h in zip(train_groups, has, strict=True) if h])  # [T', n]
+        align = question_alignments(q, train, np.asarray(true, dtype=np.float64))  # [T'] or None
         if align is None:
             continue
-        total += 1.0 - align
-        used += 1
-    if used == 0:
-        raise ValueError(f"none of the {len(context)} context questions is answered by every train group and scorable")
-    return total / used
+        total[has] += 1.0 - align
+        used[has] += 1
+    if not used.any():
+        raise ValueError(f"none of the {len(context)} context questions is answered by a train group and scorable")
+    return np.where(used > 0, total / np.maximum(used, 1), np.inf)
 
 
 def _in_dataset(dataset: PreferenceDataset, qid: str) -> bool:
@@ -126,11 +133,14 @@ def _in_dataset(dataset: PreferenceDataset, qid: str) -> bool:
 def mixture_weights(fit: ArrayLike) -> np.ndarray:
     """Softmin of fit distances relative to the best fit: exp(-3 fit / max(min fit, 1e-6)), summing to 1.
 
-    `fit` is [T] or [C, T] (one row per test group; each row is normalised on its own).
+    `fit` is [T] or [C, T] (one row per test group; each row is normalised on its own). A fit of +inf (a
+    train group sharing no context question) gets weight 0; a row without a finite fit, equal weights.
     """
     f = np.asarray(fit, dtype=np.float64)
     best = np.maximum(f.min(axis=-1, keepdims=True), MIN_FIT)
-    w = np.exp(-f / best * MIXTURE_SHARPNESS)
+    with np.errstate(invalid="ignore"):
+        w = np.exp(-f / best * MIXTURE_SHARPNESS)
+    w = np.where(np.isfinite(best), w, 1.0)
     return w / w.sum(axis=-1, keepdims=True)
 
 
@@ -176,9 +186,12 @@ def predict_many(
             assert fits is not None
             # the nearest among the train groups that answered q; ties: the first, as np.argmin
             w = np.eye(len(idx))[np.argmin(fits[:, idx], axis=1)]
+            # none of them shares a context question with the test group: their mean (train_mean)
+            w[~np.isfinite(fits[:, idx]).any(axis=1)] = 1.0 / len(idx)
         else:
             assert fits is not None and mix_all is not None
-            # among the groups that answered q, relative to the best of them (no underflow to 0/0)
+            # among the groups that answered q, relative to the best of them (no underflow to 0/0);
+            # equal weights (train_mean) where none of them shares a context question
             w = mix_all if len(idx) == len(train) else mixture_weights(fits[:, idx])
         pred = w @ dists  # [C, k] @ [k, n] -> [C, n]
         for o, row in zip(out, pred, strict=True):
@@ -221,9 +234,20 @@ RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the ridge strength is chose
 
 
 def _factorise(y: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [I] and loadings U_k S_k / sqrt(G) [I, k] of answers y [I, G] (as service.gpo.prior)."""
-    mean = y.mean(axis=1)
-    u, sv, _ = np.linalg.svd(y - mean[:, None], full_matrices=False)
+    """Mean [I] and loadings U_k S_k / sqrt(G) [I, k] of answers y [I, G] (as service.gpo.prior).
+
+    Ragged answers (NaN: not answered): the mean over the groups that answered, and the SVD of the centred
+    matrix with its gaps filled by `impute_low_rank`; a row nobody answered gets mean 0 and no loadings.
+    """
+    observed = np.isfinite(y)
+    if observed.all():
+        mean = y.mean(axis=1)
+        centred = y - mean[:, None]
+    else:
+        mean = np.where(observed, y, 0.0).sum(axis=1) / np.maximum(observed.sum(axis=1), 1)
+        centred = impute_low_rank(y - mean[:, None], rank)
+        centred[~observed.any(axis=1)] = 0.0
+    u, sv, _ = np.linalg.svd(centred, full_matrices=False)
     k = min(rank, sv.shape[0])
     return mean, u[:, :k] * sv[:k] / np.sqrt(y.shape[1])
 
@@ -262,25 +286,31 @@ def latent_factor_many(
     prediction is mean + loadings @ z, clipped at 1e-4 and renormalised. The ridge strength, unless
     given, is chosen from RIDGE_GRID by leaving each train group out in turn (fit on the others, its
     answers on the first context's questions as context, its targets scored): the test groups are never
-    used. Questions not answered by every train group cannot be used (UnknownQuestionError).
+    used. Ragged data: the context and target questions some train group answered are used, and the answers
+    matrix has gaps (filled as `_factorise` says); a target no train group answered raises
+    UnknownQuestionError.
     """
     questions = [_resolve(dataset, t) for t in targets]
     train = list(train_groups)
     ctx_ids = [q for q in dict.fromkeys(k for c in contexts for k in c) if _in_dataset(dataset, q)]
-    ctx_ids = [q for q in ctx_ids if all(dataset.has(g, q) for g in train)]
+    ctx_ids = [q for q in ctx_ids if any(dataset.has(g, q) for g in train)]
     for q in questions:
-        if not all(dataset.has(g, q.qid) for g in train):
-            raise UnknownQuestionError(f"latent_factor needs every train group's answer to {q.qid!r}")
+        if not any(dataset.has(g, q.qid) for g in train):
+            raise UnknownQuestionError(f"no train group answered {q.qid!r}: latent_factor cannot predict it")
     qids = list(dict.fromkeys(ctx_ids + [q.qid for q in questions]))
     start = np.cumsum([0] + [dataset.question(q).n_options for q in qids])
     where = {q: (int(start[i]), int(start[i + 1])) for i, q in enumerate(qids)}
     bounds = [where[q.qid] for q in questions]
-    y = np.concatenate([np.stack([dataset.dist(g, q) for g in train], axis=1) for q in qids])  # [I, T]
+
+    def answers(g: str, q: str) -> np.ndarray:
+        return dataset.dist(g, q) if dataset.has(g, q) else np.full(dataset.question(q).n_options, np.nan)
+
+    y = np.concatenate([np.stack([answers(g, q) for g in train], axis=1) for q in qids])  # [I, T], NaN: gap
 
     def rows_of(context: Mapping[str, ArrayLike]) -> np.ndarray:
         rows = [np.arange(*where[q]) for q in context if q in where]
         if not rows:
-            raise ValueError("latent_factor: no context question answered by every train group")
+            raise ValueError("latent_factor: no context question answered by a train group")
         return np.concatenate(rows)
 
     if ridge is None:
@@ -304,15 +334,26 @@ def _choose_ridge(
     questions: list[Question],
     bounds: list[tuple[int, int]],
 ) -> float:
-    """The RIDGE_GRID value with the best mean alignment when each train group is left out in turn."""
+    """The RIDGE_GRID value with the best mean alignment when each train group is left out in turn.
+
+    Ragged data: the left-out group's context is the context rows it answered and another group answered
+    too, and it is scored on the targets of that kind; a group with none of either takes no part.
+    """
     if ctx_rows is None or len(train) < 3:
         return RIDGE_GRID[len(RIDGE_GRID) // 2]
     totals = np.zeros(len(RIDGE_GRID))
     for j, g in enumerate(train):
-        mean, loadings = _factorise(np.delete(y, j, axis=1), rank)
+        others = np.delete(y, j, axis=1)
+        by_others = np.isfinite(others).any(axis=1)
+        rows = ctx_rows[np.isfinite(y[ctx_rows, j]) & by_others[ctx_rows]]
+        scored = [i for i, (q, (a, _)) in enumerate(zip(questions, bounds, strict=True))
+                  if dataset.has(g, q.qid) and by_others[a]]
+        if rows.size == 0 or not scored:
+            continue
+        mean, loadings = _factorise(others, rank)
         for i, lam in enumerate(RIDGE_GRID):
-            pred = _normalise_blocks(_ridge_predict(mean, loadings, ctx_rows, y[ctx_rows, j], lam), bounds)
-            scores = [question_alignments(q, p, dataset.dist(g, q.qid)) for q, p in zip(questions, pred, strict=True)]
+            pred = _normalise_blocks(_ridge_predict(mean, loadings, rows, y[rows, j], lam), bounds)
+            scores = [question_alignments(questions[k], pred[k], dataset.dist(g, questions[k].qid)) for k in scored]
             totals[i] += np.mean([float(s) for s in scores if s is not None])
     return float(RIDGE_GRID[int(np.argmax(totals))])
 
@@ -344,7 +385,7 @@ NEW_QUESTION_BASELINES = frozenset({"uniform"})
 def evaluate_baselines(
     dataset: PreferenceDataset, split: Split, names: Sequence[str] | None = None
 ) -> dict[str, AlignmentScore]:
-    """Score baselines on a split: each test group's context is its answers on `split.context_qids`.
+    """Score baselines on a split: each test group's context is its answers on `split.context_of(group)`.
 
     The mean is pooled over every (test group, target question) pair the test group answered, as
     oqa_baselines.py; targets without a defined score are skipped and counted. Targets that no train
@@ -356,9 +397,10 @@ def evaluate_baselines(
         raise KeyError(f"unknown baselines {unknown}; known: {sorted(BASELINES)}")
     train = list(split.train_groups)
     test = list(split.test_groups)
-    contexts = [group_context(dataset, g, split.context_qids) for g in test]
+    contexts = [group_context(dataset, g, split.context_of(g)) for g in test]
     # targets no train group answered are left out: only uniform could predict them
-    targets = [q for q in split.target_qids if any(dataset.has(t, q) for t in train)]
+    targets = [q for q in split.all_targets if any(dataset.has(t, q) for t in train)]
+    own_targets = {g: set(split.targets_of(g)) for g in test}
     preds: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # name -> group -> qid -> [n]
     for n in names:
         preds[n] = dict(zip(test, predict_many(n, dataset, train, contexts, targets), strict=True))
@@ -367,7 +409,7 @@ def evaluate_baselines(
     for n in names:
         total, n_scored, n_skipped = 0.0, 0, 0
         for qid in targets:
-            groups = [g for g in test if dataset.has(g, qid)]
+            groups = [g for g in test if dataset.has(g, qid) and qid in own_targets[g]]
             if not groups:
                 continue
             pred = np.stack([preds[n][g][qid] for g in groups])  # [G, n]

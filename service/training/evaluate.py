@@ -24,7 +24,14 @@ from service.training.fit import (
 )
 from service.training.items import ItemTable
 from service.training.metrics import question_alignments
-from service.training.splits import Split, make_split, scorable_question_ids, validation_groups
+from service.training.splits import (
+    Split,
+    answered_sets,
+    draw_group_context,
+    make_split,
+    scorable_question_ids,
+    validation_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +58,35 @@ class EvalConfig:
 
 
 def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDataset, split: Split) -> list[dict]:
-    """Per test group {qid: predicted distribution} for the split's targets, from its context answers."""
+    """Per test group {qid: predicted distribution} for its targets, from its context answers.
+
+    Items of training questions that too few training groups answered (`TrainResult.thin_items`) are shown
+    as new questions (known flag 0), as at serving.
+    """
     spec = result.spec
     known = known_items(table, np.ones(len(table.questions), dtype=bool))
+    if result.thin_items is not None:
+        known = known & ~result.thin_items
     x = torch.from_numpy(spec.build(table.emb, result.prior, np.arange(table.n_items), known))
-    ctx, tgt = table.qindex(split.context_qids), table.qindex(split.target_qids)
-    episodes = [
-        make_eval_episode(table, x, torch.from_numpy(np.nan_to_num(table.group_y(dataset, g))), ctx, tgt)
-        for g in split.test_groups
-    ]
+    episodes, targets = [], []
+    for g in split.test_groups:
+        ctx, tgt = table.qindex(split.context_of(g)), table.qindex(split.targets_of(g))
+        y = torch.from_numpy(np.nan_to_num(table.group_y(dataset, g)))
+        episodes.append(make_eval_episode(table, x, y, ctx, tgt))
+        targets.append(tgt)
     out = []
-    for mean, _ in predict_episodes(result.model, episodes):
-        out.append(dict(zip(split.target_qids, split_by_question(table, tgt, mean), strict=True)))
+    for g, tgt, (mean, _) in zip(split.test_groups, targets, predict_episodes(result.model, episodes), strict=True):
+        out.append(dict(zip(split.targets_of(g), split_by_question(table, tgt, mean), strict=True)))
     return out
 
 
 def score(dataset: PreferenceDataset, group: str, preds: dict, qids: Sequence[str]) -> list[float]:
-    """Alignment of every scorable question in `qids` (questions without a defined score are skipped)."""
+    """Alignment of every scorable question in `qids` that the group answered (questions without a defined
+    score are skipped)."""
     out = []
     for qid in qids:
+        if not dataset.has(group, qid):
+            continue
         s = question_alignments(dataset.question(qid), preds[qid], dataset.dist(group, qid))
         if s is not None:
             out.append(float(s))
@@ -93,30 +110,35 @@ def evaluate_split(
     With `lm` and `lm_methods`, the LLM baselines are scored too, on the targets in `lm_sample`
     (subset "lm_sample", where every other method is scored as well, for a like-for-like comparison).
     """
-    contexts = [group_context(dataset, g, split.context_qids) for g in split.test_groups]
+    contexts = [group_context(dataset, g, split.context_of(g)) for g in split.test_groups]
+    targets = split.all_targets  # each group is scored on its own targets (`Split.targets_of`)
     methods: dict[str, list[dict]] = {}
     if result is not None:
         methods["gpo"] = gpo_predictions(result, table, dataset, split)
     for name in baselines:
-        methods[name] = predict_many(name, dataset, split.train_groups, contexts, split.target_qids)
+        methods[name] = predict_many(name, dataset, split.train_groups, contexts, targets)
     subset_qids = {
-        "all": list(split.target_qids),
-        "contentious": [q for q in split.target_qids if "contentious" in dataset.question(q).tags],
+        "all": list(targets),
+        "contentious": [q for q in targets if "contentious" in dataset.question(q).tags],
     }
     subset_qids = {k: v for k, v in subset_qids.items() if k in subsets}
     if lm is not None and lm_methods:
         from service.training.lm_baselines import predict_lm_many
 
-        sample = [q for q in split.target_qids if q in set(lm_sample)]
+        sample = [q for q in targets if q in set(lm_sample)]
         subset_qids["lm_sample"] = sample
         for name in lm_methods:
             methods[name] = predict_lm_many(name, lm, dataset, list(split.test_groups), contexts, sample)
+    own_targets = {g: set(split.targets_of(g)) for g in split.test_groups}
     records = []
     for method, per_group in methods.items():
         for subset, qids in subset_qids.items():
             if method in lm_methods and subset != "lm_sample":
                 continue
-            pg = {g: score(dataset, g, p, qids) for g, p in zip(split.test_groups, per_group, strict=True)}
+            pg = {
+                g: score(dataset, g, p, [q for q in qids if q in own_targets[g]])
+                for g, p in zip(split.test_groups, per_group, strict=True)
+            }
             pooled = [s for v in pg.values() for s in v]
             if not pooled:  # e.g. a dataset without contentious tags: no record rather than a NaN score
                 continue
@@ -150,6 +172,7 @@ def run_group_protocol(
     from service.training.lm_baselines import lm_eval_questions
 
     qids = scorable_question_ids(dataset)
+    answered = answered_sets(dataset)
     train_q = table.qindex(qids)
     lm_sample = lm_eval_questions(dataset, cfg.lm_questions, 0) if lm is not None and cfg.lm_methods else []
     records = []
@@ -157,7 +180,7 @@ def run_group_protocol(
     for split_frac in cfg.splits:
         for seed in cfg.seeds:
             bar.set_postfix(split=split_frac, seed=seed)
-            split = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context)
+            split = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context, answered)
             fit, val = validation_groups(split.train_groups, seed)
             tcfg = TrainConfig(**{**train_cfg.__dict__, "seed": seed})
             result = train_gpo(table, dataset, fit, val, train_q, spec, tcfg, model_cfg)
@@ -166,6 +189,8 @@ def run_group_protocol(
             )
             for r in found:
                 r.update(protocol="groups", split=split_frac, seed=seed, n_context=cfg.n_context)
+                if split.skipped_groups:  # ragged data: test groups with too few answers are counted
+                    r.update(skipped_groups=list(split.skipped_groups))
                 if r["method"] == "gpo":
                     r.update(train_wall_s=result.wall_s, best_step=result.best_step, val_alignment=result.best_val)
             records += found
@@ -182,9 +207,15 @@ def run_group_protocol(
                 for n in cfg.curve_sizes:
                     if n == cfg.n_context:
                         continue  # already scored above
-                    s_n = make_split(dataset.groups, qids, split_frac, seed, n)
+                    try:
+                        s_n = make_split(dataset.groups, qids, split_frac, seed, n, answered)
+                    except ValueError as e:  # ragged data: no test group answered n + 1 usable questions
+                        log.warning("context-size curve: %d context questions skipped: %s", n, e)
+                        continue
                     for r in evaluate_split(dataset, table, s_n, result, cfg.curve_baselines, subsets=("all",)):
                         r.update(protocol="groups", split=split_frac, seed=seed, n_context=n)
+                        if s_n.skipped_groups:
+                            r.update(skipped_groups=list(s_n.skipped_groups))
                         records.append(r)
             bar.update(1)
             if on_run is not None:
@@ -200,9 +231,12 @@ def example_predictions(
     the first test groups, and the contentious targets on which those groups disagree most."""
     groups = list(split.test_groups[:n_groups])
     gpo = gpo_predictions(result, table, dataset, split)[:n_groups]
-    contexts = [group_context(dataset, g, split.context_qids) for g in groups]
-    mix = predict_many("mixture", dataset, split.train_groups, contexts, split.target_qids)
-    cands = [q for q in split.target_qids if "contentious" in dataset.question(q).tags] or list(split.target_qids)
+    contexts = [group_context(dataset, g, split.context_of(g)) for g in groups]
+    shared = [q for q in split.targets_of(groups[0]) if all(q in set(split.targets_of(g)) for g in groups)]
+    if not shared:  # ragged data: the groups share no target
+        return []
+    mix = predict_many("mixture", dataset, split.train_groups, contexts, shared)
+    cands = [q for q in shared if "contentious" in dataset.question(q).tags] or shared
     spread = [np.abs(dataset.dist(groups[0], q) - dataset.dist(groups[-1], q)).sum() for q in cands]
     chosen = [cands[i] for i in np.argsort(spread)[::-1][:n_q]]
     out = []
@@ -230,14 +264,30 @@ def new_question_split(
 
     `share` of the scorable questions (drawn with the seed) are held out of meta-training entirely; the
     test groups' context is `n_context` known questions and their targets are the held-out questions.
+    Ragged data: a test group's context is drawn from the known questions it answered (`draw_group_context`)
+    and its targets are the held-out questions it answered; a group with too few of either is skipped.
     """
-    qids = list(split.context_qids) + list(split.target_qids)
+    qids = list(dict.fromkeys([*split.context_qids, *split.target_qids, *split.all_targets]))
     rng = np.random.default_rng([seed, 0x4E4557])  # "NEW": a stream of its own
     held = set(rng.choice(qids, size=int(round(share * len(qids))), replace=False).tolist())
     known = [q for q in qids if q not in held]
     ctx = tuple(str(q) for q in rng.choice(known, size=n_context, replace=False))
     targets = tuple(q for q in qids if q in held)
-    return known, Split(split.train_groups, split.test_groups, ctx, targets, split.split, split.seed)
+    contexts, group_targets, scored, skipped = {}, {}, [], list(split.skipped_groups)
+    for i, g in enumerate(split.test_groups):
+        pool = [q for q in known if dataset.has(g, q)]
+        own_targets = tuple(q for q in targets if dataset.has(g, q))
+        if len(pool) < n_context or not own_targets:
+            skipped.append(g)
+            continue
+        scored.append(g)
+        own = draw_group_context(ctx, pool, n_context, [seed, 0x4E4557, i])
+        if own != ctx or own_targets != targets:
+            contexts[g], group_targets[g] = own, own_targets
+    if len(skipped) > len(split.skipped_groups):
+        log.warning("new questions: test groups with too few known or held-out answers skipped: %s", skipped)
+    return known, Split(split.train_groups, tuple(scored), ctx, targets, split.split, split.seed,
+                        contexts, group_targets, tuple(skipped))
 
 
 def run_new_question_protocol(
@@ -263,7 +313,7 @@ def run_new_question_protocol(
     bar = progress_bar(len(cfg.seeds), "new-questions protocol", unit="run", enabled=cfg.progress)
     for seed in cfg.seeds:
         bar.set_postfix(seed=seed)
-        base = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context)
+        base = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context, answered_sets(dataset))
         known, split = new_question_split(dataset, base, cfg.new_question_share, seed, cfg.n_context)
         fit, val = validation_groups(split.train_groups, seed)
         tcfg = TrainConfig(**{**train_cfg.__dict__, "seed": seed})
@@ -273,9 +323,14 @@ def run_new_question_protocol(
         found = evaluate_split(
             dataset, table, split, result, ["uniform"], lm=lm, lm_methods=cfg.lm_methods, lm_sample=lm_sample
         )
-        # the same model on known questions (the context's other known questions as targets)
+        # the same model on known questions (the context's other known questions it answered as targets)
+        known_targets = {
+            g: tuple(q for q in known if q not in set(split.context_of(g)) and dataset.has(g, q))
+            for g in split.group_contexts
+        }
         known_split = Split(split.train_groups, split.test_groups, split.context_qids,
-                            tuple(q for q in known if q not in set(split.context_qids)), split.split, seed)
+                            tuple(q for q in known if q not in set(split.context_qids)), split.split, seed,
+                            split.group_contexts, known_targets)
         for r in evaluate_split(dataset, table, known_split, result, ["uniform"], subsets=("all",)):
             r["subset"] = "known_questions"
             found.append(r)

@@ -66,10 +66,14 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     stop: TrainingStop | None = None
     shortfall: str | None = None  # why the run is too short to trust (TrainingStop.shortfall), None when it is not
+    # [I] bool: items of training questions that too few training groups answered for a prior (ragged data;
+    # all False on complete data): test groups and serving see them as new questions (known flag 0)
+    thin_items: np.ndarray | None = None
 
 
 class GroupFeatures:
-    """Per-group feature tensors [I, Dx] and preferences [I] for the groups episodes are drawn from."""
+    """Per-group feature tensors [I, Dx] and preferences [I] for the groups episodes are drawn from; `known[g]`
+    marks the items that have a prior in group g's (leave-one-out) features."""
 
     def __init__(
         self,
@@ -77,10 +81,10 @@ class GroupFeatures:
         table: ItemTable,
         priors: dict[str, PopulationPrior | None],
         ys: dict[str, np.ndarray],
-        known: np.ndarray,
+        known: dict[str, np.ndarray],
     ):
         rows = np.arange(table.n_items)
-        self.x = {g: torch.from_numpy(spec.build(table.emb, priors[g], rows, known)) for g in priors}
+        self.x = {g: torch.from_numpy(spec.build(table.emb, priors[g], rows, known[g])) for g in priors}
         self.y = {g: torch.from_numpy(ys[g]) for g in priors}
 
 
@@ -105,6 +109,12 @@ def sample_episode(
         drop = np.repeat(drop_q, table.q_len[np.concatenate([qc, qt])])
         episode.x[torch.from_numpy(drop), spec.prior_slice] = 0.0
     return episode
+
+
+def answered_questions(table: ItemTable, dataset: PreferenceDataset, group: str, qidx: np.ndarray) -> np.ndarray:
+    """The question indices of `qidx` (in that order) that `group` answered: its pool of episode questions."""
+    answered = np.array([dataset.has(group, table.questions[i].qid) for i in qidx], dtype=bool)
+    return np.asarray(qidx)[answered] if len(qidx) else np.asarray(qidx)
 
 
 def make_eval_episode(
@@ -282,10 +292,13 @@ def train_gpo(
     """Meta-train GPO on episodes of `fit_groups` over questions `train_q` (indices into `table`).
 
     The population prior is fitted on fit + validation groups' answers to `train_q` (each group's
-    own features leave it out). The checkpoint kept is the one with the best mean alignment on the
-    validation groups (20 fixed context questions, all other training questions as targets); test
-    groups are never seen here. `budget`: the wall-clock budget to end within (default: `cfg.time_budget_s` from
-    now); a command passes the one it started with, so its set-up counts.
+    own features leave it out). Ragged data: a group's episodes (context and targets) are drawn from the
+    questions of `train_q` it answered; a fit group with fewer than 2 of them is left out, a validation group
+    with fewer than `val_context + 1` scorable ones too (both logged). The checkpoint kept is the one with
+    the best mean alignment on the validation groups (20 fixed context questions, all other training
+    questions they answered as targets); test groups are never seen here. `budget`: the wall-clock budget to
+    end within (default: `cfg.time_budget_s` from now); a command passes the one it started with, so its set-up
+    counts.
     """
     cfg = cfg or TrainConfig()
     t_start = time.perf_counter()
@@ -296,13 +309,20 @@ def train_gpo(
     source = list(fit_groups) + list(val_groups)
     known_q = np.zeros(len(table.questions), dtype=bool)
     known_q[train_q] = True
-    known = known_items(table, known_q)
     if spec.use_prior:
-        full_prior, loo = fit_group_priors(table, dataset, source, known_q, spec.prior_rank)
+        priors = fit_group_priors(table, dataset, source, known_q, spec.prior_rank)
+        full_prior, loo, known = priors.full, dict(priors.loo), priors.loo_known
+        thin = known_items(table, known_q) & ~priors.known
+        if thin.any():
+            log.warning("%d training questions answered by too few training groups have no prior (new questions)",
+                        len(np.unique(table.item_q[thin])))
     else:
         full_prior, loo = None, {g: None for g in source}
+        known = {g: known_items(table, known_q) for g in source}
+        thin = np.zeros(table.n_items, dtype=bool)
     ys = {g: np.nan_to_num(table.group_y(dataset, g)) for g in source}
-    feats = GroupFeatures(spec, table, {g: loo[g] for g in source}, ys, known)
+    feats = GroupFeatures(spec, table, loo, ys, known)
+    pools = {g: answered_questions(table, dataset, g, train_q) for g in source}
 
     model_cfg = dict(model_cfg or {})
     if spec.use_prior and cfg.prior_readout != "none":
@@ -310,6 +330,12 @@ def train_gpo(
         model_cfg.setdefault("prior_rank", spec.prior_rank)
         model_cfg.setdefault("prior_readout", cfg.prior_readout)
     model = GPO(GPOConfig(dim_x=spec.dim_x, **model_cfg))
+    fit_list = [g for g in fit_groups if len(pools[g]) >= 2]
+    if len(fit_list) < len(fit_groups):
+        log.warning("fit groups with fewer than 2 answered training questions left out: %s",
+                    sorted(set(fit_groups) - set(fit_list)))
+    if not fit_list:
+        raise ValueError("no fit group answered at least 2 of the training questions")
     all_x = torch.cat([feats.x[g][torch.from_numpy(table.rows(train_q))] for g in fit_groups])
     std = all_x.std(dim=0)
     mean = all_x.mean(dim=0)
@@ -326,9 +352,13 @@ def train_gpo(
     )
     val_eps, val_tq = [], []
     for g in val_groups:
+        scorable_g = scorable[np.isin(scorable, pools[g])]  # the scorable training questions g answered
+        if len(scorable_g) < min(cfg.val_context + 1, len(scorable)):
+            log.warning("validation group %r answered %d scorable training questions: left out", g, len(scorable_g))
+            continue
         for _ in range(cfg.val_draws):
-            ctx = val_rng.choice(scorable, size=min(cfg.val_context, len(scorable) - 1), replace=False)
-            tgt = np.array([q for q in scorable if q not in set(ctx)])
+            ctx = val_rng.choice(scorable_g, size=min(cfg.val_context, len(scorable_g) - 1), replace=False)
+            tgt = np.array([q for q in scorable_g if q not in set(ctx)])
             val_eps.append(make_eval_episode(table, feats.x[g], feats.y[g], ctx, tgt))
             val_tq.append(tgt)
     # The same episodes with the targets' prior features removed: questions no training group answered,
@@ -363,8 +393,6 @@ def train_gpo(
         w = cfg.val_new_question_weight
         return (1 - w) * known_q + w * new_q
 
-    fit_list = list(fit_groups)
-
     def sample_batch() -> list[Episode]:
         episodes = []
         for _ in range(cfg.batch_size):
@@ -372,7 +400,7 @@ def train_gpo(
             n_ctx = int(rng.integers(cfg.min_context, cfg.max_context + 1))
             episodes.append(
                 sample_episode(
-                    rng, table, feats.x[g], feats.y[g], train_q, n_ctx, cfg.n_targets, spec, cfg.prior_dropout
+                    rng, table, feats.x[g], feats.y[g], pools[g], n_ctx, cfg.n_targets, spec, cfg.prior_dropout
                 )
             )
         return episodes
@@ -405,6 +433,7 @@ def train_gpo(
         history=loop.history,
         stop=loop.stop,
         shortfall=shortfall,
+        thin_items=thin,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.gpo.prior import PopulationPrior, fit_prior, prior_dim, question_key
+from service.gpo.prior import PopulationPrior, fit_prior, impute_low_rank, prior_dim, question_key
 
 
 def _answers(seed: int, items: int = 12, groups: int = 5) -> np.ndarray:
@@ -58,13 +58,69 @@ def test_single_group_has_zero_loadings():
     assert (prior.loadings == 0).all() and prior.loadings.shape == (y.shape[0], 3)
 
 
-def test_rejects_nan_and_bad_shapes():
+def test_rejects_inf_unanswered_items_and_bad_shapes():
     y = _answers(5)
-    y[2, 1] = np.nan
+    y[2, 1] = np.inf
+    with pytest.raises(AssertionError):
+        fit_prior(y, rank=2)
+    y = _answers(5)
+    y[3, :] = np.nan  # an item nobody answered has no prior
     with pytest.raises(AssertionError):
         fit_prior(y, rank=2)
     with pytest.raises(AssertionError):
         fit_prior(np.zeros(5), rank=2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_complete_answers_give_the_plain_svd_bit_for_bit(seed):
+    """On complete data the ragged code path is not taken: the result is the formula of before, exactly."""
+    y = _answers(seed, items=20, groups=7)
+    prior = fit_prior(y, rank=3)
+    mean = y.mean(axis=1)
+    u, s, _ = np.linalg.svd(y - mean[:, None], full_matrices=False)
+    np.testing.assert_array_equal(prior.mean, mean.astype(np.float32))
+    np.testing.assert_array_equal(prior.loadings, (u[:, :3] * s[:3] / np.sqrt(7)).astype(np.float32))
+
+
+def _low_rank(seed: int, items: int = 60, groups: int = 12, rank: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(items, 1)) + rng.normal(size=(items, rank)) @ rng.normal(size=(rank, groups))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ragged_prior_mean_over_answering_groups_and_low_rank_gaps(seed):
+    """Ragged answers: each item's mean is over the groups that answered it; the loadings span the true
+    low-rank structure (the gaps are filled by the low-rank fit, far better than by the mean)."""
+    y = _low_rank(seed)
+    rng = np.random.default_rng(seed + 100)
+    gaps = rng.random(y.shape) < 0.4
+    gaps[np.arange(y.shape[0]), rng.integers(0, y.shape[1], y.shape[0])] = False  # every item answered once
+    ragged = np.where(gaps, np.nan, y)
+    prior = fit_prior(ragged, rank=2)
+    np.testing.assert_allclose(prior.mean, np.nanmean(ragged, axis=1), atol=1e-5)
+    # the fitted loadings span the true directions in which the groups differ far better than the SVD of the
+    # matrix with its gaps at the mean (what the prior would be without the low-rank fill)
+    truth = y - y.mean(axis=1, keepdims=True)  # rank 2
+
+    def unexplained(lo: np.ndarray) -> float:
+        z, *_ = np.linalg.lstsq(lo, truth, rcond=None)
+        return float(np.linalg.norm(truth - lo @ z) / np.linalg.norm(truth))
+
+    u, sv, _ = np.linalg.svd(np.nan_to_num(ragged - np.nanmean(ragged, axis=1, keepdims=True)), full_matrices=False)
+    filled_with_mean = unexplained(u[:, :2] * sv[:2])
+    assert unexplained(prior.loadings.astype(np.float64)) < min(0.3, 0.7 * filled_with_mean)
+    # deterministic: the same input gives the same prior
+    again = fit_prior(ragged.copy(), rank=2)
+    np.testing.assert_array_equal(again.loadings, prior.loadings)
+
+
+def test_impute_low_rank_keeps_observed_entries_and_fills_gaps():
+    y = _low_rank(5, items=40, groups=10)
+    y = y - y.mean(axis=1, keepdims=True)
+    gaps = np.random.default_rng(0).random(y.shape) < 0.3
+    filled = impute_low_rank(np.where(gaps, np.nan, y), rank=2)
+    np.testing.assert_array_equal(filled[~gaps], y[~gaps])
+    assert np.abs(filled[gaps] - y[gaps]).mean() < 0.1 * np.abs(y[gaps]).mean()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
