@@ -30,8 +30,10 @@ def main() -> None:
     write_jsonl(ragged, args.out)
     n = sum(len(d) for d in ragged.dists.values())
     every = len(ragged.complete_questions())
-    print(f"wrote {args.out}: {len(ragged.groups)} groups, {len(ragged.questions)} questions, {n} answers; "
-          f"{every} questions answered by every group, {none} left out (answered by none)")
+    print(
+        f"wrote {args.out}: {len(ragged.groups)} groups, {len(ragged.questions)} questions, {n} answers; "
+        f"{every} questions answered by every group, {none} left out (answered by none)"
+    )
 
 
 if __name__ == "__main__":

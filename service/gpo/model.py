@@ -228,8 +228,10 @@ class GPO(nn.Module):
         assert cfg.kind in KINDS, f"unknown kind {cfg.kind!r} (one of {KINDS})"
         assert cfg.prior_readout in ("none", "mean", "ridge"), f"unknown prior_readout {cfg.prior_readout!r}"
         assert cfg.comparison_head in ("pair", "score"), f"unknown comparison_head {cfg.comparison_head!r}"
-        assert cfg.kind != "comparison" or cfg.prior_readout == "none" or (
-            cfg.comparison_head == "score" and cfg.prior_readout == "ridge"
+        assert (
+            cfg.kind != "comparison"
+            or cfg.prior_readout == "none"
+            or (cfg.comparison_head == "score" and cfg.prior_readout == "ridge")
         ), "comparisons take the ridge readout with the score head only"
         if cfg.prior_readout != "none":
             assert cfg.prior_feature is not None, "a prior readout needs prior_feature"

@@ -346,8 +346,11 @@ def _choose_ridge(
         others = np.delete(y, j, axis=1)
         by_others = np.isfinite(others).any(axis=1)
         rows = ctx_rows[np.isfinite(y[ctx_rows, j]) & by_others[ctx_rows]]
-        scored = [i for i, (q, (a, _)) in enumerate(zip(questions, bounds, strict=True))
-                  if dataset.has(g, q.qid) and by_others[a]]
+        scored = [
+            i
+            for i, (q, (a, _)) in enumerate(zip(questions, bounds, strict=True))
+            if dataset.has(g, q.qid) and by_others[a]
+        ]
         if rows.size == 0 or not scored:
             continue
         mean, loadings = _factorise(others, rank)

@@ -286,8 +286,17 @@ def new_question_split(
             contexts[g], group_targets[g] = own, own_targets
     if len(skipped) > len(split.skipped_groups):
         log.warning("new questions: test groups with too few known or held-out answers skipped: %s", skipped)
-    return known, Split(split.train_groups, tuple(scored), ctx, targets, split.split, split.seed,
-                        contexts, group_targets, tuple(skipped))
+    return known, Split(
+        split.train_groups,
+        tuple(scored),
+        ctx,
+        targets,
+        split.split,
+        split.seed,
+        contexts,
+        group_targets,
+        tuple(skipped),
+    )
 
 
 def run_new_question_protocol(
@@ -328,9 +337,16 @@ def run_new_question_protocol(
             g: tuple(q for q in known if q not in set(split.context_of(g)) and dataset.has(g, q))
             for g in split.group_contexts
         }
-        known_split = Split(split.train_groups, split.test_groups, split.context_qids,
-                            tuple(q for q in known if q not in set(split.context_qids)), split.split, seed,
-                            split.group_contexts, known_targets)
+        known_split = Split(
+            split.train_groups,
+            split.test_groups,
+            split.context_qids,
+            tuple(q for q in known if q not in set(split.context_qids)),
+            split.split,
+            seed,
+            split.group_contexts,
+            known_targets,
+        )
         for r in evaluate_split(dataset, table, known_split, result, ["uniform"], subsets=("all",)):
             r["subset"] = "known_questions"
             found.append(r)

@@ -314,8 +314,10 @@ def train_gpo(
         full_prior, loo, known = priors.full, dict(priors.loo), priors.loo_known
         thin = known_items(table, known_q) & ~priors.known
         if thin.any():
-            log.warning("%d training questions answered by too few training groups have no prior (new questions)",
-                        len(np.unique(table.item_q[thin])))
+            log.warning(
+                "%d training questions answered by too few training groups have no prior (new questions)",
+                len(np.unique(table.item_q[thin])),
+            )
     else:
         full_prior, loo = None, {g: None for g in source}
         known = {g: known_items(table, known_q) for g in source}
@@ -332,8 +334,10 @@ def train_gpo(
     model = GPO(GPOConfig(dim_x=spec.dim_x, **model_cfg))
     fit_list = [g for g in fit_groups if len(pools[g]) >= 2]
     if len(fit_list) < len(fit_groups):
-        log.warning("fit groups with fewer than 2 answered training questions left out: %s",
-                    sorted(set(fit_groups) - set(fit_list)))
+        log.warning(
+            "fit groups with fewer than 2 answered training questions left out: %s",
+            sorted(set(fit_groups) - set(fit_list)),
+        )
     if not fit_list:
         raise ValueError("no fit group answered at least 2 of the training questions")
     all_x = torch.cat([feats.x[g][torch.from_numpy(table.rows(train_q))] for g in fit_groups])

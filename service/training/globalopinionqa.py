@@ -130,8 +130,14 @@ def read_bench_rows(path: str | os.PathLike[str]) -> list[SourceRow]:
         where = f"{path}, item {i}"
         try:
             options = _options(r["options"], where)
-            rows.append(SourceRow(r["question"].strip(), options, _country(r["country"], where),
-                                  _values(r["distribution"], len(options), where)))
+            rows.append(
+                SourceRow(
+                    r["question"].strip(),
+                    options,
+                    _country(r["country"], where),
+                    _values(r["distribution"], len(options), where),
+                )
+            )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{where}: not a {{country, question, options, distribution}} row: {e!r}") from e
     return rows
@@ -352,8 +358,10 @@ def summary_lines(dataset: PreferenceDataset, min_questions: int = 50) -> list[s
         f"groups with >= {min_questions} questions: {int((per_group >= min_questions).sum())}",
     ]
     if len(per_group) > 1:
-        out.append(f"most questions shared by two groups: {int(shared[i, j])} "
-                   f"({dataset.groups[i]!r} and {dataset.groups[j]!r})")
+        out.append(
+            f"most questions shared by two groups: {int(shared[i, j])} "
+            f"({dataset.groups[i]!r} and {dataset.groups[j]!r})"
+        )
     counts = Counter(q.n_options for q in dataset.questions)
     out.append("options per question: " + ", ".join(f"{n}: {counts[n]}" for n in sorted(counts)))
     return out

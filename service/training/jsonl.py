@@ -102,8 +102,11 @@ def _parse_record(obj: Mapping[str, Any]) -> _Record:
     has_dist = obj.get("distribution") is not None
     has_counts = obj.get("counts") is not None
     if has_dist == has_counts:
-        raise RecordProblem("exactly one of 'distribution' or 'counts' must be given" if has_dist
-                       else "missing field 'distribution' (or 'counts')")
+        raise RecordProblem(
+            "exactly one of 'distribution' or 'counts' must be given"
+            if has_dist
+            else "missing field 'distribution' (or 'counts')"
+        )
     if has_dist:
         values = _numbers(obj, "distribution", n, nonnegative=True)
         total = float(values.sum())

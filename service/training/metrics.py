@@ -127,9 +127,7 @@ def question_alignments(question: Question, pred: ArrayLike, true: ArrayLike) ->
     """
     p, t = _pair(pred, true)
     if p.shape[-1] != question.n_options:
-        raise ValueError(
-            f"question {question.qid!r} has {question.n_options} options, got {p.shape[-1]} values"
-        )
+        raise ValueError(f"question {question.qid!r} has {question.n_options} options, got {p.shape[-1]} values")
     if question.ordinals is not None:
         if not question.has_ordinal_spread:
             return None

@@ -92,8 +92,13 @@ def import_opinionqa(root: str | os.PathLike[str]) -> PreferenceDataset:
         questions.append(Question(qid=k, text=text, options=options, ordinals=ordinals, tags=tags))
     dists = {g: {k: counts[g][k] / counts[g][k].sum() for k in keys} for g in groups}
     attributes = {g: attr for attr, gs in GROUPS.items() for g in gs}
-    log.info("OpinionQA: %d groups, %d questions (%d contentious) from %d waves",
-             len(groups), len(questions), sum(CONTENTIOUS_TAG in q.tags for q in questions), len(waves))
+    log.info(
+        "OpinionQA: %d groups, %d questions (%d contentious) from %d waves",
+        len(groups),
+        len(questions),
+        sum(CONTENTIOUS_TAG in q.tags for q in questions),
+        len(waves),
+    )
     return PreferenceDataset(questions=questions, groups=groups, dists=dists, group_attributes=attributes)
 
 

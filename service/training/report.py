@@ -110,7 +110,8 @@ def _verdict(records: Sequence[dict]) -> list[str]:
     if lost[True]:
         out.append(
             "- Our extra reference `latent_factor` (mean + principal loadings of the train groups, factors fitted "
-            "by ridge on the context, ridge chosen on train groups) is not beaten everywhere: " + "; ".join(lost[True])
+            "by ridge on the context, ridge chosen on train groups) is not beaten everywhere: "
+            + "; ".join(lost[True])
             + ". GPO's ridge readout starts from the same estimate; see the notes below."
         )
     return out
@@ -129,8 +130,11 @@ def _new_question_table(rows: Sequence[dict]) -> str:
     u_known = mean_alignment(rows, method="uniform", subset="known_questions")
     if None not in (g_new, u_new, g_known, u_known) and g_known != u_known:
         kept = (g_new - u_new) / (g_known - u_known)
-        lines += ["", f"GPO keeps {kept:.0%} of its advantage over uniform on questions no training group answered "
-                  f"({g_new - u_new:+.4f} vs {g_known - u_known:+.4f} on known questions)."]
+        lines += [
+            "",
+            f"GPO keeps {kept:.0%} of its advantage over uniform on questions no training group answered "
+            f"({g_new - u_new:+.4f} vs {g_known - u_known:+.4f} on known questions).",
+        ]
     return "\n".join(lines)
 
 

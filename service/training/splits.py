@@ -109,8 +109,9 @@ def make_split(
     in_ctx = set(ctx)
     targets = tuple(q for q in questions if q not in in_ctx)
     if answered is None:
-        return Split(train_groups=train, test_groups=test, context_qids=ctx, target_qids=targets,
-                     split=split, seed=seed)
+        return Split(
+            train_groups=train, test_groups=test, context_qids=ctx, target_qids=targets, split=split, seed=seed
+        )
     train_known = set().union(*(answered[g] for g in train))
     contexts, group_targets, scored, skipped = {}, {}, [], []
     for g in test:
@@ -124,13 +125,26 @@ def make_split(
         if own != ctx or own_targets != targets:
             contexts[g], group_targets[g] = own, own_targets
     if skipped:
-        log.warning("%d of %d test groups answered fewer than %d usable questions and are skipped: %s",
-                    len(skipped), len(test), n_context + 1, skipped)
+        log.warning(
+            "%d of %d test groups answered fewer than %d usable questions and are skipped: %s",
+            len(skipped),
+            len(test),
+            n_context + 1,
+            skipped,
+        )
     if not scored:
         raise ValueError(f"no test group answered {n_context + 1} questions that a train group answered too")
-    return Split(train_groups=train, test_groups=tuple(scored), context_qids=ctx, target_qids=targets,
-                 split=split, seed=seed, group_contexts=contexts, group_targets=group_targets,
-                 skipped_groups=tuple(skipped))
+    return Split(
+        train_groups=train,
+        test_groups=tuple(scored),
+        context_qids=ctx,
+        target_qids=targets,
+        split=split,
+        seed=seed,
+        group_contexts=contexts,
+        group_targets=group_targets,
+        skipped_groups=tuple(skipped),
+    )
 
 
 def draw_group_context(
@@ -154,9 +168,7 @@ def answered_sets(dataset: PreferenceDataset, groups: Sequence[str] | None = Non
     return {g: frozenset(dataset.dists.get(g, {})) for g in groups}
 
 
-def validation_groups(
-    train_groups: Sequence[str], seed: int, n_val: int | None = None
-) -> tuple[list[str], list[str]]:
+def validation_groups(train_groups: Sequence[str], seed: int, n_val: int | None = None) -> tuple[list[str], list[str]]:
     """Set aside `n_val` of the meta-train groups for validation (checkpoint choice, early stopping).
 
     Returns (fit_groups, val_groups), both in the order of `train_groups`. Drawn only from the training
@@ -170,9 +182,7 @@ def validation_groups(
     if n_val is None:
         n_val = max(1, round(0.2 * len(train)))
     if not 1 <= n_val < len(train):
-        raise ValueError(
-            f"n_val must be in [1, {len(train) - 1}] for {len(train)} training groups, got {n_val}"
-        )
+        raise ValueError(f"n_val must be in [1, {len(train) - 1}] for {len(train)} training groups, got {n_val}")
     rng = np.random.default_rng([seed, _VALIDATION_STREAM])
     picked = set(rng.choice(len(train), size=n_val, replace=False).tolist())
     fit = [g for i, g in enumerate(train) if i not in picked]

@@ -20,9 +20,7 @@ from service.embedder.loading import BaseLM, LMIdentity
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION, format_items
 
 TEXTS = [
-    *format_items(
-        "Is crime a problem where you live?", ["A major problem", "A minor problem", "Not a problem"]
-    ),
+    *format_items("Is crime a problem where you live?", ["A major problem", "A minor problem", "Not a problem"]),
     "hi",
     "A much longer text that needs padding when it shares a batch with the short ones. " * 3,
     "Write a haiku about autumn.\nAnswer: Leaves fall",

@@ -35,9 +35,7 @@ def test_question_prompt_exact_text() -> None:
 
 
 def test_item_is_the_prompt_answered_with_that_option() -> None:
-    assert (
-        format_item(QUESTION, OPTIONS, 1) == format_question_prompt(QUESTION, OPTIONS) + " B. A minor problem"
-    )
+    assert format_item(QUESTION, OPTIONS, 1) == format_question_prompt(QUESTION, OPTIONS) + " B. A minor problem"
     assert format_item(QUESTION, OPTIONS, 2).endswith("\nAnswer: C. Not a problem")
     assert format_items(QUESTION, OPTIONS) == [format_item(QUESTION, OPTIONS, i) for i in range(3)]
 

@@ -375,8 +375,17 @@ def test_ridge_readout_at_init_is_the_closed_form_latent_factor_estimate():
 
     torch.manual_seed(0)
     k, lam = 2, 0.05
-    cfg = GPOConfig(dim_x=5, d_model=16, n_layers=1, n_heads=2, d_ff=16, prior_feature=1, prior_rank=k,
-                    prior_readout="ridge", ridge_init=lam)
+    cfg = GPOConfig(
+        dim_x=5,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        d_ff=16,
+        prior_feature=1,
+        prior_rank=k,
+        prior_readout="ridge",
+        ridge_init=lam,
+    )
     model = GPO(cfg).eval()
     g = torch.Generator().manual_seed(3)
     n_ctx, n_tgt = 9, 6  # targets: two known 2-option questions, one unknown 2-option question

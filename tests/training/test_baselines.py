@@ -41,14 +41,38 @@ def _small() -> PreferenceDataset:
     qs.append(Question("flat", "flat", ("x", "y"), (1.0, 1.0)))
     qs.append(Question("nominal", "nominal", ("x", "y")))
     d = {
-        "A": {"c1": [1, 0, 0], "c2": [1, 0, 0], "t1": [0.6, 0.2, 0.2], "t2": [1, 0, 0], "flat": [1, 0],
-              "nominal": [1, 0]},
-        "B": {"c1": [0, 0, 1], "c2": [0, 0.2, 0.8], "t1": [0.2, 0.2, 0.6], "t2": [0, 1, 0], "flat": [0, 1],
-              "nominal": [0, 1]},
-        "C": {"c1": [0, 1, 0], "c2": [0, 1, 0], "t1": [0.2, 0.6, 0.2], "t2": [0, 0, 1], "flat": [0.5, 0.5],
-              "nominal": [0.5, 0.5]},
-        "T": {"c1": [0, 0.1, 0.9], "c2": [0, 0.1, 0.9], "t1": [0.1, 0.1, 0.8], "t2": [0, 0.5, 0.5],
-              "flat": [0.3, 0.7], "nominal": [0.05, 0.95]},
+        "A": {
+            "c1": [1, 0, 0],
+            "c2": [1, 0, 0],
+            "t1": [0.6, 0.2, 0.2],
+            "t2": [1, 0, 0],
+            "flat": [1, 0],
+            "nominal": [1, 0],
+        },
+        "B": {
+            "c1": [0, 0, 1],
+            "c2": [0, 0.2, 0.8],
+            "t1": [0.2, 0.2, 0.6],
+            "t2": [0, 1, 0],
+            "flat": [0, 1],
+            "nominal": [0, 1],
+        },
+        "C": {
+            "c1": [0, 1, 0],
+            "c2": [0, 1, 0],
+            "t1": [0.2, 0.6, 0.2],
+            "t2": [0, 0, 1],
+            "flat": [0.5, 0.5],
+            "nominal": [0.5, 0.5],
+        },
+        "T": {
+            "c1": [0, 0.1, 0.9],
+            "c2": [0, 0.1, 0.9],
+            "t1": [0.1, 0.1, 0.8],
+            "t2": [0, 0.5, 0.5],
+            "flat": [0.3, 0.7],
+            "nominal": [0.05, 0.95],
+        },
     }
     dists = {g: {q: np.array(v, dtype=float) for q, v in dq.items()} for g, dq in d.items()}
     return PreferenceDataset(qs, list(d), dists)
@@ -71,8 +95,7 @@ def test_context_fit_and_nearest_group() -> None:
     ctx = group_context(ds, "T", ["c1", "c2"])
     fit = context_fit(ds, TRAIN, ctx)
     expected = [
-        np.mean([1 - wasserstein_alignment(ds.dist(g, q), ds.dist("T", q), ORD) for q in ("c1", "c2")])
-        for g in TRAIN
+        np.mean([1 - wasserstein_alignment(ds.dist(g, q), ds.dist("T", q), ORD) for q in ("c1", "c2")]) for g in TRAIN
     ]
     np.testing.assert_allclose(fit, expected, atol=1e-15)
     assert int(np.argmin(fit)) == 1

@@ -49,8 +49,16 @@ def _tiny_problem():
 def test_a_budget_spent_before_training_runs_no_step_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     torch.set_num_threads(1)
     ds, table, train_q, spec = _tiny_problem()
-    cfg = TrainConfig(max_steps=6, batch_size=2, n_targets=5, min_context=3, max_context=8, eval_every=3,
-                      progress=False, time_budget_s=5.0)
+    cfg = TrainConfig(
+        max_steps=6,
+        batch_size=2,
+        n_targets=5,
+        min_context=3,
+        max_context=8,
+        eval_every=3,
+        progress=False,
+        time_budget_s=5.0,
+    )
     spent = Budget(5.0, started=time.perf_counter() - 6.0)  # set-up took longer than the whole budget
     with caplog.at_level(logging.WARNING, logger="service.training.fit"):
         result = train_gpo(table, ds, ds.groups[:4], ds.groups[4:], train_q, spec, cfg, SMALL, budget=spent)
@@ -65,8 +73,16 @@ def test_a_budget_spent_before_training_runs_no_step_and_warns(caplog: pytest.Lo
 def test_an_unlimited_budget_runs_every_step_and_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
     torch.set_num_threads(1)
     ds, table, train_q, spec = _tiny_problem()
-    cfg = TrainConfig(max_steps=6, batch_size=2, n_targets=5, min_context=3, max_context=8, eval_every=3,
-                      progress=False, time_budget_s=None)
+    cfg = TrainConfig(
+        max_steps=6,
+        batch_size=2,
+        n_targets=5,
+        min_context=3,
+        max_context=8,
+        eval_every=3,
+        progress=False,
+        time_budget_s=None,
+    )
     with caplog.at_level(logging.WARNING, logger="service.training.fit"):
         result = train_gpo(table, ds, ds.groups[:4], ds.groups[4:], train_q, spec, cfg, SMALL)
     assert result.steps_run == 6 and result.stop.reason in ("max_steps", "patience")
@@ -75,18 +91,38 @@ def test_an_unlimited_budget_runs_every_step_and_says_nothing(caplog: pytest.Log
 
 
 def _env(tmp_path: Path, tiny_lm_path: Path) -> dict[str, str]:
-    return {**os.environ, "GPO_EMBEDDER": str(tiny_lm_path), "GPO_CACHE_DIR": str(tmp_path / "cache"),
-            "GPO_MODEL_STORE": str(tmp_path / "store"), "GPO_TORCH_THREADS": "1"}
+    return {
+        **os.environ,
+        "GPO_EMBEDDER": str(tiny_lm_path),
+        "GPO_CACHE_DIR": str(tmp_path / "cache"),
+        "GPO_MODEL_STORE": str(tmp_path / "store"),
+        "GPO_TORCH_THREADS": "1",
+    }
 
 
 def test_gpo_train_counts_set_up_in_the_budget_warns_and_fails_with_strict(tmp_path: Path, tiny_lm_path: Path):
     """0.2 s from the command's start is spent by set-up alone (imports, loading the LM, embedding)."""
     data = tmp_path / "data.jsonl"
     write_jsonl(synthetic_dataset(n_groups=6, n_questions=30), data)
-    cmd = [sys.executable, "-m", "service.cli", "train", "--data", str(data), "--name", "synth",
-           "--max-steps", "20", "--time-budget-s", "0.2", "--threads", "1"]
-    strict = subprocess.run([*cmd, "--strict"], env=_env(tmp_path, tiny_lm_path), capture_output=True, text=True,
-                            timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "train",
+        "--data",
+        str(data),
+        "--name",
+        "synth",
+        "--max-steps",
+        "20",
+        "--time-budget-s",
+        "0.2",
+        "--threads",
+        "1",
+    ]
+    strict = subprocess.run(
+        [*cmd, "--strict"], env=_env(tmp_path, tiny_lm_path), capture_output=True, text=True, timeout=300
+    )
     assert strict.returncode == 3, strict.stderr[-2000:]
     assert "WARNING" in strict.stderr and "0 of 20 planned steps ran" in strict.stderr
     assert "error (--strict)" in strict.stderr and "nothing saved" in strict.stderr
@@ -105,8 +141,25 @@ def test_gpo_train_individuals_strict_fails_when_the_budget_left_no_training(
     tmp_path: Path, tiny_lm_path: Path, small_ratings_file: Path
 ) -> None:
     data = small_ratings_file
-    cmd = [sys.executable, "-m", "service.cli", "train-individuals", "--data", str(data), "--name", "r",
-           "--max-steps", "20", "--time-budget-s", "0.2", "--prior-rank", "3", "--threads", "1", "--strict"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "train-individuals",
+        "--data",
+        str(data),
+        "--name",
+        "r",
+        "--max-steps",
+        "20",
+        "--time-budget-s",
+        "0.2",
+        "--prior-rank",
+        "3",
+        "--threads",
+        "1",
+        "--strict",
+    ]
     out = subprocess.run(cmd, env=_env(tmp_path, tiny_lm_path), capture_output=True, text=True, timeout=300)
     assert out.returncode == 3, out.stderr[-2000:]
     assert "WARNING" in out.stderr and "0 of 20 planned steps ran" in out.stderr

@@ -24,8 +24,12 @@ from service.training.splits import answered_sets, make_split, scorable_question
 TEST_GROUPS = ("Black", "Liberal", "$100,000 or more", "White", "Moderate", "South", "Asian")
 CONTEXT_SHA = "64f4a5e59f2cb68c"  # sha256 of the 20 context ids joined by "|", first 16 hex digits
 QIDS_SHA = "9dd34f137f614656"
-PRIOR = {"mean_sum": 680.0000024461187, "load_abs": 162.824620868742, "loo_first_abs": 166.21470231662477,
-         "sha": "f3914ee6ea60551d"}
+PRIOR = {
+    "mean_sum": 680.0000024461187,
+    "load_abs": 162.824620868742,
+    "loo_first_abs": 166.21470231662477,
+    "sha": "f3914ee6ea60551d",
+}
 RECORDS = {
     ("groups", "gpo", "all"): (0.9730489256618031, 4620),
     ("groups", "gpo", "contentious"): (0.9714393699042372, 1197),
@@ -77,11 +81,21 @@ def test_evaluation_records_are_unchanged(opinionqa: PreferenceDataset) -> None:
     emb = np.random.default_rng(1).normal(size=(n_items, 4)).astype(np.float32)
     table = build_item_table(opinionqa.questions, emb)
     spec = FeatureSpec(emb_dim=4, prior_rank=4)
-    tcfg = TrainConfig(max_steps=4, batch_size=4, n_targets=10, min_context=5, max_context=20, eval_every=2,
-                       progress=False, time_budget_s=None, val_draws=1)
+    tcfg = TrainConfig(
+        max_steps=4,
+        batch_size=4,
+        n_targets=10,
+        min_context=5,
+        max_context=20,
+        eval_every=2,
+        progress=False,
+        time_budget_s=None,
+        val_draws=1,
+    )
     tiny = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
-    records = run_group_protocol(opinionqa, table, spec, tcfg, EvalConfig(splits=[0.6], seeds=[0], curve_split=None),
-                                 tiny)
+    records = run_group_protocol(
+        opinionqa, table, spec, tcfg, EvalConfig(splits=[0.6], seeds=[0], curve_split=None), tiny
+    )
     records += run_new_question_protocol(opinionqa, table, spec, tcfg, EvalConfig(seeds=[0]), tiny)
     got = {(r["protocol"], r["method"], r["subset"]): (r["alignment"], r["n_scored"]) for r in records}
     assert set(got) == set(RECORDS)

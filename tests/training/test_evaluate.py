@@ -35,15 +35,30 @@ def setup():
     n_items = sum(q.n_options for q in ds.questions)
     table = build_item_table(ds.questions, np.random.default_rng(1).normal(size=(n_items, 4)).astype(np.float32))
     spec = FeatureSpec(emb_dim=4, prior_rank=2)
-    tcfg = TrainConfig(max_steps=10, batch_size=4, n_targets=5, min_context=3, max_context=10, eval_every=5,
-                       progress=False, time_budget_s=None)
+    tcfg = TrainConfig(
+        max_steps=10,
+        batch_size=4,
+        n_targets=5,
+        min_context=3,
+        max_context=10,
+        eval_every=5,
+        progress=False,
+        time_budget_s=None,
+    )
     return ds, table, spec, tcfg
 
 
 def test_group_protocol_records_curve_and_examples(setup):
     ds, table, spec, tcfg = setup
-    cfg = EvalConfig(splits=[0.6], seeds=[0], n_context=5, baselines=["uniform", "mixture", "latent_factor"],
-                     curve_split=0.6, curve_sizes=(1, 5, 10), curve_baselines=("uniform",))
+    cfg = EvalConfig(
+        splits=[0.6],
+        seeds=[0],
+        n_context=5,
+        baselines=["uniform", "mixture", "latent_factor"],
+        curve_split=0.6,
+        curve_sizes=(1, 5, 10),
+        curve_baselines=("uniform",),
+    )
     examples: list[dict] = []
     records = run_group_protocol(ds, table, spec, tcfg, cfg, TINY, examples=examples)
     main = [r for r in records if r["n_context"] == 5]
@@ -120,8 +135,15 @@ def test_latent_factor_refuses_unknown_questions():
 
 def test_report_writes_tables_and_plots(setup, tmp_path):
     ds, table, spec, tcfg = setup
-    cfg = EvalConfig(splits=[0.6], seeds=[0, 1], n_context=5, baselines=["uniform", "mixture"], curve_split=0.6,
-                     curve_sizes=(1, 5, 10, 20), curve_baselines=("uniform",))
+    cfg = EvalConfig(
+        splits=[0.6],
+        seeds=[0, 1],
+        n_context=5,
+        baselines=["uniform", "mixture"],
+        curve_split=0.6,
+        curve_sizes=(1, 5, 10, 20),
+        curve_baselines=("uniform",),
+    )
     examples: list[dict] = []
     records = run_group_protocol(ds, table, spec, tcfg, cfg, TINY, examples=examples)
     for r in records:  # the page reports the protocol's 20-question tables; relabel this tiny run's 5

@@ -29,8 +29,12 @@ def synthetic_dataset(n_groups: int = 24, n_questions: int = 80, seed: int = 0) 
     questions, dists = [], {f"g{i}": {} for i in range(n_groups)}
     for qi in range(n_questions):
         n_opt = int(rng.integers(2, 5))
-        q = Question(f"q{qi:03d}", f"Synthetic question {qi}?", tuple(f"option {j}" for j in range(n_opt)),
-                     tuple(float(j + 1) for j in range(n_opt)))
+        q = Question(
+            f"q{qi:03d}",
+            f"Synthetic question {qi}?",
+            tuple(f"option {j}" for j in range(n_opt)),
+            tuple(float(j + 1) for j in range(n_opt)),
+        )
         questions.append(q)
         bias, load = rng.normal(size=n_opt), rng.normal(size=(n_opt, 2)) * 0.7
         for gi in range(n_groups):
@@ -51,8 +55,17 @@ def trained():
     split = make_split(ds.groups, qids, 0.6, 0, 10)
     fit, val = validation_groups(split.train_groups, 0)
     spec = FeatureSpec(emb_dim=8, use_embedding=True, use_prior=True, prior_rank=2)
-    cfg = TrainConfig(max_steps=150, batch_size=8, n_targets=10, min_context=5, max_context=30, eval_every=50,
-                      patience=10, progress=False, time_budget_s=None)
+    cfg = TrainConfig(
+        max_steps=150,
+        batch_size=8,
+        n_targets=10,
+        min_context=5,
+        max_context=30,
+        eval_every=50,
+        patience=10,
+        progress=False,
+        time_budget_s=None,
+    )
     model_cfg = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 32}
     result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg, model_cfg)
     return ds, table, split, result
@@ -81,8 +94,16 @@ def test_training_is_deterministic_for_a_seed():
     table = build_item_table(ds.questions, np.zeros((n_items, 4), np.float32))
     qids = scorable_question_ids(ds)
     spec = FeatureSpec(emb_dim=4, prior_rank=2)
-    cfg = TrainConfig(max_steps=6, batch_size=2, n_targets=5, min_context=3, max_context=8, eval_every=3,
-                      progress=False, time_budget_s=None)
+    cfg = TrainConfig(
+        max_steps=6,
+        batch_size=2,
+        n_targets=5,
+        min_context=3,
+        max_context=8,
+        eval_every=3,
+        progress=False,
+        time_budget_s=None,
+    )
     small = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
     runs = [train_gpo(table, ds, ds.groups[:4], ds.groups[4:], table.qindex(qids), spec, cfg, small) for _ in range(2)]
     for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values(), strict=True):
@@ -93,10 +114,27 @@ def test_gpo_train_command_writes_a_loadable_checkpoint(tmp_path: Path, tiny_lm_
     ds = synthetic_dataset(n_groups=6, n_questions=30)
     data = tmp_path / "data.jsonl"
     write_jsonl(ds, data)
-    env = {**os.environ, "GPO_EMBEDDER": str(tiny_lm_path), "GPO_CACHE_DIR": str(tmp_path / "cache"),
-           "GPO_MODEL_STORE": str(tmp_path / "store"), "GPO_TORCH_THREADS": "1"}
-    cmd = [sys.executable, "-m", "service.cli", "train", "--data", str(data), "--name", "synth",
-           "--max-steps", "20", "--exclude-group", "g5"]
+    env = {
+        **os.environ,
+        "GPO_EMBEDDER": str(tiny_lm_path),
+        "GPO_CACHE_DIR": str(tmp_path / "cache"),
+        "GPO_MODEL_STORE": str(tmp_path / "store"),
+        "GPO_TORCH_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "train",
+        "--data",
+        str(data),
+        "--name",
+        "synth",
+        "--max-steps",
+        "20",
+        "--exclude-group",
+        "g5",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     ckpt = load_checkpoint(tmp_path / "store" / "synth")

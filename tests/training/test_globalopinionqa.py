@@ -52,22 +52,54 @@ BENCH = [
     {"country": "France", "question": Q1, "options": Q1_OPTIONS, "distribution": [0.5, 0.3, 0.2]},
     {"country": "Germany", "question": Q1, "options": Q1_OPTIONS, "distribution": [0.6, 0.4, 0.0]},
     {"country": "Japan", "question": Q1, "options": Q1_OPTIONS, "distribution": [0.0, 0.0, 0.0]},
-    {"country": "France", "question": Q2 + " ", "options": ["Not at all", 1.0, 2.0, "Very", "No answer"],
-     "distribution": [0.1, 0.2, 0.3, 0.3, 0.1]},
-    {"country": "Germany", "question": Q3, "options": ["Yes", "Don't know", "Refused"],
-     "distribution": [0.5, 0.3, 0.2]},
+    {
+        "country": "France",
+        "question": Q2 + " ",
+        "options": ["Not at all", 1.0, 2.0, "Very", "No answer"],
+        "distribution": [0.1, 0.2, 0.3, 0.3, 0.1],
+    },
+    {
+        "country": "Germany",
+        "question": Q3,
+        "options": ["Yes", "Don't know", "Refused"],
+        "distribution": [0.5, 0.3, 0.2],
+    },
     {"country": "Germany", "question": Q4, "options": ["A", "B", "Missing; Unknown"], "distribution": [0.2, 0.2, 0.6]},
     {"country": "Japan", "question": Q4, "options": ["A", "B", "Missing; Unknown"], "distribution": [0.0, 0.0, 1.0]},
 ]
 PLURALISM = [
-    {"question": prompt(Q1, Q1_OPTIONS), "options": Q1_OPTIONS, "attribute": "France",
-     "gold_distribution": [0.5, 0.3, 0.2], "pred_distribution": None, "id": 1},
-    {"question": prompt(Q1, Q1_OPTIONS), "options": Q1_OPTIONS, "attribute": "Germany",
-     "gold_distribution": [0.5, 0.5, 0.0], "pred_distribution": None, "id": 2},
-    {"question": prompt(Q1, Q1_OPTIONS, pad="  "), "options": Q1_OPTIONS, "attribute": INDIA,
-     "gold_distribution": [0.2, 0.6, 0.2], "pred_distribution": None, "id": 3},
-    {"question": prompt(Q5, ["Red", "Blue", "Neither (VOL)"]), "options": ["Red", "Blue", "Neither (VOL)"],
-     "attribute": "Japan", "gold_distribution": [0.2, 0.2, 0.6], "pred_distribution": None, "id": 4},
+    {
+        "question": prompt(Q1, Q1_OPTIONS),
+        "options": Q1_OPTIONS,
+        "attribute": "France",
+        "gold_distribution": [0.5, 0.3, 0.2],
+        "pred_distribution": None,
+        "id": 1,
+    },
+    {
+        "question": prompt(Q1, Q1_OPTIONS),
+        "options": Q1_OPTIONS,
+        "attribute": "Germany",
+        "gold_distribution": [0.5, 0.5, 0.0],
+        "pred_distribution": None,
+        "id": 2,
+    },
+    {
+        "question": prompt(Q1, Q1_OPTIONS, pad="  "),
+        "options": Q1_OPTIONS,
+        "attribute": INDIA,
+        "gold_distribution": [0.2, 0.6, 0.2],
+        "pred_distribution": None,
+        "id": 3,
+    },
+    {
+        "question": prompt(Q5, ["Red", "Blue", "Neither (VOL)"]),
+        "options": ["Red", "Blue", "Neither (VOL)"],
+        "attribute": "Japan",
+        "gold_distribution": [0.2, 0.2, 0.6],
+        "pred_distribution": None,
+        "id": 4,
+    },
 ]
 QID = {
     "q1": question_id(Q1, tuple(Q1_OPTIONS)),
@@ -122,7 +154,11 @@ def test_import_notes_count_everything(sources: Path) -> None:
     assert notes.zero_sum_rows == 1 and notes.zero_substantive_rows == 1
     assert notes.unanswered_questions == 0
     assert set(notes.dropped_options) == {
-        ("DK/Refused", 1, 4), ("Missing; Unknown", 1, 2), ("No answer", 1, 1), ("Don't know", 1, 1), ("Refused", 1, 1)
+        ("DK/Refused", 1, 4),
+        ("Missing; Unknown", 1, 2),
+        ("No answer", 1, 1),
+        ("Don't know", 1, 1),
+        ("Refused", 1, 1),
     }
     assert notes.dropped_options[0] == ("DK/Refused", 1, 4)  # most rows first
     text = "\n".join(notes.lines())
@@ -156,13 +192,29 @@ def test_jsonl_round_trip(sources: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "dropped"),
     [
-        ("DK/Refused", True), ("Don't know", True), ("Don\u2019t  Know", True), ("Don't know/Refused", True),
-        ("No answer", True), ("No Answer/refused", True), ("Refused", True), ("Missing", True),
-        ("Missing; Not available", True), ("Other missing; Multiple answers Mail (EVS)", True), ("Don't -9:-2", True),
-        ("Neither (VOL)", False), ("Depends (VOL)", False), ("Never heard of (VOL)", False),
-        ("Can't rate (VOL)", False), ("Don't mind", False), ("Don't believe that", False), ("Not mentioned", False),
-        ("I do not know examples concerned", False), ("None at all", False), ("Nothing missing here", False),
-        ("1.0", False), ("Dkx", False),
+        ("DK/Refused", True),
+        ("Don't know", True),
+        ("Don\u2019t  Know", True),
+        ("Don't know/Refused", True),
+        ("No answer", True),
+        ("No Answer/refused", True),
+        ("Refused", True),
+        ("Missing", True),
+        ("Missing; Not available", True),
+        ("Other missing; Multiple answers Mail (EVS)", True),
+        ("Don't -9:-2", True),
+        ("Neither (VOL)", False),
+        ("Depends (VOL)", False),
+        ("Never heard of (VOL)", False),
+        ("Can't rate (VOL)", False),
+        ("Don't mind", False),
+        ("Don't believe that", False),
+        ("Not mentioned", False),
+        ("I do not know examples concerned", False),
+        ("None at all", False),
+        ("Nothing missing here", False),
+        ("1.0", False),
+        ("Dkx", False),
     ],
 )
 def test_non_substantive_rule(option: str, dropped: bool) -> None:

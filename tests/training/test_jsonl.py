@@ -131,14 +131,23 @@ BAD_LINES = {
     "ordinals length": (_line(ordinals=[1, 2, 3]), "'ordinals' has 3 values"),
     "negative distribution": (_line(distribution=[1.5, -0.5]), "negative"),
     "negative counts": (_line(distribution=_DROP, counts=[3, -1]), "negative"),
-    "NaN literal": ('{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], '
-                    '"distribution": [NaN, 1.0]}', "non-finite number NaN"),
-    "Infinity literal": ('{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], '
-                         '"counts": [Infinity, 1]}', "non-finite number Infinity"),
-    "overflow to inf": ('{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], '
-                        '"counts": [1e999, 1]}', "non-finite value"),
-    "non-finite ordinal": ('{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], '
-                           '"distribution": [0.5, 0.5], "ordinals": [1, -Infinity]}', "non-finite number"),
+    "NaN literal": (
+        '{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], "distribution": [NaN, 1.0]}',
+        "non-finite number NaN",
+    ),
+    "Infinity literal": (
+        '{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], "counts": [Infinity, 1]}',
+        "non-finite number Infinity",
+    ),
+    "overflow to inf": (
+        '{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], "counts": [1e999, 1]}',
+        "non-finite value",
+    ),
+    "non-finite ordinal": (
+        '{"group": "G", "question_id": "q", "question": "Q", "options": ["a", "b"], '
+        '"distribution": [0.5, 0.5], "ordinals": [1, -Infinity]}',
+        "non-finite number",
+    ),
     "boolean value": (_line(distribution=[True, False]), "list of numbers"),
     "string value": (_line(distribution=["0.5", "0.5"]), "list of numbers"),
     "all-zero counts": (_line(distribution=_DROP, counts=[0, 0]), "counts are all zero"),
@@ -146,9 +155,7 @@ BAD_LINES = {
     "unknown field": (_line(ordinal=[1, 2]), "unknown field(s) ['ordinal']"),
     "tags not strings": (_line(tags=[1]), "'tags' must be a list"),
     "attribute not a string": (_line(attribute=5), "'attribute' must be a non-empty string"),
-    "duplicate group and question": (
-        _line(), "duplicate line for group 'G' and question 'q' (first on line 1)"
-    ),
+    "duplicate group and question": (_line(), "duplicate line for group 'G' and question 'q' (first on line 1)"),
     "question text differs": (_line(group="H", question="Other?"), "'question' differs from line 1"),
     "options differ": (_line(group="H", options=["a", "c"]), "'options' differs from line 1"),
     "ordinals differ": (_line(group="H", ordinals=[1, 2]), "'ordinals' differs from line 1"),

@@ -99,8 +99,9 @@ def _write_wave(root: Path, wave: str, questions: list[dict], counts: dict[str, 
     folder.mkdir(parents=True)
     with open(folder / "info.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["", "Unnamed: 0.1", "Unnamed: 0", "key", "option_mapping", "question", "references",
-                    "option_ordinal"])
+        w.writerow(
+            ["", "Unnamed: 0.1", "Unnamed: 0", "key", "option_mapping", "question", "references", "option_ordinal"]
+        )
         for i, q in enumerate(questions):
             w.writerow([i, i, i, q["key"], "{}", q["question"], repr(q["references"]), repr(q["ordinals"])])
     for attr, groups in GROUPS.items():
@@ -117,12 +118,14 @@ def _write_wave(root: Path, wave: str, questions: list[dict], counts: dict[str, 
 @pytest.fixture
 def fake_human_resp(tmp_path: Path) -> Path:
     root = tmp_path / "human_resp"
-    q_a = {"key": "QA_W1", "question": "Safe?", "references": ["Very", "Not", "Refused"],
-           "ordinals": [1.0, 2.0]}
-    q_b = {"key": "QB_W1", "question": "Which, if any?", "references": ["Yes, I do", "nor this", "Refused"],
-           "ordinals": [1.0, 1.0]}
-    q_c = {"key": "QC_W1", "question": "Missing group", "references": ["x", "y", "Refused"],
-           "ordinals": [1, 2]}
+    q_a = {"key": "QA_W1", "question": "Safe?", "references": ["Very", "Not", "Refused"], "ordinals": [1.0, 2.0]}
+    q_b = {
+        "key": "QB_W1",
+        "question": "Which, if any?",
+        "references": ["Yes, I do", "nor this", "Refused"],
+        "ordinals": [1.0, 1.0],
+    }
+    q_c = {"key": "QC_W1", "question": "Missing group", "references": ["x", "y", "Refused"], "ordinals": [1, 2]}
     counts: dict[str, dict[str, dict]] = {"QA_W1": {}, "QB_W1": {}, "QC_W1": {}}
     for i, g in enumerate(ALL_GROUPS):
         counts["QA_W1"][g] = {"Very": float(i + 1), "Not": 3.0, "Refused": 5.0}

@@ -31,8 +31,24 @@ def test_eval_individuals_writes_each_seed_as_it_finishes_and_append_completes_i
     tiny_settings, small_ratings_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "individuals.json"
-    args = ["eval-individuals", "--data", str(small_ratings_file), "--json", str(out), "--n-context", "1,2",
-            "--main-context", "2", "--no-comparison", "--max-steps", "2", "--prior-rank", "3", "--threads", "1"]
+    args = [
+        "eval-individuals",
+        "--data",
+        str(small_ratings_file),
+        "--json",
+        str(out),
+        "--n-context",
+        "1,2",
+        "--main-context",
+        "2",
+        "--no-comparison",
+        "--max-steps",
+        "2",
+        "--prior-rank",
+        "3",
+        "--threads",
+        "1",
+    ]
     real = individual_evaluation.train_individual_gpo
     calls: list[int] = []
 
@@ -82,8 +98,26 @@ def test_gpo_eval_writes_each_split_and_seed_as_it_finishes(
         return real(*a, **k)
 
     monkeypatch.setattr(group_evaluation, "train_gpo", train_then_interrupt)
-    args = ["eval", "--data", str(data), "--json", str(out), "--splits", "0.6", "--seeds", "0,1", "--n-context", "5",
-            "--no-curve", "--no-new-questions", "--no-lm", "--max-steps", "2", "--threads", "1"]
+    args = [
+        "eval",
+        "--data",
+        str(data),
+        "--json",
+        str(out),
+        "--splits",
+        "0.6",
+        "--seeds",
+        "0,1",
+        "--n-context",
+        "5",
+        "--no-curve",
+        "--no-new-questions",
+        "--no-lm",
+        "--max-steps",
+        "2",
+        "--threads",
+        "1",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and len(calls) == 2
     records = json.loads(out.read_text())

@@ -24,8 +24,18 @@ from service.training.splits import answered_sets, make_split, scorable_question
 from .test_fit import synthetic_dataset
 
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
-TCFG = TrainConfig(max_steps=4, batch_size=4, n_targets=5, min_context=3, max_context=8, eval_every=2,
-                   progress=False, time_budget_s=None, val_context=5, val_draws=1)
+TCFG = TrainConfig(
+    max_steps=4,
+    batch_size=4,
+    n_targets=5,
+    min_context=3,
+    max_context=8,
+    eval_every=2,
+    progress=False,
+    time_budget_s=None,
+    val_context=5,
+    val_draws=1,
+)
 
 
 def _ragged(n_groups: int = 12, n_questions: int = 40, drop: float = 0.4, seed: int = 0) -> PreferenceDataset:
@@ -206,8 +216,9 @@ def test_a_test_groups_targets_never_reach_its_predictions(ragged_run, seed: int
     for g in split.test_groups:
         for q in split.targets_of(g):
             changed.dists[g][q] = rng.dirichlet(np.ones(len(changed.dists[g][q])))
-    for before, after in zip(gpo_predictions(result, table, ds, split), gpo_predictions(result, table, changed, split),
-                             strict=True):
+    for before, after in zip(
+        gpo_predictions(result, table, ds, split), gpo_predictions(result, table, changed, split), strict=True
+    ):
         assert before.keys() == after.keys()
         for q in before:
             np.testing.assert_array_equal(before[q], after[q])

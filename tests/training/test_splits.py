@@ -42,9 +42,7 @@ def test_pinned_opinionqa_split(opinionqa: PreferenceDataset) -> None:
     # pins numpy's generator stream: if this changes, every reported number changes with it
     s = make_split(opinionqa.groups, scorable_question_ids(opinionqa), 0.6, 0, 20)
     assert s.test_groups == ("Black", "Liberal", "$100,000 or more", "White", "Moderate", "South", "Asian")
-    assert s.context_qids[:5] == (
-        "INFOOWNc_W45", "BENEFITSa_W54", "BIOTECHC_W34", "RACESURV21_W43", "GAP21Q17_W82"
-    )
+    assert s.context_qids[:5] == ("INFOOWNc_W45", "BENEFITSa_W54", "BIOTECHC_W34", "RACESURV21_W43", "GAP21Q17_W82")
     assert len(s.train_groups) == 10 and len(s.target_qids) == 660
 
 
