@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from service.config import PROJECT_ROOT, Settings
+from service.config import Settings
 from service.training.opinionqa import load_opinionqa
 
 from ..api.conftest import authed_client
@@ -99,7 +99,9 @@ def test_shipped_checkpoints_predict_what_was_recorded(tmp_path: Path) -> None:
         rating_checkpoint="nytbooks-rating",
         comparison_checkpoint="nytbooks-comparison",
         database_url=f"sqlite:///{tmp_path / 'gpo.sqlite3'}",
-        cache_dir=PROJECT_ROOT / ".cache",  # the converted SmolLM2 weights (made once)
+        # A cache folder of its own: vectors already on disk (from `gpo embed` or an earlier run, computed in other
+        # batches) would differ from these in the last bits.
+        cache_dir=tmp_path / "cache",
         redis_url=None,
         worker_url=None,
         device="cpu",
