@@ -60,11 +60,13 @@ class EvalConfig:
 def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDataset, split: Split) -> list[dict]:
     """Per test group {qid: predicted distribution} for its targets, from its context answers.
 
-    Items of training questions that too few training groups answered (`TrainResult.thin_items`) are shown
-    as new questions (known flag 0), as at serving.
+    Items of questions outside the training questions (`TrainResult.known_q`: the new-questions protocol's held-out
+    questions), and of training questions that too few training groups answered (`TrainResult.thin_items`), are
+    shown as new questions (known flag 0), as at serving.
     """
     spec = result.spec
-    known = known_items(table, np.ones(len(table.questions), dtype=bool))
+    known_q = result.known_q if result.known_q is not None else np.ones(len(table.questions), dtype=bool)
+    known = known_items(table, known_q)
     if result.thin_items is not None:
         known = known & ~result.thin_items
     x = torch.from_numpy(spec.build(table.emb, result.prior, np.arange(table.n_items), known))

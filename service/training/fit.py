@@ -21,6 +21,7 @@ from service.training.datasets import PreferenceDataset
 from service.training.features import fit_group_priors, known_items
 from service.training.items import ItemTable
 from service.training.metrics import question_alignments
+from service.training.validation import CheckpointScore, build_validation_episodes, hold_out_questions
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,12 @@ class TrainConfig:
     # Weight of new questions (targets without prior features) in the validation score that picks the
     # checkpoint; the rest is known questions. Serving meets both: OpinionQA questions and users' own.
     val_new_question_weight: float = 0.5
+    # Share of the training questions kept out of every training episode as validation questions: the new-question
+    # part of the validation score is measured on them (service.training.validation).
+    val_question_share: float = 0.15
+    # A checkpoint whose known-question validation falls this many standard errors below the untrained model's
+    # (the closed-form prior readout) is not kept (service.training.validation.CheckpointScore).
+    val_known_tolerance_se: float = 1.0
     eval_every: int = 100
     patience: int = 5  # evaluations without improvement before stopping
     val_context: int = 20  # context questions of a validation episode (as the test protocol)
@@ -69,6 +76,9 @@ class TrainResult:
     # [I] bool: items of training questions that too few training groups answered for a prior (ragged data;
     # all False on complete data): test groups and serving see them as new questions (known flag 0)
     thin_items: np.ndarray | None = None
+    # [Q] bool: the training questions (a prior may exist); None: every question. Other questions are new (flag 0).
+    known_q: np.ndarray | None = None
+    held_out_q: np.ndarray | None = None  # the validation questions kept out of training episodes (indices)
 
 
 class GroupFeatures:
@@ -294,9 +304,11 @@ def train_gpo(
     The population prior is fitted on fit + validation groups' answers to `train_q` (each group's
     own features leave it out). Ragged data: a group's episodes (context and targets) are drawn from the
     questions of `train_q` it answered; a fit group with fewer than 2 of them is left out, a validation group
-    with fewer than `val_context + 1` scorable ones too (both logged). The checkpoint kept is the one with
-    the best mean alignment on the validation groups (20 fixed context questions, all other training
-    questions they answered as targets); test groups are never seen here. `budget`: the wall-clock budget to
+    with fewer than `val_context + 1` usable scorable ones too (both logged). `cfg.val_question_share` of the
+    scorable training questions are validation questions, in no training episode. The checkpoint kept has the
+    best `CheckpointScore` on the validation groups (20 fixed context questions; targets: the other training
+    questions they answered, and the validation questions as new ones; service.training.validation); test groups
+    are never seen here. `budget`: the wall-clock budget to
     end within (default: `cfg.time_budget_s` from now); a command passes the one it started with, so its set-up
     counts.
     """
@@ -325,6 +337,14 @@ def train_gpo(
     ys = {g: np.nan_to_num(table.group_y(dataset, g)) for g in source}
     feats = GroupFeatures(spec, table, loo, ys, known)
     pools = {g: answered_questions(table, dataset, g, train_q) for g in source}
+    # validation questions: kept out of every training episode (fit groups' pools), scored as new questions
+    scorable = np.array(
+        [i for i in train_q if table.questions[i].has_ordinal_spread or not table.questions[i].is_ordinal],
+        dtype=np.int64,
+    )
+    new_weight = cfg.val_new_question_weight if spec.use_prior else 0.0
+    held_out = hold_out_questions(scorable, cfg.val_question_share, cfg.seed) if new_weight > 0 else scorable[:0]
+    train_pools = {g: pools[g][~np.isin(pools[g], held_out)] for g in fit_groups}
 
     model_cfg = dict(model_cfg or {})
     if spec.use_prior and cfg.prior_readout != "none":
@@ -332,7 +352,7 @@ def train_gpo(
         model_cfg.setdefault("prior_rank", spec.prior_rank)
         model_cfg.setdefault("prior_readout", cfg.prior_readout)
     model = GPO(GPOConfig(dim_x=spec.dim_x, **model_cfg))
-    fit_list = [g for g in fit_groups if len(pools[g]) >= 2]
+    fit_list = [g for g in fit_groups if len(train_pools[g]) >= 2]
     if len(fit_list) < len(fit_groups):
         log.warning(
             "fit groups with fewer than 2 answered training questions left out: %s",
@@ -349,53 +369,28 @@ def train_gpo(
     model.set_feature_stats(mean, std)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    # validation episodes: fixed for the whole run
-    val_rng = np.random.default_rng(cfg.seed + 10_000)
-    scorable = np.array(
-        [i for i in train_q if table.questions[i].has_ordinal_spread or not table.questions[i].is_ordinal]
-    )
-    val_eps, val_tq = [], []
-    for g in val_groups:
-        scorable_g = scorable[np.isin(scorable, pools[g])]  # the scorable training questions g answered
-        if len(scorable_g) < min(cfg.val_context + 1, len(scorable)):
-            log.warning("validation group %r answered %d scorable training questions: left out", g, len(scorable_g))
-            continue
-        for _ in range(cfg.val_draws):
-            ctx = val_rng.choice(scorable_g, size=min(cfg.val_context, len(scorable_g) - 1), replace=False)
-            tgt = np.array([q for q in scorable_g if q not in set(ctx)])
-            val_eps.append(make_eval_episode(table, feats.x[g], feats.y[g], ctx, tgt))
-            val_tq.append(tgt)
-    # The same episodes with the targets' prior features removed: questions no training group answered,
-    # which is what serving meets for a user's own questions. Checkpoints are chosen on both.
-    new_eps = []
-    if spec.use_prior and cfg.val_new_question_weight > 0:
-        for e in val_eps:
-            x = e.x.clone()
-            x[~e.is_context, spec.prior_slice] = 0.0
-            new_eps.append(Episode(x=x, y=e.y, is_context=e.is_context, question=e.question))
+    # validation: fixed episodes of the validation groups; the validation questions are kept out of training
+    val = build_validation_episodes(
+        table, feats.x, feats.y, pools, val_groups, scorable, held_out, spec,
+        cfg.val_context, cfg.val_draws, cfg.seed, make_eval_episode,
+    )  # fmt: skip
+    for g, n in val.left_out:
+        log.warning("validation group %r answered %d usable scorable training questions: left out", g, n)
+    checkpoint_score = CheckpointScore(new_weight, cfg.val_known_tolerance_se)
 
-    def mean_alignment(episodes: list[Episode]) -> float:
+    def alignments(episodes: list[Episode], tqs: list[np.ndarray]) -> list[float]:
         preds = predict_episodes(model, episodes)
-        scores = [
+        return [
             s
-            for e, tq, (m, _) in zip(episodes, val_tq, preds, strict=True)
+            for e, tq, (m, _) in zip(episodes, tqs, preds, strict=True)
             for s in episode_alignments(table, tq, m, e.y[~e.is_context].numpy())
         ]
-        return float(np.mean(scores))
 
-    last_parts: dict[str, float] = {}
+    last_parts = checkpoint_score.parts
 
     def validate() -> float:
-        """Validation score: alignment on known questions, blended with new questions when weighted."""
-        known_q = mean_alignment(val_eps)
-        last_parts.clear()
-        last_parts["val_known"] = known_q
-        if not new_eps:
-            return known_q
-        new_q = mean_alignment(new_eps)
-        last_parts["val_new"] = new_q
-        w = cfg.val_new_question_weight
-        return (1 - w) * known_q + w * new_q
+        """Validation score (CheckpointScore): known questions, blended with the held-out validation questions."""
+        return checkpoint_score(alignments(val.known, val.known_tq), alignments(val.new, val.new_tq))
 
     def sample_batch() -> list[Episode]:
         episodes = []
@@ -404,7 +399,7 @@ def train_gpo(
             n_ctx = int(rng.integers(cfg.min_context, cfg.max_context + 1))
             episodes.append(
                 sample_episode(
-                    rng, table, feats.x[g], feats.y[g], pools[g], n_ctx, cfg.n_targets, spec, cfg.prior_dropout
+                    rng, table, feats.x[g], feats.y[g], train_pools[g], n_ctx, cfg.n_targets, spec, cfg.prior_dropout
                 )
             )
         return episodes
@@ -412,7 +407,7 @@ def train_gpo(
     def batch_loss() -> torch.Tensor:
         return episodes_loss(model, sample_batch())
 
-    loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val_eps else None, last_parts, budget)
+    loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val.known else None, last_parts, budget)
     model.load_state_dict(loop.best_state)
     model.eval()
     wall = time.perf_counter() - t_start
@@ -438,6 +433,8 @@ def train_gpo(
         stop=loop.stop,
         shortfall=shortfall,
         thin_items=thin,
+        known_q=known_q,
+        held_out_q=held_out,
     )
 
 
