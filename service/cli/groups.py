@@ -192,13 +192,15 @@ def eval_cmd(
     import torch
 
     from service.config import get_settings
+    from service.training.data_description import describe_groups
     from service.training.evaluate import EvalConfig, run_group_protocol, run_new_question_protocol
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
     from service.training.records import write_json
     from service.training.report import markdown_table
 
     t0 = time.perf_counter()
-    ds, _, data_hash = load_group_dataset(data)
+    ds, path, data_hash = load_group_dataset(data)
+    description = describe_groups(ds, path)  # what the results page says about the data, from the data
     table, embedder = embed_group_dataset(ds)
     spec = options.feature_spec(table.emb.shape[1])
     cfg = EvalConfig(
@@ -221,6 +223,8 @@ def eval_cmd(
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "embedder": embedder.key_prefix,
             "data_sha256": data_hash,
+            "data": description,
+            "n_context": n_context,
             "threads": torch.get_num_threads(),
             "machine": f"{os.cpu_count()}-core CPU",
             "wall_s": time.perf_counter() - t0,
@@ -237,7 +241,7 @@ def eval_cmd(
         records += run_new_question_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, on_run=lambda r: save(done + r))
     meta = save(records, complete=True)
     for subset in ("all", "contentious"):
-        typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset))
+        typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset, n_context))
     gpo = [
         r["alignment"]
         for r in records

@@ -54,9 +54,11 @@ def eval_individuals_cmd(
     held-out people of a per-person ratings dataset."""
     set_up_logging_and_threads(threads)
     from service.config import get_settings
+    from service.training.data_description import describe_ratings
     from service.training.individuals.evaluate import IndividualEvalConfig, evaluate_individuals
     from service.training.individuals.train import IndividualTrainConfig
     from service.training.individuals_report import write_individuals_report
+    from service.training.nytbooks import shipped_nytbooks_path
     from service.training.records import write_json
 
     t0 = time.perf_counter()
@@ -76,6 +78,7 @@ def eval_individuals_cmd(
         "embedder": embedder.key_prefix,
         "features": spec.to_dict(),
         "train_config": asdict(tcfg),
+        "data": describe_ratings(ds, data or shipped_nytbooks_path()),  # what the page says about the data
     }
 
     def with_old(records: list[dict], meta: dict, complete: bool) -> tuple[list[dict], dict]:

@@ -1,7 +1,8 @@
-"""The individuals section of RESULTS.md (NYT books): tables, the margin over the reward model, the context plot.
+"""The individuals section of RESULTS.md (e.g. NYT books): tables, the margin over the reward model, the context plot.
 
 The section sits between markers, so `gpo eval-individuals` can rewrite it and `gpo eval`/`gpo report`
-(which rewrite the OpinionQA part of the page) keep it.
+(which rewrite the group part of the page) keep it. Its text about the data comes from the description in the
+meta (`meta["data"]`, service/training/data_description.py); records without one describe the shipped NYT books.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.training.data_description import number, shipped_ratings_description
 from service.training.plots import plot_context_curve
 
 START, END = "<!-- section:individuals -->", "<!-- /section:individuals -->"
@@ -84,19 +86,22 @@ def individuals_markdown(records: Sequence[dict], meta: dict, figure: str | None
     ks = sorted({r["n_context"] for r in records})
     methods = [m for m in LABELS if any(r["method"] == m for r in records)]
     seeds = sorted({r["seed"] for r in records})
+    data = meta.get("data") or shipped_ratings_description()  # records saved before descriptions: NYT books
+    item, scale = data["item_noun"], f"{number(data['scale'][0])}–{number(data['scale'][1])}"
+    wording = f"“{data['wording']}”" if data["wording"] else "no question wording in the data"
     lines = [
         START,
-        "## Individuals: NYT books (a person is a group of one)",
+        f"## Individuals: {data['name']} (a person is a group of one)",
         "",
-        f"335 people rated 25–52 of 235 books on a 1–4 scale (“how likely would you read it”; "
-        f"`service/data/nytbooks/`). People are split {meta['train_frac']:.0%} meta-train (15% of them for "
-        f"validation: GPO's checkpoint; baseline settings are chosen by 5-fold cross-validation over all "
-        f"meta-train people) / {1 - meta['train_frac']:.0%} held out, for seeds "
-        f"{', '.join(map(str, seeds))}. A held-out person's context is k random books they rated; every other "
-        "book they rated is a target. All methods see the same people and draws. Metrics per person, then "
-        "averaged: pairwise accuracy (pairs of target books rated differently, ordered right), Spearman, RMSE "
-        "on the 1–4 scale, exact accuracy (the nearest level to the predicted score is the rating; arg-max "
-        "accuracy of the rating read as a 4-way choice).",
+        f"{data['people']} people rated {data['per_person'][0]}–{data['per_person'][1]} of {data['items']} "
+        f"{item}s on a {scale} scale ({wording}; `{data['source']}`). People are split {meta['train_frac']:.0%} "
+        f"meta-train (15% of them for validation: GPO's checkpoint; baseline settings are chosen by 5-fold "
+        f"cross-validation over all meta-train people) / {1 - meta['train_frac']:.0%} held out, for seeds "
+        f"{', '.join(map(str, seeds))}. A held-out person's context is k random {item}s they rated; every other "
+        f"{item} they rated is a target. All methods see the same people and draws. Metrics per person, then "
+        f"averaged: pairwise accuracy (pairs of target {item}s rated differently, ordered right), Spearman, RMSE "
+        f"on the {scale} scale, exact accuracy (the nearest level to the predicted score is the rating; arg-max "
+        f"accuracy of the rating read as a {data['levels']}-way choice).",
         "",
         f"Command: `{meta['command']}` ({meta['wall_s'] / 60:.0f} min on this 2-core CPU).",
         "",
@@ -141,15 +146,15 @@ def individuals_markdown(records: Sequence[dict], meta: dict, figure: str | None
             f"| {k} | {r['mean']:+.4f} [{r['seed_ci95'][0]:+.4f}, {r['seed_ci95'][1]:+.4f}] | "
             f"{b['mean']:+.4f} [{b['seed_ci95'][0]:+.4f}, {b['seed_ci95'][1]:+.4f}] ({bname[5:]}) |"
         )
-    lines += ["", *_reading(records, meta, k_main, ks)]
+    lines += ["", *_reading(records, meta, k_main, ks, data)]
     if figure:
         lines += ["", f"![pairwise accuracy against context size]({figure})"]
     lines += ["", *meta.get("notes", []), "", END]
     return "\n".join(lines) + "\n"
 
 
-def _reading(records: Sequence[dict], meta: dict, k_main: int, ks: list[int]) -> list[str]:
-    """What the tables say, with their numbers."""
+def _reading(records: Sequence[dict], meta: dict, k_main: int, ks: list[int], data: dict) -> list[str]:
+    """What the tables say, with their numbers; what was measured on the shipped data only for it."""
 
     def mean(method: str, k: int) -> float:
         vals = _values(records, method, k, "pairwise")
@@ -158,10 +163,17 @@ def _reading(records: Sequence[dict], meta: dict, k_main: int, ks: list[int]) ->
     k_max = max(ks)
     runs = {k: v for k, v in meta.get("training", {}).items() if k.startswith("gpo/")}
     kept = sum(1 for v in runs.values() if v.get("best_step", 0) > 0)
+    item, shipped = data["item_noun"], data.get("shipped", False)
+    history = (
+        f" With about 120 meta-training people of {data['per_person'][0]}–{data['per_person'][1]} ratings each, it "
+        "has not learnt anything the closed-form readout lacks that holds up on held-out people. An earlier "
+        "version without this guard kept whichever checkpoint validated best, and it lost 0.001–0.005 to its own "
+        "readout on held-out people (3 seeds)."
+    )
     out = [
         "Reading:",
-        "- GPO's prior gives every book the non-personalised reward model's score as its mean (the same ridge "
-        "regression on the book's embedding as the baseline, fitted on the same people) and its loadings on the "
+        f"- GPO's prior gives every {item} the non-personalised reward model's score as its mean (the same ridge "
+        f"regression on the {item}'s embedding as the baseline, fitted on the same people) and its loadings on the "
         "main directions of the LLM's content space. The ridge readout fits the person's taste along those "
         "directions to their context in closed form, and the transformer learns corrections on top. So at k=0 "
         "GPO is the reward model, and every context item moves it towards the person.",
@@ -171,10 +183,7 @@ def _reading(records: Sequence[dict], meta: dict, k_main: int, ks: list[int]) ->
         f"people by more than one standard error of the paired per-person difference. That happened in {kept} of "
         f"{len(runs)} seeds; elsewhere GPO is its readout. On average the transformer adds "
         f"{mean('gpo', k_main) - mean('content_factor', k_main):+.4f} at k={k_main} and "
-        f"{mean('gpo', k_max) - mean('content_factor', k_max):+.4f} at k={k_max}. With about 120 meta-training "
-        "people of 25–52 ratings each, it has not learnt anything the closed-form readout lacks that holds up on "
-        "held-out people. An earlier version without this guard kept whichever checkpoint validated best, "
-        "and it lost 0.001–0.005 to its own readout on held-out people (3 seeds).",
+        f"{mean('gpo', k_max) - mean('content_factor', k_max):+.4f} at k={k_max}." + (history if shipped else ""),
     ]
     if _values(records, "gpo_comparison", k_main, "pairwise") and _values(
         records, "gpo_comparison_bt", k_main, "pairwise"
@@ -193,19 +202,25 @@ def _reading(records: Sequence[dict], meta: dict, k_main: int, ks: list[int]) ->
             f"over held-out people: {'; '.join(diffs)}. "
             + (
                 "Both are below the rating model, which gets the magnitudes as well as the order from the same k "
-                "books. "
+                f"{item}s. "
                 if max(mean("gpo_comparison_bt", k_main), mean("gpo_comparison", k_main)) < mean("gpo", k_main)
                 else f"At k={k_main} the better of them is at or above the rating model. "
             )
-            + "With one context book there is no pair: the pair head answers 1/2, and a score head with the pair "
+            + f"With one context {item} there is no pair: the pair head answers 1/2, and a score head with the pair "
             "readout ranks by the reward model."
         )
     out.append(
         "- A person's prior features come from other people only, in folds. Leave-one-out priors leaked: a "
         "leave-one-out item mean is the person's own rating shifted by a per-item constant that the network "
-        "can learn. With them, the comparison model measured 0.87 validation pairwise accuracy against 0.56 on "
-        "held-out people. The test in `tests/training/test_individuals.py` pins that a person's features do not "
-        "move with their own ratings."
+        "can learn."
+        + (
+            " With them, the comparison model measured 0.87 validation pairwise accuracy against 0.56 on held-out "
+            "people."
+            if shipped
+            else ""
+        )
+        + " The test in `tests/training/test_individuals.py` pins that a person's features do not move with their "
+        "own ratings."
     )
     return out
 
