@@ -13,6 +13,7 @@ app = typer.Typer(help="gpo-serve: Group Preference Optimization, offline tools.
 app.add_typer(data.import_app, name="import")
 app.add_typer(serve.keys_app, name="keys")
 
+app.command("check")(data.check)
 app.command("embed")(data.embed)
 app.command("train")(groups.train)
 app.command("eval")(groups.eval_cmd)

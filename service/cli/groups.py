@@ -17,7 +17,12 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from service.cli.runtime import embed_group_dataset, load_group_dataset, set_up_logging_and_threads
+from service.cli.runtime import (
+    check_group_dataset,
+    embed_group_dataset,
+    load_group_dataset,
+    set_up_logging_and_threads,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +122,9 @@ def train(
     unknown = set(exclude_group or []) - set(ds.groups)
     if unknown:
         raise typer.BadParameter(f"unknown groups {sorted(unknown)}; known: {ds.groups}")
+    # seconds, before an hour of embedding; validation shrinks its 20 context questions to fit a small survey
+    n_ctx = max(1, min(20, len(scorable_question_ids(ds, groups)) - 1))
+    check_group_dataset(ds, groups, n_context=n_ctx, need_prior=options.use_prior)
     table, embedder = embed_group_dataset(ds)
     qids = scorable_question_ids(ds, groups)
     fit, val = validation_groups(groups, seed)
@@ -201,10 +209,12 @@ def eval_cmd(
     t0 = time.perf_counter()
     ds, path, data_hash = load_group_dataset(data)
     description = describe_groups(ds, path)  # what the results page says about the data, from the data
+    split_shares = [float(s) for s in splits.split(",")]
+    check_group_dataset(ds, n_context=n_context, splits=split_shares, need_prior=options.use_prior)
     table, embedder = embed_group_dataset(ds)
     spec = options.feature_spec(table.emb.shape[1])
     cfg = EvalConfig(
-        splits=[float(s) for s in splits.split(",")],
+        splits=split_shares,
         seeds=[int(s) for s in seeds.split(",")],
         n_context=n_context,
         curve_split=0.6 if curve else None,

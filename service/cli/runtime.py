@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+
+import typer
 
 
 def set_up_logging_and_threads(threads: int | None) -> None:
@@ -37,3 +40,28 @@ def embed_group_dataset(ds):
 
     embedder = build_embedder(get_settings())
     return embed_dataset(ds, embedder, progress=True), embedder
+
+
+def print_check(check, *, fatal: bool, err: bool = False) -> None:
+    """Print a `DatasetCheck`: what training can use of a dataset and what stops it; with `fatal`, a dataset that
+    cannot train ends the command with status 1, else its problems are warnings."""
+    for line in check.lines():
+        typer.echo(line, err=err)
+    for problem in check.problems:
+        typer.echo(f"{'error' if fatal else 'warning'}: {problem}", err=True)
+    if check.ok:
+        typer.echo("check: training and evaluation can use this dataset", err=err)
+    elif fatal:
+        raise typer.Exit(1)
+
+
+def check_group_dataset(
+    ds, groups: Sequence[str] | None = None, n_context: int = 20, splits: Sequence[float] = (), need_prior: bool = True
+) -> None:
+    """End the command (status 1) when `ds` cannot train, before anything is embedded; silent when it can."""
+    from service.training.checks import check_dataset
+
+    check = check_dataset(ds, groups, n_context, splits, need_prior)
+    if not check.ok:
+        typer.echo("the dataset cannot train (nothing embedded):", err=True)
+        print_check(check, fatal=True, err=True)

@@ -59,25 +59,39 @@ def read_jsonl(path: str | os.PathLike[str]) -> PreferenceDataset:
     Blank lines are skipped (they still count for line numbers). Raises `DatasetError` on any malformed
     line, and `FileNotFoundError` when the file does not exist.
     """
-    path = Path(path)
-    questions: dict[str, tuple[Question, int]] = {}  # qid -> (question, line first defined)
-    group_lines: dict[str, int] = {}  # group -> line of first appearance
-    attributes: dict[str, tuple[str, int]] = {}  # group -> (attribute, line first given)
-    dists: dict[str, dict[str, np.ndarray]] = {}
-    seen: dict[tuple[str, str], int] = {}  # (group, qid) -> line
+    collector = AnswerCollector()
+    read_records(Path(path), collector.add)
+    return collector.dataset()
 
-    def add(lineno: int, obj: dict[str, Any]) -> None:
+
+class AnswerCollector:
+    """Gathers (group, question) records, each checked alone and against the ones before it, into a dataset.
+
+    `read_jsonl` feeds it a file's lines; importers of other layouts (`tabular.py`) feed it objects in this
+    format, so every source is held to the same rules. `add` raises `RecordProblem`; the caller knows where.
+    """
+
+    def __init__(self) -> None:
+        self.questions: dict[str, tuple[Question, int]] = {}  # qid -> (question, line first defined)
+        self.group_lines: dict[str, int] = {}  # group -> line of first appearance
+        self.attributes: dict[str, tuple[str, int]] = {}  # group -> (attribute, line first given)
+        self.dists: dict[str, dict[str, np.ndarray]] = {}
+        self.seen: dict[tuple[str, str], int] = {}  # (group, qid) -> line
+
+    def add(self, lineno: int, obj: Mapping[str, Any]) -> None:
+        """Check one object in the group-answers format and register it (`lineno`: where it came from)."""
         rec = _parse_record(obj)
-        _merge(rec, lineno, questions, group_lines, attributes, seen)
-        dists.setdefault(rec.group, {})[rec.question.qid] = rec.dist
+        _merge(rec, lineno, self.questions, self.group_lines, self.attributes, self.seen)
+        self.dists.setdefault(rec.group, {})[rec.question.qid] = rec.dist
 
-    read_records(path, add)
-    return PreferenceDataset(
-        questions=[q for q, _ in questions.values()],
-        groups=list(group_lines),
-        dists=dists,
-        group_attributes={g: a for g, (a, _) in attributes.items()},
-    )
+    def dataset(self) -> PreferenceDataset:
+        """The records so far: groups and questions in order of first appearance."""
+        return PreferenceDataset(
+            questions=[q for q, _ in self.questions.values()],
+            groups=list(self.group_lines),
+            dists=self.dists,
+            group_attributes={g: a for g, (a, _) in self.attributes.items()},
+        )
 
 
 def _parse_record(obj: Mapping[str, Any]) -> _Record:
