@@ -20,7 +20,7 @@ from service.training.datasets import PreferenceDataset, Question
 from service.training.globalopinionqa import load_globalopinionqa, shipped_globalopinionqa_path
 from service.training.individuals_report import END, START, individuals_markdown, section_of
 from service.training.ratings import RatedItem, RatingsDataset
-from service.training.report import metric_phrase, results_markdown
+from service.training.report import metric_phrase, results_markdown, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,6 +117,43 @@ def test_the_group_page_follows_the_data(tmp_path: Path) -> None:
     assert "**0.9000** (no target for MySurvey)" in page
     for absent in ("OpinionQA", "17", "680", "Wasserstein", "0.970"):
         assert absent not in page, absent
+
+
+def test_another_data_sets_results_are_a_section_of_the_page(tmp_path: Path) -> None:
+    """`gpo eval --data X --report RESULTS.md` fills X's own section (figures prefixed), keeps the OpinionQA page
+    and the individuals section, and replaces only its section when re-run; the OpinionQA page rebuilt keeps it."""
+    ds, path = my_survey(tmp_path)
+    records = [
+        {"method": m, "protocol": "groups", "subset": "all", "split": 0.6, "seed": 0, "n_context": 4,
+         "alignment": a, "train_wall_s": 1.0}
+        for m, a in (("gpo", 0.9), ("uniform", 0.8))
+    ]  # fmt: skip
+    meta = {"command": "gpo eval --data MySurvey.jsonl", "date": "today", "data": describe_groups(ds, path)}
+    out = tmp_path / "RESULTS.md"
+    report_cmd(ROOT / "results" / "eval.json", out)  # the shipped OpinionQA page
+    opinionqa_page = out.read_text()
+    out.write_text(opinionqa_page + "\n" + START + "\nthe individuals section\n" + END + "\n")
+    write_report(records, [], {**meta, "n_context": 4}, out)
+    page = out.read_text()
+    assert page.startswith(opinionqa_page.rstrip("\n")) and "the individuals section" in page
+    assert page.count("<!-- section:mysurvey -->") == 1 and "## MySurvey (`gpo eval --data`)" in page
+    assert "results/mysurvey_alignment_bars.png" in page and (tmp_path / "results/mysurvey_alignment_bars.png").exists()
+    assert "The paper's figures" not in page  # none for a data set the paper did not use
+    write_report([{**r, "alignment": 0.5} for r in records], [], {**meta, "n_context": 4}, out)
+    again = out.read_text()
+    assert again.count("<!-- section:mysurvey -->") == 1 and "0.9000" not in again.split("section:mysurvey")[1]
+    report_cmd(ROOT / "results" / "eval.json", out)  # rebuilding the OpinionQA page keeps both sections
+    rebuilt = out.read_text()
+    assert "<!-- section:mysurvey -->" in rebuilt and "the individuals section" in rebuilt
+
+
+def test_the_shipped_globalopinionqa_section_names_the_papers_figures(tmp_path: Path) -> None:
+    data = describe_groups(load_globalopinionqa(), shipped_globalopinionqa_path())
+    records = [{"method": "gpo", "protocol": "groups", "subset": "all", "split": 0.6, "seed": 0, "n_context": 20,
+                "alignment": 0.8, "train_wall_s": 1.0}]  # fmt: skip
+    out = tmp_path / "RESULTS.md"
+    write_report(records, [], {"data": data, "n_context": 20}, out)
+    assert "GPO 0.80–0.82" in out.read_text() and "<!-- section:globalopinionqa -->" in out.read_text()
 
 
 def test_a_mixed_data_set_names_both_metrics() -> None:
