@@ -21,7 +21,12 @@ from service.training.datasets import PreferenceDataset
 from service.training.features import fit_group_priors, known_items
 from service.training.items import ItemTable
 from service.training.metrics import question_alignments
-from service.training.validation import CheckpointScore, build_validation_episodes, hold_out_questions
+from service.training.validation import (
+    CheckpointScore,
+    build_validation_episodes,
+    choose_readout_ridge,
+    hold_out_questions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,9 @@ class TrainConfig:
     # A checkpoint whose known-question validation falls this many standard errors below the untrained model's
     # (the closed-form prior readout) is not kept (service.training.validation.CheckpointScore).
     val_known_tolerance_se: float = 1.0
+    # Start the ridge readout at the strength (of validation.RIDGE_GRID) its untrained model scores best with on the
+    # validation groups' known questions (instead of GPOConfig.ridge_init).
+    choose_ridge: bool = True
     eval_every: int = 100
     patience: int = 5  # evaluations without improvement before stopping
     val_context: int = 20  # context questions of a validation episode (as the test protocol)
@@ -407,6 +415,9 @@ def train_gpo(
     def batch_loss() -> torch.Tensor:
         return episodes_loss(model, sample_batch())
 
+    if cfg.choose_ridge and val.known and hasattr(model, "log_ridge") and model.cfg.kind == "choice":
+        ridge = choose_readout_ridge(model, lambda: float(np.mean(alignments(val.known, val.known_tq))))
+        log.info("ridge readout strength %.3g (chosen on the validation groups' known questions)", ridge)
     loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val.known else None, last_parts, budget)
     model.load_state_dict(loop.best_state)
     model.eval()

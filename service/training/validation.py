@@ -28,6 +28,8 @@ from service.training.items import ItemTable
 
 # A checkpoint that breaks the known-question rule scores this much below its blend: never above an eligible one.
 INELIGIBLE_PENALTY = 1.0
+# Ridge strengths the untrained readout is tried with (on the validation groups' known questions) before training.
+RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
 MIN_VALIDATION_QUESTIONS = 5  # fewer held-out questions than this: no new-question validation
 
 
@@ -119,3 +121,20 @@ class CheckpointScore:
         eligible = known >= self.floor
         self.parts["val_eligible"] = float(eligible)
         return score if eligible else score - INELIGIBLE_PENALTY
+
+
+@torch.no_grad()
+def choose_readout_ridge(model: torch.nn.Module, known_alignment: Callable[[], float], grid=RIDGE_GRID) -> float:
+    """Set the ridge readout's strength (`model.log_ridge`) to the grid value whose untrained model has the best
+    known-question validation alignment (`known_alignment()`, the validation groups only), and return it.
+
+    Training then starts from the best closed-form readout, as the latent-factor baseline's ridge is chosen on its
+    training groups: the transformer learns corrections to it, and the known-question floor (CheckpointScore) is
+    that readout's score. The strength stays a learned parameter."""
+    scores = []
+    for lam in grid:
+        model.log_ridge.fill_(float(np.log(lam)))
+        scores.append(known_alignment())
+    best = float(grid[int(np.argmax(scores))])
+    model.log_ridge.fill_(float(np.log(best)))
+    return best

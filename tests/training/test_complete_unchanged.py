@@ -91,6 +91,7 @@ def test_evaluation_records_are_unchanged(opinionqa: PreferenceDataset) -> None:
         progress=False,
         time_budget_s=None,
         val_draws=1,
+        choose_ridge=False,  # a later method change (the readout's ridge chosen on validation groups), not ragged data
     )
     tiny = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
     records = run_group_protocol(

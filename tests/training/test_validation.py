@@ -18,6 +18,7 @@ from service.training.validation import (
     INELIGIBLE_PENALTY,
     MIN_VALIDATION_QUESTIONS,
     CheckpointScore,
+    choose_readout_ridge,
     hold_out_questions,
 )
 from tests.training.test_fit import synthetic_dataset
@@ -128,3 +129,31 @@ def test_questions_outside_training_reach_the_model_as_new(monkeypatch):
     train_rows = table.rows(table.qindex(train_qids))
     assert torch.all(x[new_rows, flag] == 0) and torch.all(x[new_rows, spec.prior_slice] == 0)
     assert torch.all(x[train_rows, flag] == 1)
+
+
+def test_the_readout_ridge_is_the_grid_value_the_validation_scores_best():
+    model = torch.nn.Module()
+    model.log_ridge = torch.nn.Parameter(torch.tensor(0.0))
+    grid = (1e-3, 1e-2, 1e-1, 1.0)
+    # a validation score peaking at ridge 0.1
+    best = choose_readout_ridge(model, lambda: -abs(float(model.log_ridge) - np.log(0.1)), grid)
+    assert best == 0.1 and float(model.log_ridge.exp()) == pytest.approx(0.1)
+
+
+def test_training_starts_from_the_chosen_ridge(monkeypatch):
+    """train_gpo sets the readout's strength before the first validation (the floor is that readout's score)."""
+    torch.set_num_threads(1)
+    ds = synthetic_dataset(n_groups=10, n_questions=40)
+    n_items = sum(q.n_options for q in ds.questions)
+    table = build_item_table(ds.questions, np.random.default_rng(0).normal(size=(n_items, 4)).astype(np.float32))
+    qids = scorable_question_ids(ds)
+    spec = FeatureSpec(emb_dim=4, prior_rank=2)
+    calls = []
+    monkeypatch.setattr(fit_module, "choose_readout_ridge", lambda model, score: calls.append(score()) or 0.3)
+    train_gpo(table, ds, ds.groups[:7], ds.groups[7:], table.qindex(qids), spec, _cfg(max_steps=0), SMALL)
+    assert len(calls) == 1
+    calls.clear()
+    train_gpo(
+        table, ds, ds.groups[:7], ds.groups[7:], table.qindex(qids), spec, _cfg(max_steps=0, choose_ridge=False), SMALL
+    )
+    assert calls == []
