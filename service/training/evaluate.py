@@ -129,8 +129,11 @@ def evaluate_split(
 
         sample = [q for q in targets if q in set(lm_sample)]
         subset_qids["lm_sample"] = sample
+        mine = [[q for q in sample if q in set(split.targets_of(g))] for g in split.test_groups]  # ragged: its own
         for name in lm_methods:
-            methods[name] = predict_lm_many(name, lm, dataset, list(split.test_groups), contexts, sample)
+            methods[name] = predict_lm_many(
+                name, lm, dataset, list(split.test_groups), contexts, sample, targets_of=mine
+            )
     own_targets = {g: set(split.targets_of(g)) for g in split.test_groups}
     records = []
     for method, per_group in methods.items():

@@ -385,8 +385,12 @@ def predict_lm_many(
     cache: LMPredictionCache | None = None,
     progress: bool = False,
     max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+    targets_of: Sequence[Sequence[str]] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """LLM baseline `method` for several groups: one {qid: distribution over the options} per group.
+
+    `targets_of` (one list per group, each a subset of `targets`): predict only those questions for that group
+    (ragged data: the questions it answered), not every target for every group.
 
     `contexts` (one per group, qid -> the group's distribution) is needed by few_shot only and ignored
     by the others. Identical prompts are scored once (lm_base: once for all groups); prompts found in
@@ -407,7 +411,9 @@ def predict_lm_many(
         for gi, group in enumerate(groups):
             context = contexts[gi] if contexts is not None else None
             prefix = group_prefix(method, dataset, group, context)
-            prompts = [lm_prompt(prefix, q) for q in questions]
+            mine = set(targets_of[gi]) if targets_of is not None else None
+            group_questions = questions if mine is None else [q for q in questions if q.qid in mine]
+            prompts = [lm_prompt(prefix, q) for q in group_questions]
             todo = list(dict.fromkeys(p for p in prompts if p not in memo))
             if todo and cache is not None:
                 keys = [LMPredictionCache.key(key_prefix, p) for p in todo]
@@ -416,7 +422,7 @@ def predict_lm_many(
                         memo[p] = hit
                 todo = [p for p in todo if p not in memo]
             if todo:
-                n_opts = {p: q.n_options for p, q in zip(prompts, questions, strict=True)}
+                n_opts = {p: q.n_options for p, q in zip(prompts, group_questions, strict=True)}
                 bar.total += len(todo)
                 bar.refresh()
                 fresh = shared_prefix_letter_probs(
@@ -431,7 +437,7 @@ def predict_lm_many(
                 n_computed += len(todo)
                 if cache is not None:
                     cache.put_many([LMPredictionCache.key(key_prefix, p) for p in todo], fresh)
-            out.append({q.qid: memo[p].copy() for q, p in zip(questions, prompts, strict=True)})
+            out.append({q.qid: memo[p].copy() for q, p in zip(group_questions, prompts, strict=True)})
     wall = time.perf_counter() - t0
     log.info(
         "%s: %d groups x %d questions, %d prompts scored in %.1f s (%s)",
@@ -450,7 +456,10 @@ def lm_eval_questions(dataset: PreferenceDataset, n: int, seed: int) -> list[str
 
     The same for every split and seed of one evaluation: score every method on the split's targets that
     are in it, so LLM baselines (too slow for all questions) and GPO are compared on the same questions.
-    Drawn with a generator of its own (seed mixed with a fixed stream tag).
+    Drawn with a generator of its own (seed mixed with a fixed stream tag). Ragged data (questions answered by
+    different numbers of groups): the n questions the most groups answered, ties in a seeded random order, so the
+    sample holds as many scored (group, question) pairs as n questions can (a random draw of GlobalOpinionQA's
+    questions, a median of 4 countries each, would score almost none).
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -458,7 +467,12 @@ def lm_eval_questions(dataset: PreferenceDataset, n: int, seed: int) -> list[str
     if n >= len(qids):
         return qids
     rng = np.random.default_rng([seed, _EVAL_STREAM])
-    picked = set(rng.choice(len(qids), size=n, replace=False).tolist())
+    counts = [sum(dataset.has(g, q) for g in dataset.groups) for q in qids]
+    if min(counts) < max(counts):
+        order = sorted(rng.permutation(len(qids)).tolist(), key=lambda i: -counts[i])  # stable: ties stay random
+        picked = set(order[:n])
+    else:
+        picked = set(rng.choice(len(qids), size=n, replace=False).tolist())
     return [q for i, q in enumerate(qids) if i in picked]
 
 

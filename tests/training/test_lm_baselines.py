@@ -258,6 +258,31 @@ def test_lm_eval_questions_is_a_fixed_subset(opinionqa: PreferenceDataset) -> No
         lm_eval_questions(opinionqa, 0, 0)
 
 
+def test_on_ragged_data_the_sample_is_the_most_answered_questions() -> None:
+    questions = [Question(f"q{i}", f"Question {i}?", ("a", "b")) for i in range(10)]
+    groups = [f"g{j}" for j in range(5)]
+    # question i is answered by the first 1 + i // 2 groups: q8, q9 by all five, q6, q7 by four, ...
+    dists = {
+        g: {q.qid: np.array([0.5, 0.5]) for i, q in enumerate(questions) if j <= i // 2} for j, g in enumerate(groups)
+    }
+    ds = PreferenceDataset(questions, groups, dists)
+    assert lm_eval_questions(ds, 2, 0) == ["q8", "q9"]
+    three = lm_eval_questions(ds, 3, 0)
+    assert three[-2:] == ["q8", "q9"] and three[0] in ("q6", "q7")  # the tie is drawn, seeded
+    assert {tuple(lm_eval_questions(ds, 3, s)) for s in range(20)} == {("q6", "q8", "q9"), ("q7", "q8", "q9")}
+
+
+def test_each_group_is_asked_only_its_own_targets(tiny_lm: BaseLM, small: PreferenceDataset) -> None:
+    qids = [q.qid for q in small.questions]
+    groups = list(small.groups[:2])
+    out = predict_lm_many("lm_qa", tiny_lm, small, groups, None, qids, targets_of=[qids[:1], qids[1:]])
+    assert list(out[0]) == qids[:1] and list(out[1]) == qids[1:]
+    full = predict_lm_many("lm_qa", tiny_lm, small, groups, None, qids)
+    for got, ref in zip(out, full, strict=True):
+        for q, p in got.items():
+            np.testing.assert_allclose(p, ref[q], rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ real model
 
 
