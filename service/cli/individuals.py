@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -45,6 +45,10 @@ def eval_individuals_cmd(
     time_budget_s: float = 240.0,
     prior_rank: int = 8,
     loadings: Annotated[str, typer.Option(help="prior loadings: content | ratings")] = "content",
+    prior_mean: Annotated[
+        str | None,
+        typer.Option(help="an item's prior mean: shrunk | reward | items (default: the training config's)"),
+    ] = None,
     append: Annotated[
         bool, typer.Option(help="merge into the records already in --json (same method, seed and k: replaced)")
     ] = False,
@@ -72,6 +76,8 @@ def eval_individuals_cmd(
         comparison=comparison,
     )
     tcfg = IndividualTrainConfig(max_steps=max_steps, time_budget_s=time_budget_s, loadings=loadings, patience=8)
+    if prior_mean is not None:
+        tcfg = replace(tcfg, prior_mean=prior_mean)
     context = {
         "main_context": main_context,
         "train_frac": train_frac,
@@ -135,6 +141,10 @@ def train_individuals_cmd(
     reward_lambda: Annotated[
         float, typer.Option(help="ridge of the reward model that gives every item its prior mean")
     ] = 1.0,
+    prior_mean: Annotated[
+        str | None,
+        typer.Option(help="an item's prior mean: shrunk | reward | items (default: the training config's)"),
+    ] = None,
     kind: Annotated[
         str, typer.Option(help="rating | comparison (on pairs of items a person rated differently)")
     ] = "rating",
@@ -187,6 +197,8 @@ def train_individuals_cmd(
         reward_lambda=reward_lambda,
         pair_readout=pair_readout,
     )
+    if prior_mean is not None:
+        cfg = replace(cfg, prior_mean=prior_mean)
     train_kind = "comparison_bt" if kind == "comparison" and head == "score" else kind
     result = train_individual_gpo(ds, emb, split, spec, cfg, train_kind, {"ridge_init": ridge_init}, budget)
     refuse_if_strict(strict, result.shortfall)

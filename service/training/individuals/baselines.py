@@ -54,6 +54,32 @@ def fit_reward_regressor(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: 
     return RewardModel(mu, sd, w, b0)
 
 
+def fit_reward_out_of_item(emb: np.ndarray, y: np.ndarray, rows: np.ndarray, lam: float, n_folds: int) -> np.ndarray:
+    """Every item's reward-model score [I] from a model that never saw that item's ratings: the items are cut into
+    `n_folds` folds (a fixed order, no rating used) and each fold is scored by the ridge of fit_reward_regressor
+    fitted on the other folds' ratings (people `rows`). The in-sample score of a rated item has already moved
+    towards the item's own mean, so it would look better than it is to anything that weighs it against that mean.
+    Ratings enter only through per-item counts and sums (the Gram matrix is Z' diag(n) Z), so a fold costs one
+    [D, D] solve."""
+    assert n_folds >= 2, "at least two folds of items"
+    sub = y[rows]
+    rated = ~np.isnan(sub)
+    counts = rated.sum(axis=0).astype(np.float64)  # [I]
+    sums = np.where(rated, sub, 0.0).sum(axis=0)  # [I]
+    mu, sd = emb.mean(axis=0), emb.std(axis=0) + 1e-6
+    z = ((emb - mu) / sd).astype(np.float64)  # [I, D]
+    fold = np.arange(emb.shape[0]) % n_folds
+    out = np.zeros(emb.shape[0])
+    for f in range(n_folds):
+        n = np.where(fold == f, 0.0, counts)
+        s = np.where(fold == f, 0.0, sums)
+        b0 = float(s.sum() / max(n.sum(), 1.0))
+        gram = (z * n[:, None]).T @ z  # [D, D]
+        w = np.linalg.solve(gram + lam * n.sum() * np.eye(z.shape[1]), z.T @ (s - n * b0))
+        out[fold == f] = b0 + z[fold == f] @ w
+    return out
+
+
 def fit_pair_beta(mean: np.ndarray, y: np.ndarray, rows: np.ndarray) -> float:
     """beta of P(a > b) = sigmoid(beta * (mean_a - mean_b)) fitted by maximum likelihood (Newton, no intercept) on
     every pair the people `rows` rated differently: how many logits one unit of the mean score is worth."""

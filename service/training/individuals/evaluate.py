@@ -11,7 +11,7 @@ import numpy as np
 from service.gpo.features import FeatureSpec
 from service.progress import progress_bar
 from service.training.individuals.baselines import fit_reward_model, knn_predict, latent_factor_predict
-from service.training.individuals.priors import PersonFeatures, fit_rating_prior, prior_loadings
+from service.training.individuals.priors import PersonFeatures, fit_rating_prior, item_prior_mean, prior_loadings
 from service.training.individuals.splits import PeopleSplit, context_draw, split_people
 from service.training.individuals.train import (
     IndividualTrainConfig,
@@ -62,12 +62,13 @@ def _choose_baselines(
     seed: int,
     content: np.ndarray | None,
     prior_mean: str,
+    item_folds: int,
 ) -> tuple[int, float, float, float]:
     """(kNN k, reward-model ridge, latent-factor ridge, content-factor ridge), chosen by cross-validation over
     the training people (fit + validation; `cv_folds` folds): each candidate is fitted on the other folds and
     scored by mean pairwise accuracy on the fold's people, over every evaluated context size up to main_context
     with `val_draws` context draws each; the best mean over all training people wins (first best on ties).
-    The content-factor reference starts from the chosen reward model when prior_mean is "reward"."""
+    The content-factor reference's prior mean is GPO's (prior_mean), with the chosen reward model's ridge."""
     index = {p: i for i, p in enumerate(ds.people)}
     people = list(split.fit) + list(split.val)
     fold_of = np.random.default_rng(seed + 30_000).permutation(len(people)) % cfg.cv_folds
@@ -103,8 +104,17 @@ def _choose_baselines(
         r = fit_reward_model(emb, y, rows, lam)
         return lambda yp, c, t: r[t]
 
+    means: dict[tuple, np.ndarray] = {}  # a fold's prior mean, the same for every candidate ridge
+
     def factor(lam: float, rows: np.ndarray, loadings: np.ndarray | None = None, mean_lam: float | None = None):
-        mean = fit_reward_model(emb, y, rows, mean_lam).astype(np.float32) if mean_lam is not None else None
+        mean = None
+        if mean_lam is not None:
+            key = (mean_lam, rows.tobytes())
+            if key not in means:
+                mean_of = item_prior_mean(prior_mean, emb, y, mean_lam, item_folds)
+                assert mean_of is not None
+                means[key] = mean_of(rows).astype(np.float32)
+            mean = means[key]
         rank = loadings.shape[1] if loadings is not None else cfg.prior_rank
         prior, _ = fit_rating_prior(y[rows], rank, loadings=loadings, mean=mean)
         return lambda yp, c, t: latent_factor_predict(prior, yp, c, t, lam)
@@ -114,7 +124,7 @@ def _choose_baselines(
     lam_lf = choose(cfg.lf_lambda, factor)
     lam_cf = 1.0
     if content is not None:
-        mean_lam = lam_rm if prior_mean == "reward" else None
+        mean_lam = lam_rm if prior_mean != "items" else None
         lam_cf = choose(cfg.lf_lambda, lambda lam, rows: factor(lam, rows, content, mean_lam))
     return int(k), float(lam_rm), float(lam_lf), float(lam_cf)
 
@@ -159,12 +169,15 @@ def evaluate_individuals(
         train_rows = np.array([index[p] for p in split.fit + split.val])
         prior, _ = fit_rating_prior(y[train_rows], cfg.prior_rank)
         content = prior_loadings(emb, spec.prior_rank, train_cfg.loadings)
-        k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(ds, emb, y, split, cfg, seed, content, train_cfg.prior_mean)
+        k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(
+            ds, emb, y, split, cfg, seed, content, train_cfg.prior_mean, train_cfg.prior_item_folds
+        )
         bar.update(1)
         reward = fit_reward_model(emb, y, train_rows, float(lam_rm))
-        # GPO's prior (and the content-factor reference's) starts from this very reward model: the baseline
+        # GPO's prior (and the content-factor reference's) uses this very reward model: the baseline
         seed_cfg = replace(train_cfg, reward_lambda=float(lam_rm))
-        gpo_mean = reward.astype(np.float32) if train_cfg.prior_mean == "reward" else None
+        mean_of = item_prior_mean(train_cfg.prior_mean, emb, y, float(lam_rm), train_cfg.prior_item_folds)
+        gpo_mean = mean_of(train_rows).astype(np.float32) if mean_of is not None else None
         gpo_prior, gpo_known = fit_rating_prior(y[train_rows], spec.prior_rank, loadings=content, mean=gpo_mean)
 
         meta["chosen"][str(seed)] = {

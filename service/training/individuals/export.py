@@ -15,9 +15,10 @@ def rating_checkpoint(
     result: IndividualModel, ds: RatingsDataset, emb: np.ndarray, embedder_meta: dict, extra_meta: dict | None = None
 ) -> Checkpoint:
     """A servable rating (or comparison: pair classifier) checkpoint: the model, its feature spec, the prior bank
-    of the dataset's items (keyed by prompt + item text, as a served item is), and the content basis that gives
-    any other item its loadings, with the reward model's estimate as its mean (or, for a model whose prior mean
-    is the item mean, the training people's mean score)."""
+    of the dataset's items (keyed by prompt + item text, as a served item is: each with the training prior's mean,
+    so with prior_mean "shrunk" a known item's training ratings shrunk towards its text estimate), and the content
+    basis that gives any other item its loadings, with the reward model's estimate as its mean (or, for a model
+    whose prior mean is the item mean, the training people's mean score)."""
     assert result.kind in ("rating", "comparison", "comparison_bt") and result.prior is not None, (
         "a rating or comparison model"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -10,7 +11,13 @@ import torch
 
 from service.gpo.features import ContentBasis, FeatureSpec
 from service.gpo.prior import PopulationPrior
+from service.training.individuals.baselines import fit_reward_model, fit_reward_out_of_item
 from service.training.individuals.splits import PeopleSplit
+
+log = logging.getLogger(__name__)
+
+PRIOR_MEANS = ("shrunk", "reward", "items")
+KAPPA_MAX = 1e4  # pseudo-ratings of the text estimate at most: with ~25 ratings an item's mean then weighs 0.25%
 
 
 def fit_content_basis(emb: np.ndarray, rank: int) -> ContentBasis:
@@ -60,6 +67,67 @@ def fit_rating_prior(
     return PopulationPrior(mean.astype(np.float32), loadings.astype(np.float32)), known
 
 
+@dataclass(frozen=True)
+class Shrinkage:
+    """Item means shrunk towards a text estimate: mean_i = (n_i * ybar_i + kappa * r_i) / (n_i + kappa)."""
+
+    mean: np.ndarray  # [I]
+    kappa: float  # the text estimate's worth in ratings
+    sigma2: float  # pooled within-item variance of one rating
+    tau2: float  # variance of the true item means around the text estimate
+
+
+def shrink_item_means(y: np.ndarray, text: np.ndarray) -> Shrinkage:
+    """Empirical Bayes shrinkage of each item's mean rating over the people of y [P, I] (NaN = unrated) towards
+    `text` [I] (the item's estimate from its text; it must not have seen the item's own ratings).
+
+    Model: ybar_i = theta_i + e_i with e_i of variance sigma2 / n_i (people are exchangeable), and theta_i =
+    text_i + u_i with u_i of variance tau2; the posterior mean of theta_i is the formula above with kappa =
+    sigma2 / tau2. sigma2 is the pooled within-item variance, sum of (y_pi - ybar_i)^2 over sum of (n_i - 1)
+    (items with n_i >= 2); tau2 is the method-of-moments estimate mean_i[(ybar_i - text_i)^2 - sigma2 / n_i]
+    over the rated items, floored at sigma2 / KAPPA_MAX (so kappa is in [0, KAPPA_MAX]). Without two ratings of
+    any item there is no sigma2: kappa = KAPPA_MAX. Items nobody rated get text_i."""
+    assert text.shape == (y.shape[1],), "text must be [items]"
+    rated = ~np.isnan(y)
+    n = rated.sum(axis=0).astype(np.float64)  # [I]
+    ybar = np.where(n > 0, np.where(rated, y, 0.0).sum(axis=0) / np.maximum(n, 1.0), 0.0)
+    dof = float(np.maximum(n - 1.0, 0.0).sum())
+    if dof <= 0:
+        return Shrinkage(text.astype(np.float64), KAPPA_MAX, float("nan"), float("nan"))
+    sigma2 = float(np.where(rated, (y - ybar[None, :]) ** 2, 0.0).sum() / dof)
+    seen = n > 0
+    tau2 = float(np.mean((ybar[seen] - text[seen]) ** 2 - sigma2 / n[seen]))
+    tau2 = max(tau2, sigma2 / KAPPA_MAX, 1e-12)
+    kappa = min(sigma2 / tau2, KAPPA_MAX)
+    mean = np.where(seen, (n * ybar + kappa * text) / np.maximum(n + kappa, 1e-12), text)
+    return Shrinkage(mean, kappa, sigma2, tau2)
+
+
+def item_prior_mean(
+    how: str, emb: np.ndarray, y: np.ndarray, lam: float, item_folds: int = 10
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """`mean_of(rows)` for fit_person_priors: every item's prior mean [I] from the ratings of people `rows` only.
+
+    "reward": the reward model's estimate from the item's embedding (ridge `lam`); "shrunk": the item's mean
+    rating shrunk towards the reward model's out-of-item estimate (`item_folds` folds of items) by
+    shrink_item_means, an item those people never rated getting the reward model's estimate (as a new item does
+    when served); "items": None (fit_rating_prior's raw item means, unrated items unknown)."""
+    assert how in PRIOR_MEANS, f"prior_mean is one of {PRIOR_MEANS}, not {how!r}"
+    if how == "items":
+        return None
+    if how == "reward":
+        return lambda rows: fit_reward_model(emb, y, rows, lam)
+
+    def shrunk(rows: np.ndarray) -> np.ndarray:
+        text = fit_reward_out_of_item(emb, y, rows, lam, item_folds)
+        fit = shrink_item_means(y[rows], text)
+        log.info("shrunk prior mean of %d people: kappa %.3g", len(rows), fit.kappa)
+        unrated = np.isnan(y[rows]).all(axis=0)
+        return np.where(unrated, fit_reward_model(emb, y, rows, lam), fit.mean)
+
+    return shrunk
+
+
 @dataclass
 class PersonFeatures:
     """Item features [I, Dx] as one person sees them (their own ratings left out of the prior)."""
@@ -97,8 +165,8 @@ def fit_person_priors(
     in a fold); a validation person's from all fit people; test people (and serving) get the prior of fit +
     validation people, returned first. Rating-SVD loadings of every prior are rotated onto that one's basis (a
     k x k rotation: the only trace of a person's ratings in their features; content loadings have none).
-    `mean_of(rows)`, when given, is the prior's mean of every item from those people's ratings (a reward
-    model's estimate); it follows the same folds.
+    `mean_of(rows)`, when given, is the prior's mean of every item from those people's ratings only (see
+    item_prior_mean); it follows the same folds.
     """
     rows = lambda people: np.array([index[p] for p in people])  # noqa: E731
 
