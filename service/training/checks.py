@@ -3,7 +3,8 @@
 Run before anything expensive (embedding takes an hour on a large file): `gpo import csv|jsonl --dry-run`,
 `gpo check`, and the start of `gpo train` / `gpo eval` on a `--data` file. The counts follow what the code
 does with the data: a question is scored unless it is ordinal with all-equal ordinals (`scorable_question_ids`);
-a question gets a population prior when at least `MIN_PRIOR_GROUPS` groups answered it (`fit_group_priors`);
+a question's population prior is its training groups' answers (`fit_group_priors`), and the prior's loadings, and
+leave-one-out training on them, need questions that several groups share (`SHARED_GROUPS`);
 a test group needs `n_context + 1` scorable answers, else evaluation skips it (`make_split`); training sets aside
 validation groups among its training groups (`validation_groups`: at least one fit and one validation group).
 """
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.training.datasets import PreferenceDataset
-from service.training.features import MIN_PRIOR_GROUPS
 
 MIN_GROUPS = 3  # training needs a fit group and a validation group, evaluation a training and a test group
+# a question this many groups answered is shared: every one of them sees the answers of at least two others in its
+# leave-one-out prior, so training has something to learn the loadings' use from
+SHARED_GROUPS = 3
 DEFAULT_CONTEXT = 20  # context questions per test group, as the paper's protocol and `gpo eval`
 
 
@@ -31,7 +34,7 @@ class DatasetCheck:
     n_ordinal: int
     n_flat_ordinal: int  # ordinal questions whose ordinals are all equal: never scored
     n_answers: int  # (group, question) rows
-    n_prior_questions: int  # answered by >= MIN_PRIOR_GROUPS groups: these get a population prior
+    n_prior_questions: int  # answered by >= SHARED_GROUPS groups: what the prior's loadings learn from
     n_complete: int  # answered by every group
     n_context: int
     n_test_groups: int  # groups with >= n_context + 1 scorable answers
@@ -50,7 +53,7 @@ class DatasetCheck:
             f"questions: {self.n_questions} ({self.n_ordinal} ordinal, {self.n_questions - self.n_ordinal} "
             f"non-ordinal; {self.n_flat_ordinal} ordinal with all-equal ordinals, not scored)",
             f"answers (group, question rows): {self.n_answers}",
-            f"questions answered by >= {MIN_PRIOR_GROUPS} groups (they get a population prior): "
+            f"questions answered by >= {SHARED_GROUPS} groups (shared: the prior's loadings learn from them): "
             f"{self.n_prior_questions}",
             f"complete questions (answered by every group): {self.n_complete}",
             f"groups with >= {k + 1} scorable answers (usable as test groups at {k} context questions): "
@@ -69,7 +72,7 @@ def check_dataset(
     """Count what `dataset` (restricted to `groups`, default all) offers and list what stops training on it.
 
     `splits`: the train-group shares `gpo eval` will use (each must leave two training groups and a test group);
-    `need_prior`: whether some question must be answered by MIN_PRIOR_GROUPS groups (false without the prior).
+    `need_prior`: whether some question must be answered by SHARED_GROUPS groups (false without the prior).
     """
     groups = list(dataset.groups if groups is None else groups)
     questions = dataset.questions
@@ -86,7 +89,7 @@ def check_dataset(
         n_ordinal=n_ordinal,
         n_flat_ordinal=n_ordinal - sum(q.has_ordinal_spread for q in questions),
         n_answers=int(answered.sum()),
-        n_prior_questions=int((per_question >= MIN_PRIOR_GROUPS).sum()),
+        n_prior_questions=int((per_question >= SHARED_GROUPS).sum()),
         n_complete=int((per_question == len(groups)).sum()) if groups else 0,
         n_context=n_context,
         n_test_groups=int(test.sum()),
@@ -117,7 +120,7 @@ def _problems(check: DatasetCheck, n_scored: int, splits: Sequence[float], need_
         )
     if need_prior and check.n_prior_questions == 0:
         out.append(
-            f"no question was answered by {MIN_PRIOR_GROUPS} or more groups: the population prior learns from "
+            f"no question was answered by {SHARED_GROUPS} or more groups: the population prior learns from "
             "questions groups share; give groups common questions (or train with --no-use-prior)"
         )
     for s in splits:

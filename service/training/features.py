@@ -12,9 +12,10 @@ from service.training.datasets import PreferenceDataset
 from service.training.items import ItemTable
 
 # A question answered by fewer training groups than this has no prior: it is treated as new (known flag 0,
-# zero prior features), as a question no training group answered is at serving. On complete data (every
-# training group answered every question) this never applies.
-MIN_PRIOR_GROUPS = 3
+# zero prior features), as a question no training group answered is at serving. 1: every answer is used (a thin
+# question's own answers beat no prior: on ragged OpinionQA the readout alone went 0.9612 -> 0.9622 from a
+# threshold of 3 to 1, mean of 3 seeds). On complete data this never applies.
+MIN_PRIOR_GROUPS = 1
 
 
 @dataclass

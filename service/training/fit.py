@@ -416,8 +416,14 @@ def train_gpo(
         return episodes_loss(model, sample_batch())
 
     if cfg.choose_ridge and val.known and hasattr(model, "log_ridge") and model.cfg.kind == "choice":
-        ridge = choose_readout_ridge(model, lambda: float(np.mean(alignments(val.known, val.known_tq))))
-        log.info("ridge readout strength %.3g (chosen on the validation groups' known questions)", ridge)
+        # every training group (fit groups with their leave-one-out priors) scores the untrained readout: more
+        # groups than the validation ones alone, as latent_factor chooses its ridge over all training groups
+        ridge_eps = build_validation_episodes(
+            table, feats.x, feats.y, pools, source, scorable, scorable[:0], spec,
+            cfg.val_context, 1, cfg.seed + 1, make_eval_episode,
+        )  # fmt: skip
+        ridge = choose_readout_ridge(model, lambda: float(np.mean(alignments(ridge_eps.known, ridge_eps.known_tq))))
+        log.info("ridge readout strength %.3g (chosen on the training groups' known questions)", ridge)
     loop = meta_train_loop(model, opt, cfg, batch_loss, validate if val.known else None, last_parts, budget)
     model.load_state_dict(loop.best_state)
     model.eval()

@@ -37,7 +37,7 @@ def test_csv_dry_run_prints_the_counts_and_writes_nothing(tmp_path: Path) -> Non
         "groups: 4",
         "questions: 22 (0 ordinal, 22 non-ordinal; 0 ordinal with all-equal ordinals, not scored)",
         "answers (group, question rows): 88",
-        "questions answered by >= 3 groups (they get a population prior): 22",
+        "questions answered by >= 3 groups (shared: the prior's loadings learn from them): 22",
         "complete questions (answered by every group): 22",
         "groups with >= 21 scorable answers (usable as test groups at 20 context questions): 4",
         "scorable targets (those groups' scorable answers beyond 20 context questions, summed): 8",
