@@ -119,10 +119,9 @@ def _choose_baselines(
         rank = content.shape[1] if content is not None else cfg.prior_rank
         prior_folds = people_folds(ds, y, people, cfg.cv_folds, train_cfg.val_sizes, train_cfg.val_draws, seed)
         choice = choose_prior_mean(prior_folds, emb, y, content, rank, lam_rm, lam_cf, train_cfg.prior_item_folds)
-        if choice.chosen != prior_mean and content is not None:
-            prior_mean = choice.chosen
-            lam_cf = choose_cf()
         prior_mean = choice.chosen
+        if prior_mean != AUTO_CANDIDATES[0] and content is not None:
+            lam_cf = choose_cf()
     elif content is not None:
         lam_cf = choose_cf()
     return int(k), float(lam_rm), float(lam_lf), float(lam_cf), prior_mean, choice
