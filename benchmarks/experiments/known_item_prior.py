@@ -7,6 +7,8 @@ Two `gpo eval-individuals` runs on the same seeds (same people splits and contex
     gpo eval-individuals ... --prior-mean shrunk --json runs/prior-shrunk.json
     python benchmarks/experiments/known_item_prior.py runs/prior-reward.json runs/prior-shrunk.json
 
+(or --prior-mean auto for the second: what it chose per seed is printed too)
+
 prints, for each context size, each method's held-out pairwise accuracy per seed under both priors and the paired
 difference (second minus first): mean, 95% t-interval over seeds, paired bootstrap interval over test people.
 Only the methods whose prior mean changes differ (GPO and its readout alone, `content_factor`); the other
@@ -25,7 +27,7 @@ from service.training.individuals_report import margin
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("first", type=Path, help="records of the baseline prior (e.g. --prior-mean reward)")
-    ap.add_argument("second", type=Path, help="records of the new prior (e.g. --prior-mean shrunk)")
+    ap.add_argument("second", type=Path, help="records of the new prior (e.g. --prior-mean shrunk or auto)")
     ap.add_argument("--methods", default="gpo,content_factor,reward_model,global_mean")
     args = ap.parse_args()
     runs = [json.loads(p.read_text()) for p in (args.first, args.second)]
@@ -43,6 +45,15 @@ def main() -> None:
     ks = sorted({r["n_context"] for r in records})
     records = [r for r in records if r["seed"] in seeds]
     print(f"prior mean {names[0]!r} against {names[1]!r}: seeds {seeds}")
+    for run, name in zip(runs, names, strict=True):  # what "auto" chose per seed, on the training people
+        chosen = run["meta"].get("chosen", {})
+        cv = {s: chosen.get(str(s), {}).get("prior_cv") for s in seeds}
+        if any(cv.values()):
+            print(f"{name}: prior mean chosen per seed (CV over training people: shrunk - reward, se)")
+            for s in seeds:
+                c = cv[s]
+                if c:
+                    print(f"  s{s}: {c['chosen']} ({c['diff']:+.4f}, se {c['se']:.4f})")
     for k in ks:
         print(f"\n{k} context items: pairwise accuracy per seed")
         print("method | " + " | ".join(f"s{s}" for s in seeds) + " | mean")

@@ -32,6 +32,12 @@ def load_and_embed_ratings(data: Path | None, settings, prior_rank: int):
     return ds, emb, embedder, spec
 
 
+PRIOR_MEAN_HELP = (
+    "an item's prior mean: auto (reward, or shrunk when it beats reward by more than a standard error in "
+    "cross-validation over the training people) | reward | shrunk | items (default: the training config's, auto)"
+)
+
+
 def eval_individuals_cmd(
     data: Annotated[Path | None, typer.Option(help="per-person ratings JSONL (default: shipped NYT books)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the records and choices")] = None,
@@ -47,7 +53,7 @@ def eval_individuals_cmd(
     loadings: Annotated[str, typer.Option(help="prior loadings: content | ratings")] = "content",
     prior_mean: Annotated[
         str | None,
-        typer.Option(help="an item's prior mean: shrunk | reward | items (default: the training config's)"),
+        typer.Option(help=PRIOR_MEAN_HELP),
     ] = None,
     append: Annotated[
         bool, typer.Option(help="merge into the records already in --json (same method, seed and k: replaced)")
@@ -143,7 +149,7 @@ def train_individuals_cmd(
     ] = 1.0,
     prior_mean: Annotated[
         str | None,
-        typer.Option(help="an item's prior mean: shrunk | reward | items (default: the training config's)"),
+        typer.Option(help=PRIOR_MEAN_HELP),
     ] = None,
     kind: Annotated[
         str, typer.Option(help="rating | comparison (on pairs of items a person rated differently)")

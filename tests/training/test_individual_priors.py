@@ -11,6 +11,7 @@ from service.gpo.checkpoint import save_checkpoint
 from service.gpo.features import FeatureSpec
 from service.serving.predictor import Item, Predictor
 from service.training.individuals.baselines import fit_reward_model, fit_reward_out_of_item, fit_reward_regressor
+from service.training.individuals.cv import choose_prior_mean, people_folds
 from service.training.individuals.export import rating_checkpoint
 from service.training.individuals.priors import (
     KAPPA_MAX,
@@ -22,6 +23,7 @@ from service.training.individuals.priors import (
 )
 from service.training.individuals.splits import split_people
 from service.training.individuals.train import IndividualTrainConfig, train_individual_gpo
+from service.training.ratings import RatedItem, RatingsDataset
 
 from .test_individuals import synthetic
 
@@ -160,3 +162,82 @@ def test_a_known_item_is_served_the_shrunk_mean_and_a_new_item_the_reward_estima
     new = predictor.features(Item("A prompt nobody used?", ["a new response"], new_emb))
     assert new[0, p.start] == 1.0
     assert new[0, p.start + 1] == pytest.approx(float(reward.score(new_emb)[0]), abs=1e-5)
+
+
+def rated_population(pop_in_text: bool, seed: int = 0, n_people: int = 150, n_items: int = 50, per_person: int = 25):
+    """People rating 1..5: an item's popularity plus a taste direction in content space. pop_in_text: the
+    popularity is a linear function of the item's embedding (the text estimate has it; the item means add only
+    noise); else it is independent of the embedding (only the item's ratings tell it). (dataset, embeddings)."""
+    rng = np.random.default_rng(seed)
+    content = rng.normal(size=(n_items, 3))
+    extra = rng.normal(size=(n_items, 5))
+    emb = np.concatenate([content, extra], axis=1).astype(np.float32)
+    pop = extra @ rng.normal(scale=0.4, size=5) if pop_in_text else rng.normal(scale=0.8, size=n_items)
+    items = [RatedItem(f"i{j}", f"item number {j}") for j in range(n_items)]
+    scores = {}
+    for p in range(n_people):
+        taste = rng.normal(scale=0.5, size=3)
+        rated = rng.choice(n_items, size=per_person, replace=False)
+        latent = pop[rated] + content[rated] @ taste + rng.normal(scale=0.5, size=per_person)
+        levels = np.clip(np.round(3 + latent), 1, 5)
+        scores[f"p{p}"] = {f"i{j}": float(s) for j, s in zip(rated, levels, strict=True)}
+    ds = RatingsDataset(items=items, people=list(scores), scores=scores, scale=(1.0, 5.0), attributes={}, prompt="?")
+    return ds, emb
+
+
+def auto_choice(ds: RatingsDataset, emb: np.ndarray, y: np.ndarray | None = None):
+    split = split_people(ds.people, 0.7, seed=0)
+    y = ds.matrix() if y is None else y
+    folds = people_folds(ds, y, split.fit + split.val, 5, (2, 5, 10), 2, seed=0)
+    content = fit_content_basis(emb, 3).loadings(emb)
+    return choose_prior_mean(folds, emb, y, content, 3, 0.1, 1.0, 5)
+
+
+def test_auto_picks_shrunk_when_the_item_means_carry_signal_the_text_lacks() -> None:
+    choice = auto_choice(*rated_population(pop_in_text=False))
+    assert choice.chosen == "shrunk"
+    assert choice.diff > choice.se > 0
+    assert choice.scores["shrunk"] > choice.scores["reward"]
+
+
+def test_auto_keeps_reward_when_the_item_means_are_noise_around_the_text_estimate() -> None:
+    choice = auto_choice(*rated_population(pop_in_text=True))
+    assert choice.chosen == "reward"
+    assert choice.diff <= choice.se
+
+
+def test_auto_never_reads_a_test_persons_ratings() -> None:
+    ds, emb = rated_population(pop_in_text=False, n_people=60)
+    y = ds.matrix()
+    split = split_people(ds.people, 0.7, seed=0)
+    rng = np.random.default_rng(4)
+    changed = y.copy()
+    for person in split.test:  # every test person rates anything at all
+        row = ds.people.index(person)
+        changed[row] = np.where(np.isnan(y[row]), np.nan, rng.uniform(size=y.shape[1]))
+    assert auto_choice(ds, emb, changed) == auto_choice(ds, emb, y)
+    # and through training: the same choice, recorded in the model and its checkpoint's metrics
+    spec = FeatureSpec(emb_dim=emb.shape[1], use_embedding=True, use_prior=True, prior_rank=3)
+    cfg = IndividualTrainConfig(max_steps=2, eval_every=2, batch_size=2, time_budget_s=60, progress=False)
+    assert cfg.prior_mean == "auto"
+    tiny = {"d_model": 8, "n_layers": 1, "n_heads": 2, "d_ff": 8, "ridge_init": 1.0}
+    results = []
+    for m in (y, changed):
+        scores = {p: dict(s) for p, s in ds.scores.items()}
+        for p in split.test:
+            row = ds.people.index(p)
+            lo, hi = ds.scale
+            scores[p] = {
+                it.item_id: lo + (hi - lo) * float(m[row, j])
+                for j, it in enumerate(ds.items)
+                if it.item_id in scores[p]
+            }
+        ds_m = RatingsDataset(
+            items=ds.items, people=ds.people, scores=scores, scale=ds.scale, attributes={}, prompt="?"
+        )
+        results.append(train_individual_gpo(ds_m, emb, split, spec, cfg, "rating", tiny))
+    assert results[0].prior_choice == results[1].prior_choice is not None
+    assert results[0].prior_mean == results[0].prior_choice["chosen"]
+    meta = {"key_prefix": "synthetic", "template_version": "gpo-resp-v1", "dim": int(emb.shape[1])}
+    metrics = rating_checkpoint(results[0], ds, emb, meta).metrics
+    assert metrics["prior_mean"] == results[0].prior_mean and metrics["prior_cv"] == results[0].prior_choice

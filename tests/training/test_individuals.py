@@ -288,7 +288,9 @@ def test_evaluate_individuals_end_to_end(kind_comparison: bool) -> None:
     gpo = [r for r in records if r["method"] == "gpo" and r["n_context"] == 10][0]
     mean = [r for r in records if r["method"] == "global_mean" and r["n_context"] == 10][0]
     assert gpo["pairwise"] > mean["pairwise"]  # the content-factor readout personalises from the first step
-    assert set(meta["chosen"]["0"]) == {"knn_k", "reward_lambda", "lf_lambda", "content_lambda"}
+    chosen = meta["chosen"]["0"]
+    assert set(chosen) == {"knn_k", "reward_lambda", "lf_lambda", "content_lambda", "prior_mean", "prior_cv"}
+    assert chosen["prior_mean"] in ("reward", "shrunk") and chosen["prior_cv"]["chosen"] == chosen["prior_mean"]
 
 
 def test_bradley_terry_episode_and_loss() -> None:

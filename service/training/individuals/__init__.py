@@ -21,8 +21,8 @@ pairwise accuracy (pairs with different true scores ordered right; for the compa
 probability on each pair), exact-level accuracy (the nearest scale level to the predicted score is the rating).
 
 Modules, by stage: `priors` (content basis, rating prior, a person's features, fold priors), `splits` (people
-splits and context draws), `episodes` (rating, comparison and Bradley-Terry episodes), `train` (meta-training and
-a person's predictions), `baselines` (kNN, reward model, latent factor), `evaluate` (every method on the same
-draws), `export` (the servable checkpoint). The ranking and Bradley-Terry losses live with the model, in
-`service.gpo.losses`.
+splits and context draws), `episodes` (rating, comparison and Bradley-Terry episodes), `train` (meta-training and a
+person's predictions), `baselines` (kNN, reward model, latent factor), `cv` (cross-validation folds of training
+people, and prior_mean "auto" chosen on them), `evaluate` (every method on the same draws), `export` (the servable
+checkpoint). The ranking and Bradley-Terry losses live with the model, in `service.gpo.losses`.
 """

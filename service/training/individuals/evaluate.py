@@ -11,6 +11,7 @@ import numpy as np
 from service.gpo.features import FeatureSpec
 from service.progress import progress_bar
 from service.training.individuals.baselines import fit_reward_model, knn_predict, latent_factor_predict
+from service.training.individuals.cv import AUTO_CANDIDATES, PriorChoice, choose_best, choose_prior_mean, people_folds
 from service.training.individuals.priors import PersonFeatures, fit_rating_prior, item_prior_mean, prior_loadings
 from service.training.individuals.splits import PeopleSplit, context_draw, split_people
 from service.training.individuals.train import (
@@ -61,40 +62,23 @@ def _choose_baselines(
     cfg: IndividualEvalConfig,
     seed: int,
     content: np.ndarray | None,
-    prior_mean: str,
-    item_folds: int,
-) -> tuple[int, float, float, float]:
-    """(kNN k, reward-model ridge, latent-factor ridge, content-factor ridge), chosen by cross-validation over
-    the training people (fit + validation; `cv_folds` folds): each candidate is fitted on the other folds and
-    scored by mean pairwise accuracy on the fold's people, over every evaluated context size up to main_context
-    with `val_draws` context draws each; the best mean over all training people wins (first best on ties).
-    The content-factor reference's prior mean is GPO's (prior_mean), with the chosen reward model's ridge."""
-    index = {p: i for i, p in enumerate(ds.people)}
+    train_cfg: IndividualTrainConfig,
+) -> tuple[int, float, float, float, str, PriorChoice | None]:
+    """(kNN k, reward-model ridge, latent-factor ridge, content-factor ridge, prior mean, its choice when "auto"),
+    chosen by cross-validation over the training people (fit + validation; `cv_folds` folds): each candidate is
+    fitted on the other folds and scored by mean pairwise accuracy on the fold's people, over every evaluated
+    context size up to main_context with `val_draws` context draws each; the best mean over all training people
+    wins (first best on ties). The content-factor reference's prior mean is GPO's (train_cfg.prior_mean), with the
+    chosen reward model's ridge. prior_mean "auto" (cv.choose_prior_mean) is chosen on the same folds of people at
+    the training validation's context sizes and draws (train_cfg.val_sizes, val_draws), with the content-factor
+    ridge chosen under "reward"; that ridge is chosen again when "shrunk" wins."""
     people = list(split.fit) + list(split.val)
-    fold_of = np.random.default_rng(seed + 30_000).permutation(len(people)) % cfg.cv_folds
     sizes = [k for k in cfg.n_context if k <= cfg.main_context] or [cfg.main_context]
-    folds = []  # (rows the candidates are fitted on, [(y of the person, context, targets)])
-    for f in range(cfg.cv_folds):
-        rows = np.array([index[p] for p, g in zip(people, fold_of, strict=True) if g != f])
-        draws = [
-            (y[index[p]], *context_draw(ds, p, k, seed + 10_000 + d))
-            for p, g in zip(people, fold_of, strict=True)
-            if g == f
-            for k in sizes
-            for d in range(cfg.val_draws)
-        ]
-        folds.append((rows, draws))
+    folds = people_folds(ds, y, people, cfg.cv_folds, sizes, cfg.val_draws, seed)
 
     def choose(candidates: Sequence, predict) -> float | int:
         """predict(candidate, rows) -> a function (y_person, ctx, tgt) -> prediction."""
-        means = []
-        for cand in candidates:
-            accs = []
-            for rows, draws in folds:
-                fn = predict(cand, rows)
-                accs += [pairwise_accuracy(fn(yp, c, t), yp[t]) for yp, c, t in draws]
-            means.append(float(np.mean([a for a in accs if a is not None])))
-        return candidates[int(np.argmax(means))]
+        return choose_best(folds, candidates, predict)
 
     def knn(k: int, rows: np.ndarray):
         mean = fit_rating_prior(y[rows], 0)[0].mean
@@ -106,12 +90,12 @@ def _choose_baselines(
 
     means: dict[tuple, np.ndarray] = {}  # a fold's prior mean, the same for every candidate ridge
 
-    def factor(lam: float, rows: np.ndarray, loadings: np.ndarray | None = None, mean_lam: float | None = None):
+    def factor(lam: float, rows: np.ndarray, loadings: np.ndarray | None = None, mean_lam: float | None = None, how=""):
         mean = None
         if mean_lam is not None:
-            key = (mean_lam, rows.tobytes())
+            key = (how, mean_lam, rows.tobytes())
             if key not in means:
-                mean_of = item_prior_mean(prior_mean, emb, y, mean_lam, item_folds)
+                mean_of = item_prior_mean(how, emb, y, mean_lam, train_cfg.prior_item_folds)
                 assert mean_of is not None
                 means[key] = mean_of(rows).astype(np.float32)
             mean = means[key]
@@ -122,11 +106,25 @@ def _choose_baselines(
     k = choose(cfg.knn_k, knn)
     lam_rm = choose(cfg.reward_lambda, reward)
     lam_lf = choose(cfg.lf_lambda, factor)
-    lam_cf = 1.0
-    if content is not None:
+    prior_mean, choice = train_cfg.prior_mean, None
+
+    def choose_cf() -> float:
         mean_lam = lam_rm if prior_mean != "items" else None
-        lam_cf = choose(cfg.lf_lambda, lambda lam, rows: factor(lam, rows, content, mean_lam))
-    return int(k), float(lam_rm), float(lam_lf), float(lam_cf)
+        return choose(cfg.lf_lambda, lambda lam, rows: factor(lam, rows, content, mean_lam, prior_mean))
+
+    lam_cf = 1.0
+    if prior_mean == "auto":
+        prior_mean = AUTO_CANDIDATES[0]
+        lam_cf = choose_cf() if content is not None else 1.0
+        rank = content.shape[1] if content is not None else cfg.prior_rank
+        prior_folds = people_folds(ds, y, people, cfg.cv_folds, train_cfg.val_sizes, train_cfg.val_draws, seed)
+        choice = choose_prior_mean(prior_folds, emb, y, content, rank, lam_rm, lam_cf, train_cfg.prior_item_folds)
+        prior_mean = choice.chosen
+        if prior_mean != AUTO_CANDIDATES[0] and content is not None:
+            lam_cf = choose_cf()
+    elif content is not None:
+        lam_cf = choose_cf()
+    return int(k), float(lam_rm), float(lam_lf), float(lam_cf), prior_mean, choice
 
 
 def _person_metrics(ds: RatingsDataset, pred_norm: np.ndarray, y_norm: np.ndarray) -> dict[str, float | None]:
@@ -169,14 +167,15 @@ def evaluate_individuals(
         train_rows = np.array([index[p] for p in split.fit + split.val])
         prior, _ = fit_rating_prior(y[train_rows], cfg.prior_rank)
         content = prior_loadings(emb, spec.prior_rank, train_cfg.loadings)
-        k_best, lam_rm, lam_lf, lam_cf = _choose_baselines(
-            ds, emb, y, split, cfg, seed, content, train_cfg.prior_mean, train_cfg.prior_item_folds
+        k_best, lam_rm, lam_lf, lam_cf, prior_mean, choice = _choose_baselines(
+            ds, emb, y, split, cfg, seed, content, train_cfg
         )
         bar.update(1)
         reward = fit_reward_model(emb, y, train_rows, float(lam_rm))
-        # GPO's prior (and the content-factor reference's) uses this very reward model: the baseline
-        seed_cfg = replace(train_cfg, reward_lambda=float(lam_rm))
-        mean_of = item_prior_mean(train_cfg.prior_mean, emb, y, float(lam_rm), train_cfg.prior_item_folds)
+        # GPO's prior (and the content-factor reference's) uses this very reward model: the baseline; and the
+        # same prior mean ("auto" resolved once per seed, for both)
+        seed_cfg = replace(train_cfg, reward_lambda=float(lam_rm), prior_mean=prior_mean)
+        mean_of = item_prior_mean(prior_mean, emb, y, float(lam_rm), train_cfg.prior_item_folds)
         gpo_mean = mean_of(train_rows).astype(np.float32) if mean_of is not None else None
         gpo_prior, gpo_known = fit_rating_prior(y[train_rows], spec.prior_rank, loadings=content, mean=gpo_mean)
 
@@ -185,6 +184,8 @@ def evaluate_individuals(
             "reward_lambda": lam_rm,
             "lf_lambda": lam_lf,
             "content_lambda": lam_cf,
+            "prior_mean": prior_mean,
+            **({"prior_cv": choice.to_dict()} if choice is not None else {}),
         }
         # the ridge readout starts at the strength the content-factor reference chose on the validation people
         rating_cfg = {"ridge_init": lam_cf, **(model_cfg or {})}

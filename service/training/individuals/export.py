@@ -45,6 +45,8 @@ def rating_checkpoint(
         "wall_s": result.wall_s,
         "stopped_by": result.stop.reason if result.stop else None,
         "shortfall": result.shortfall,
+        "prior_mean": result.prior_mean,
+        "prior_cv": result.prior_choice,
         "history": result.history,
     }
     return Checkpoint(result.model, meta, PriorBank(result.prior, rows), metrics, extra=extra)

@@ -17,6 +17,7 @@ from service.gpo.prior import PopulationPrior
 from service.training.budget import Budget, TrainingStop
 from service.training.fit import TrainConfig, meta_train_loop
 from service.training.individuals.baselines import fit_pair_beta, fit_reward_regressor
+from service.training.individuals.cv import AUTO_CANDIDATES, choose_prior_mean, people_folds
 from service.training.individuals.episodes import bt_episode, comparison_episode, comparison_pairs, rating_episode
 from service.training.individuals.priors import PersonFeatures, fit_person_priors, item_prior_mean, prior_loadings
 from service.training.individuals.splits import PeopleSplit, context_draw, rated_rows
@@ -62,8 +63,11 @@ class IndividualTrainConfig(TrainConfig):
     # Measured on held-out NYT people (benchmarks/experiments/individual_prior_mean.py): the reward model's
     # estimate makes the personal readout better than the raw item mean at every context size; and GPO with
     # "shrunk" is 0.0020 lower at 10 context items (95% t over 10 seeds [-0.0036, -0.0004]), level at 1-5 and 20
-    # (benchmarks/experiments/known_item_prior.py, results/known_item_prior.txt).
-    prior_mean: str = "reward"
+    # (benchmarks/experiments/known_item_prior.py, results/known_item_prior.txt); on other data the item's own
+    # mean wins. So the default, "auto", chooses "reward" or "shrunk" per data set by cross-validation over the
+    # meta-train people (cv.choose_prior_mean: the readout alone at val_sizes, val_draws draws, `prior_folds`
+    # folds; "shrunk" only when it beats "reward" by more than one standard error of the paired difference).
+    prior_mean: str = "auto"
     prior_item_folds: int = 10
     reward_lambda: float = 1.0  # what cross-validation chose in every seed of `gpo eval-individuals`
     # comparison kind, score head: start every response's score at the closed-form pair readout (the reward
@@ -89,6 +93,8 @@ class IndividualModel:
     history: list[dict] = field(default_factory=list)
     stop: TrainingStop | None = None
     shortfall: str | None = None  # why the run is too short to trust (TrainingStop.shortfall), None when it is not
+    prior_mean: str = "reward"  # the prior mean used (what "auto" chose)
+    prior_choice: dict | None = None  # with "auto": the choice and its cross-validation scores (PriorChoice)
 
 
 def train_individual_gpo(
@@ -114,7 +120,16 @@ def train_individual_gpo(
     source = list(split.fit) + list(split.val)
     feats = PersonFeatures(spec, emb)
     content = prior_loadings(emb, spec.prior_rank, cfg.loadings)
-    mean_of = item_prior_mean(cfg.prior_mean, emb, y, cfg.reward_lambda, cfg.prior_item_folds)
+    prior_mean, choice = cfg.prior_mean, None
+    if prior_mean == "auto":
+        prior_mean = AUTO_CANDIDATES[0]
+        if spec.use_prior:
+            folds = people_folds(ds, y, source, cfg.prior_folds, cfg.val_sizes, cfg.val_draws, cfg.seed)
+            ridge = float((model_cfg or {}).get("ridge_init", GPOConfig.ridge_init))
+            args = (emb, y, content, spec.prior_rank, cfg.reward_lambda, ridge, cfg.prior_item_folds)
+            choice = choose_prior_mean(folds, *args)
+            prior_mean = choice.chosen
+    mean_of = item_prior_mean(prior_mean, emb, y, cfg.reward_lambda, cfg.prior_item_folds)
     reward = None
     if spec.use_prior:
         if mean_of is not None:  # a new item's prior mean, when served
@@ -256,7 +271,21 @@ def train_individual_gpo(
     if shortfall is not None:
         log.warning("%s GPO: %s", kind, shortfall)
     return IndividualModel(
-        model, spec, full, known, reward, kind, best_val, best_step, step, wall, loop.history, stop, shortfall
+        model,
+        spec,
+        full,
+        known,
+        reward,
+        kind,
+        best_val,
+        best_step,
+        step,
+        wall,
+        loop.history,
+        stop,
+        shortfall,
+        prior_mean,
+        choice.to_dict() if choice is not None else None,
     )
 
 
