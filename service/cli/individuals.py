@@ -32,6 +32,15 @@ def load_and_embed_ratings(data: Path | None, settings, prior_rank: int):
     return ds, emb, embedder, spec
 
 
+def checked_prior_mean(value: str) -> str:
+    """`--prior-mean`, refused up front (before any embedding) unless it is auto or one of PRIOR_MEANS."""
+    from service.training.individuals.priors import PRIOR_MEANS
+
+    if value not in ("auto", *PRIOR_MEANS):
+        raise typer.BadParameter(f"--prior-mean must be one of auto, {', '.join(PRIOR_MEANS)}; got {value!r}")
+    return value
+
+
 PRIOR_MEAN_HELP = (
     "an item's prior mean: auto (reward, or shrunk when it beats reward by more than a standard error in "
     "cross-validation over the training people) | reward | shrunk | items (default: the training config's, auto)"
@@ -63,6 +72,7 @@ def eval_individuals_cmd(
     """Individuals (a person is a group of one): GPO on ratings and on comparisons beside the baselines, on
     held-out people of a per-person ratings dataset."""
     set_up_logging_and_threads(threads)
+    prior_mean = checked_prior_mean(prior_mean) if prior_mean is not None else None  # before any embedding
     from service.config import get_settings
     from service.training.data_description import describe_ratings
     from service.training.individuals.evaluate import IndividualEvalConfig, evaluate_individuals
@@ -184,6 +194,7 @@ def train_individuals_cmd(
     if head not in ("score", "pair"):
         raise typer.BadParameter(f"head is score or pair, not {head!r}")
     set_up_logging_and_threads(threads)
+    prior_mean = checked_prior_mean(prior_mean) if prior_mean is not None else None  # before any embedding
     from service.config import get_settings
     from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION
     from service.gpo.checkpoint import save_checkpoint
