@@ -153,7 +153,7 @@ def evaluate_split(
                     "subset": subset,
                     "alignment": float(np.mean(pooled)),
                     "n_scored": len(pooled),
-                    "per_group": {g: float(np.mean(v)) for g, v in pg.items()},
+                    "per_group": {g: float(np.mean(v)) for g, v in pg.items() if v},  # groups with a scored target
                 }
             )
     return records

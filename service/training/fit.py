@@ -179,7 +179,9 @@ def predict_episodes(model: GPO, episodes: Sequence[Episode], chunk: int = 8) ->
 
 
 def split_by_question(table: ItemTable, tgt_q: np.ndarray, values: np.ndarray) -> list[np.ndarray]:
-    """Cut a flat per-target-item vector into one array per target question."""
+    """Cut a flat per-target-item vector into one array per target question (none for no target question)."""
+    if len(tgt_q) == 0:
+        return []
     return np.split(values, np.cumsum(table.q_len[tgt_q])[:-1])
 
 

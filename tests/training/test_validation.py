@@ -157,3 +157,26 @@ def test_training_starts_from_the_chosen_ridge(monkeypatch):
         table, ds, ds.groups[:7], ds.groups[7:], table.qindex(qids), spec, _cfg(max_steps=0, choose_ridge=False), SMALL
     )
     assert calls == []
+
+
+def test_a_test_group_without_targets_gets_no_predictions():
+    """Ragged data: a test group whose answered questions are all in its context has no target (found on
+    GlobalOpinionQA's new-questions protocol, where it crashed the run)."""
+    from service.training.fit import split_by_question
+    from service.training.splits import Split
+
+    torch.set_num_threads(1)
+    ds = synthetic_dataset(n_groups=8, n_questions=20)
+    n_items = sum(q.n_options for q in ds.questions)
+    table = build_item_table(ds.questions, np.zeros((n_items, 4), np.float32))
+    assert split_by_question(table, np.zeros(0, dtype=np.int64), np.zeros(0)) == []
+    qids = scorable_question_ids(ds)
+    spec = FeatureSpec(emb_dim=4, prior_rank=2)
+    result = train_gpo(table, ds, ds.groups[:4], ds.groups[4:6], table.qindex(qids), spec, _cfg(max_steps=0), SMALL)
+    ctx = tuple(qids[:5])
+    split = Split(
+        tuple(ds.groups[:6]), tuple(ds.groups[6:]), ctx, tuple(qids[5:]), 0.6, 0,
+        {g: ctx for g in ds.groups[6:]}, {ds.groups[6]: tuple(qids[5:]), ds.groups[7]: ()},
+    )  # fmt: skip
+    preds = gpo_predictions(result, table, ds, split)
+    assert set(preds[0]) == set(qids[5:]) and preds[1] == {}
