@@ -216,3 +216,13 @@ def test_a_ratings_file_without_a_prompt_says_so(tmp_path: Path) -> None:
         for m in ("gpo", "reward_model")
     ]
     assert "(no question wording in the data; `trails.jsonl.gz`)" in individuals_markdown(records, meta, None)
+
+
+def test_an_interrupted_evaluation_says_so(tmp_path: Path) -> None:
+    ds, path = my_survey(tmp_path)
+    records = [{"method": "gpo", "protocol": "groups", "subset": "all", "split": 0.6, "seed": 0, "n_context": 4,
+                "alignment": 0.9, "train_wall_s": 1.0}]  # fmt: skip
+    meta = {"data": describe_groups(ds, path), "n_context": 4}
+    assert "**Incomplete:**" in results_markdown(records, [], {**meta, "complete": False}, {})
+    assert "Incomplete" not in results_markdown(records, [], {**meta, "complete": True}, {})
+    assert "Incomplete" not in results_markdown(records, [], meta, {})  # records saved before the flag existed
