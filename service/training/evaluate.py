@@ -23,7 +23,7 @@ from service.training.fit import (
     train_gpo,
 )
 from service.training.items import ItemTable
-from service.training.metrics import question_alignments
+from service.training.metrics import group_contrast, question_alignments
 from service.training.splits import (
     Split,
     answered_sets,
@@ -147,16 +147,40 @@ def evaluate_split(
             pooled = [s for v in pg.values() for s in v]
             if not pooled:  # e.g. a dataset without contentious tags: no record rather than a NaN score
                 continue
-            records.append(
-                {
-                    "method": method,
-                    "subset": subset,
-                    "alignment": float(np.mean(pooled)),
-                    "n_scored": len(pooled),
-                    "per_group": {g: float(np.mean(v)) for g, v in pg.items() if v},  # groups with a scored target
-                }
-            )
+            record = {
+                "method": method,
+                "subset": subset,
+                "alignment": float(np.mean(pooled)),
+                "n_scored": len(pooled),
+                "per_group": {g: float(np.mean(v)) for g, v in pg.items() if v},  # groups with a scored target
+            }
+            record.update(contrast_fields(dataset, split.test_groups, per_group, qids, own_targets))
+            records.append(record)
     return records
+
+
+def contrast_fields(
+    dataset: PreferenceDataset,
+    groups: Sequence[str],
+    per_group: Sequence[dict],
+    qids: Sequence[str],
+    own_targets: dict[str, set[str]],
+) -> dict:
+    """The method's group contrast on `qids` (`metrics.group_contrast`: r between predicted and true differences of
+    every pair of test groups that had the question as a target, with both spreads); {} when no question has two
+    such groups."""
+    items = []
+    for q in qids:
+        have = [(g, p) for g, p in zip(groups, per_group, strict=True) if q in own_targets[g] and dataset.has(g, q)]
+        if len(have) >= 2:
+            items.append(
+                (dataset.question(q), [np.asarray(p[q]) for _, p in have], [dataset.dist(g, q) for g, _ in have])
+            )
+    try:
+        c = group_contrast(items)
+    except ValueError:  # no question with two groups, or no true difference: nothing to report
+        return {}
+    return {"contrast_r": c.r, "pred_spread": c.pred_spread, "true_spread": c.true_spread, "contrast_pairs": c.n_pairs}
 
 
 def run_group_protocol(

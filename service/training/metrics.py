@@ -17,7 +17,7 @@ Every metric has a vectorised form (`*_alignments`) over leading batch axes: `pr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +166,67 @@ def score_alignment(items: Iterable[tuple[Question, ArrayLike, ArrayLike]]) -> A
     if n_scored == 0:
         raise ValueError(f"no question could be scored ({n_skipped} skipped as undefined)")
     return AlignmentScore(mean=total / n_scored, n_scored=n_scored, n_skipped=n_skipped)
+
+
+@dataclass(frozen=True)
+class GroupContrast:
+    """How well predicted differences between groups follow the true ones (see `group_contrast`)."""
+
+    r: float  # correlation of predicted with true pairwise differences; 0 when every group is predicted alike
+    pred_spread: float  # root mean square of the predicted pairwise differences
+    true_spread: float  # the same for the true answers
+    n_pairs: int  # (question, group pair) differences compared
+
+
+def answer_summary(question: Question, dist: ArrayLike) -> np.ndarray | None:
+    """What a contrast between two groups compares on one question: the expected ordinal position scaled to
+    [0, 1] (a 1-vector) on an ordinal question, the option probabilities on a non-ordinal one; None for an
+    ordinal question whose ordinals are all equal."""
+    d = _finite("dist", dist)
+    if question.ordinals is None:
+        return d
+    if not question.has_ordinal_spread:
+        return None
+    o = np.asarray(question.ordinals, dtype=np.float64)
+    return np.atleast_1d((d * (o - o.min())).sum(axis=-1) / (o.max() - o.min()))
+
+
+def group_contrast(items: Iterable[tuple[Question, Sequence[ArrayLike], Sequence[ArrayLike]]]) -> GroupContrast:
+    """Group contrast over questions: items are (question, predicted dists, true dists), one per group that
+    answered it. For every pair of those groups, the predicted difference of their `answer_summary` is compared
+    with the true one. `r` is the correlation through zero, sum(dp dt) / sqrt(sum dp^2 sum dt^2): the Pearson r
+    over both orders of every pair (whose differences have mean 0 by symmetry). A model that answers every group
+    alike has no predicted difference: its r is reported as 0, not left undefined. Raises ValueError when no
+    question has two groups (nothing to compare) or when every true difference is 0.
+    """
+    dps, dts, n_pairs = [], [], 0
+    for question, preds, trues in items:
+        if len(preds) != len(trues):
+            raise ValueError(f"question {question.qid!r}: {len(preds)} predictions for {len(trues)} true answers")
+        if len(preds) < 2:
+            continue
+        p = [answer_summary(question, x) for x in preds]
+        t = [answer_summary(question, x) for x in trues]
+        if t[0] is None:
+            continue
+        p_arr, t_arr = np.stack(p), np.stack(t)  # [G, d]
+        i, j = np.triu_indices(len(p), k=1)
+        dps.append((p_arr[i] - p_arr[j]).ravel())
+        dts.append((t_arr[i] - t_arr[j]).ravel())
+        n_pairs += len(i)
+    if not dps:
+        raise ValueError("no question was answered by two groups: no contrast to measure")
+    dp, dt = np.concatenate(dps), np.concatenate(dts)
+    if not np.any(dt):
+        raise ValueError("every true difference between groups is 0: the contrast is undefined")
+    norm = float(np.sqrt((dp**2).sum() * (dt**2).sum()))
+    r = float((dp * dt).sum() / norm) if norm > 0 else 0.0
+    return GroupContrast(
+        r=r,
+        pred_spread=float(np.sqrt(np.mean(dp**2))),
+        true_spread=float(np.sqrt(np.mean(dt**2))),
+        n_pairs=n_pairs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- ratings

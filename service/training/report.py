@@ -162,16 +162,47 @@ def _verdict(records: Sequence[dict], data: dict, n_context: int) -> list[str]:
 
 
 def _new_question_table(rows: Sequence[dict]) -> str:
-    lines = ["| method | subset | alignment (mean ± std over seeds) |", "|---|---|---|"]
+    with_contrast = any("contrast_r" in r for r in rows)  # records written before the contrast have none
+    lines = (
+        [
+            "| method | subset | alignment (mean ± std over seeds) | group contrast r | spread predicted / true |",
+            "|---|---|---|---|---|",
+        ]
+        if with_contrast
+        else ["| method | subset | alignment (mean ± std over seeds) |", "|---|---|---|"]
+    )
     for m in dict.fromkeys(r["method"] for r in rows):
         for subset in dict.fromkeys(r["subset"] for r in rows):
-            v = [r["alignment"] for r in rows if r["method"] == m and r["subset"] == subset]
-            if v:
-                lines.append(f"| {m} | {subset} | {np.mean(v):.4f} ± {np.std(v):.4f} |")
+            found = [r for r in rows if r["method"] == m and r["subset"] == subset]
+            if not found:
+                continue
+            v = [r["alignment"] for r in found]
+            row = f"| {m} | {subset} | {np.mean(v):.4f} ± {np.std(v):.4f} |"
+            if with_contrast:
+                c = [r for r in found if "contrast_r" in r]
+                contrast, spread = "–", "–"
+                if c:
+                    contrast = f"{np.mean([r['contrast_r'] for r in c]):.2f}"
+                    spread = (
+                        f"{np.mean([r['pred_spread'] for r in c]):.3f} / {np.mean([r['true_spread'] for r in c]):.3f}"
+                    )
+                row += f" {contrast} | {spread} |"
+            lines.append(row)
     g_new = mean_alignment(rows, method="gpo", subset="all")
     u_new = mean_alignment(rows, method="uniform", subset="all")
     g_known = mean_alignment(rows, method="gpo", subset="known_questions")
     u_known = mean_alignment(rows, method="uniform", subset="known_questions")
+    lines += (
+        [
+            "",
+            "Group contrast: the correlation between predicted and true differences of every pair of test groups on "
+            "each question (expected ordinal position scaled to [0, 1]; option probabilities on non-ordinal "
+            "questions), through zero; a method that answers every group alike scores 0. Spread: the root mean "
+            "square of those differences.",
+        ]
+        if with_contrast
+        else []
+    )
     if None not in (g_new, u_new, g_known, u_known) and g_known != u_known:
         kept = (g_new - u_new) / (g_known - u_known)
         lines += [

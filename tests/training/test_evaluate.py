@@ -70,6 +70,12 @@ def test_group_protocol_records_curve_and_examples(setup):
     gpo = next(r for r in main if r["method"] == "gpo")
     assert {"train_wall_s", "best_step", "val_alignment"} <= set(gpo)
     assert examples and all(len(e["true"]) == len(e["gpo"]) == len(e["options"]) for e in examples)
+    # group contrast: uniform answers every group alike (r 0, no spread); the low-rank baseline follows the groups
+    by = {r["method"]: r for r in main if r["subset"] == "all"}
+    assert by["uniform"]["contrast_r"] == 0.0 and by["uniform"]["pred_spread"] == 0.0
+    assert by["latent_factor"]["contrast_r"] > 0.5 and by["latent_factor"]["pred_spread"] > 0
+    assert all(r["true_spread"] == by["uniform"]["true_spread"] for r in by.values())
+    assert all(-1 <= r["contrast_r"] <= 1 and r["contrast_pairs"] > 0 for r in by.values())
 
 
 def test_new_question_split_holds_questions_out():
@@ -90,6 +96,13 @@ def test_new_question_protocol_scores_held_out_and_known_questions(setup):
     subsets = {(r["method"], r["subset"]) for r in records}
     assert subsets == {("gpo", "all"), ("uniform", "all"), ("gpo", "known_questions"), ("uniform", "known_questions")}
     assert all(r["protocol"] == "new_questions" for r in records)
+    assert all({"contrast_r", "pred_spread", "true_spread"} <= set(r) for r in records)
+    # the page's new-questions table carries the contrast; records from before it have none and keep the old table
+    from service.training.report import _new_question_table
+
+    assert "| group contrast r |" in _new_question_table(records)
+    plain = _new_question_table([{k: v for k, v in r.items() if k != "contrast_r"} for r in records])
+    assert "contrast" not in plain and "| gpo | all |" in plain
 
 
 def test_latent_factor_is_the_ridge_estimate_and_chooses_its_ridge_on_train_groups():

@@ -214,3 +214,53 @@ def test_nan_is_never_a_perfect_score() -> None:
         score_alignment([(nominal, [0.5, 0.5], [0.5, 0.5]), (nominal, [np.nan, 1.0], [0.5, 0.5])])
     with pytest.raises(ValueError, match="NaN or inf"):
         js_alignments(np.array([[0.5, 0.5], [np.nan, 0.5]]), [0.5, 0.5])
+
+
+# ------------------------------------------------------------------------------------------ group contrast
+
+from service.training.metrics import answer_summary, group_contrast  # noqa: E402
+
+ORD = Question("o", "?", ("a", "b", "c"), (1.0, 2.0, 3.0))
+NOM = Question("n", "?", ("a", "b", "c"))
+
+
+def test_answer_summary_is_scaled_expected_position_or_the_distribution():
+    assert answer_summary(ORD, [0.0, 0.0, 1.0]).tolist() == [1.0]
+    assert answer_summary(ORD, [0.5, 0.0, 0.5]).tolist() == [0.5]
+    assert answer_summary(NOM, [0.2, 0.3, 0.5]).tolist() == [0.2, 0.3, 0.5]
+    assert answer_summary(Question("f", "?", ("a", "b"), (1.0, 1.0)), [0.5, 0.5]) is None
+
+
+def test_group_contrast_perfect_alike_and_reversed():
+    true = [[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]]
+    same = group_contrast([(ORD, true, true), (NOM, true, true)])
+    assert same.r == pytest.approx(1.0) and same.pred_spread == pytest.approx(same.true_spread)
+    assert same.n_pairs == 6  # 3 pairs on each of 2 questions
+    alike = group_contrast([(ORD, [[1 / 3] * 3] * 3, true)])  # every group predicted the same: r is 0
+    assert alike.r == 0.0 and alike.pred_spread == 0.0 and alike.true_spread > 0
+    swapped = group_contrast([(ORD, true[1::-1], true[:2]), (NOM, true[1::-1], true[:2])])  # two groups swapped
+    assert swapped.r == pytest.approx(-1.0)
+
+
+def test_group_contrast_is_invariant_to_a_shared_shift_and_scale_of_predictions():
+    rng = np.random.default_rng(0)
+    true = rng.dirichlet(np.ones(3), size=5)
+    pos = np.array([answer_summary(ORD, t)[0] for t in true])  # expected positions of the 5 groups
+    # predictions whose expected positions are 0.3 + 0.2 * the true ones: a shrunk, shifted copy
+    target = 0.3 + 0.2 * pos
+    preds = np.stack([np.array([1 - t, 0.0, t]) for t in target])
+    c = group_contrast([(ORD, preds, true)])
+    assert c.r == pytest.approx(1.0)
+    assert c.pred_spread == pytest.approx(0.2 * c.true_spread)
+
+
+def test_group_contrast_skips_single_group_and_flat_questions_and_refuses_nothing_to_compare():
+    flat = Question("f", "?", ("a", "b"), (1.0, 1.0))
+    one = group_contrast([(ORD, [[1, 0, 0], [0, 0, 1]], [[1, 0, 0], [0, 0, 1]]), (NOM, [[1, 0, 0]], [[0, 1, 0]])])
+    assert one.n_pairs == 1
+    with pytest.raises(ValueError, match="two groups"):
+        group_contrast([(NOM, [[1, 0, 0]], [[0, 1, 0]]), (flat, [[1, 0], [0, 1]], [[1, 0], [0, 1]])])
+    with pytest.raises(ValueError, match="every true difference"):
+        group_contrast([(ORD, [[1, 0, 0], [0, 0, 1]], [[0, 1, 0], [0, 1, 0]])])
+    with pytest.raises(ValueError, match="2 predictions for 3"):
+        group_contrast([(ORD, [[1, 0, 0]] * 2, [[1, 0, 0]] * 3)])
