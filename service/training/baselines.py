@@ -233,7 +233,7 @@ LATENT_RANK = 8  # the rank of GPO's population-prior features
 RIDGE_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)  # the ridge strength is chosen on the train groups
 
 
-def _factorise(y: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+def factorise(y: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean [I] and loadings U_k S_k / sqrt(G) [I, k] of answers y [I, G] (as service.gpo.prior).
 
     Ragged answers (NaN: not answered): the mean over the groups that answered, and the SVD of the centred
@@ -262,7 +262,7 @@ def _ridge_predict(
     return mean + loadings @ z
 
 
-def _normalise_blocks(values: np.ndarray, bounds: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+def normalise_blocks(values: np.ndarray, bounds: Sequence[tuple[int, int]]) -> list[np.ndarray]:
     out = []
     for a, b in bounds:
         p = np.clip(values[a:b], 1e-4, None)
@@ -287,7 +287,7 @@ def latent_factor_many(
     given, is chosen from RIDGE_GRID by leaving each train group out in turn (fit on the others, its
     answers on the first context's questions as context, its targets scored): the test groups are never
     used. Ragged data: the context and target questions some train group answered are used, and the answers
-    matrix has gaps (filled as `_factorise` says); a target no train group answered raises
+    matrix has gaps (filled as `factorise` says); a target no train group answered raises
     UnknownQuestionError.
     """
     questions = [_resolve(dataset, t) for t in targets]
@@ -315,12 +315,12 @@ def latent_factor_many(
 
     if ridge is None:
         ridge = _choose_ridge(dataset, train, y, rank, rows_of(contexts[0]) if contexts else None, questions, bounds)
-    mean, loadings = _factorise(y, rank)
+    mean, loadings = factorise(y, rank)
     out = []
     for context in contexts:
         r = rows_of(context)
         true = np.concatenate([np.asarray(context[q], dtype=np.float64) for q in context if q in where])
-        pred = _normalise_blocks(_ridge_predict(mean, loadings, r, true, ridge), bounds)
+        pred = normalise_blocks(_ridge_predict(mean, loadings, r, true, ridge), bounds)
         out.append({q.qid: p for q, p in zip(questions, pred, strict=True)})
     return out
 
@@ -353,9 +353,9 @@ def _choose_ridge(
         ]
         if rows.size == 0 or not scored:
             continue
-        mean, loadings = _factorise(others, rank)
+        mean, loadings = factorise(others, rank)
         for i, lam in enumerate(RIDGE_GRID):
-            pred = _normalise_blocks(_ridge_predict(mean, loadings, rows, y[rows, j], lam), bounds)
+            pred = normalise_blocks(_ridge_predict(mean, loadings, rows, y[rows, j], lam), bounds)
             scores = [question_alignments(questions[k], pred[k], dataset.dist(g, questions[k].qid)) for k in scored]
             totals[i] += np.mean([float(s) for s in scores if s is not None])
     return float(RIDGE_GRID[int(np.argmax(totals))])

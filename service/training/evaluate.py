@@ -24,6 +24,7 @@ from service.training.fit import (
 )
 from service.training.items import ItemTable
 from service.training.metrics import group_contrast, question_alignments
+from service.training.probe import linear_probe_many
 from service.training.splits import (
     Split,
     answered_sets,
@@ -106,11 +107,15 @@ def evaluate_split(
     lm_methods: Sequence[str] = (),
     lm_sample: Sequence[str] = (),
     subsets: Sequence[str] = SUBSETS,
+    probe_known: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Records {method, subset, alignment, per_group, n_scored} for GPO (if given) and the baselines.
+    """Records {method, subset, alignment, per_group, n_scored, contrast_r, ...} for GPO (if given) and the
+    baselines.
 
     With `lm` and `lm_methods`, the LLM baselines are scored too, on the targets in `lm_sample`
     (subset "lm_sample", where every other method is scored as well, for a like-for-like comparison).
+    With `probe_known` (the questions whose train-group answers it may use), the text baseline `linear_probe`
+    (service.training.probe) is scored too.
     """
     contexts = [group_context(dataset, g, split.context_of(g)) for g in split.test_groups]
     targets = split.all_targets  # each group is scored on its own targets (`Split.targets_of`)
@@ -119,6 +124,10 @@ def evaluate_split(
         methods["gpo"] = gpo_predictions(result, table, dataset, split)
     for name in baselines:
         methods[name] = predict_many(name, dataset, split.train_groups, contexts, targets)
+    if probe_known is not None:
+        methods["linear_probe"] = linear_probe_many(
+            dataset, table, split.train_groups, probe_known, contexts, targets, seed=split.seed
+        )
     subset_qids = {
         "all": list(targets),
         "contentious": [q for q in targets if "contentious" in dataset.question(q).tags],
@@ -342,7 +351,8 @@ def run_new_question_protocol(
     """Protocol 2 (what serving meets): meta-train without `new_question_share` of the questions, then
     score test groups on those questions only. No train group answered them, so the population-prior
     baselines cannot predict them: GPO is compared with uniform and the LLM baselines, and with its own
-    score on known questions (how much of its advantage over uniform it keeps). `on_run(records)`: as in
+    score on known questions (how much of its advantage over uniform it keeps), and with `linear_probe`, which reads
+    a new question's answers from its options' embeddings (service.training.probe). `on_run(records)`: as in
     `run_group_protocol`, after each seed."""
     from service.training.lm_baselines import lm_eval_questions
 
@@ -359,7 +369,15 @@ def run_new_question_protocol(
         lm_sample = lm_eval_questions(dataset, cfg.lm_questions, 0) if lm is not None else []
         lm_sample = [q for q in split.target_qids if q in set(lm_sample)] or list(split.target_qids)[: cfg.lm_questions]
         found = evaluate_split(
-            dataset, table, split, result, ["uniform"], lm=lm, lm_methods=cfg.lm_methods, lm_sample=lm_sample
+            dataset,
+            table,
+            split,
+            result,
+            ["uniform"],
+            lm=lm,
+            lm_methods=cfg.lm_methods,
+            lm_sample=lm_sample,
+            probe_known=known,
         )
         # the same model on known questions (the context's other known questions it answered as targets)
         known_targets = {
@@ -376,7 +394,7 @@ def run_new_question_protocol(
             split.group_contexts,
             known_targets,
         )
-        for r in evaluate_split(dataset, table, known_split, result, ["uniform"], subsets=("all",)):
+        for r in evaluate_split(dataset, table, known_split, result, ["uniform"], subsets=("all",), probe_known=known):
             r["subset"] = "known_questions"
             found.append(r)
         for r in found:

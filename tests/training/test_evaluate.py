@@ -94,7 +94,7 @@ def test_new_question_protocol_scores_held_out_and_known_questions(setup):
     cfg = EvalConfig(seeds=[0], n_context=5, new_question_share=0.25)
     records = run_new_question_protocol(ds, table, spec, tcfg, cfg, TINY)
     subsets = {(r["method"], r["subset"]) for r in records}
-    assert subsets == {("gpo", "all"), ("uniform", "all"), ("gpo", "known_questions"), ("uniform", "known_questions")}
+    assert subsets == {(m, s) for m in ("gpo", "uniform", "linear_probe") for s in ("all", "known_questions")}
     assert all(r["protocol"] == "new_questions" for r in records)
     assert all({"contrast_r", "pred_spread", "true_spread"} <= set(r) for r in records)
     # the page's new-questions table carries the contrast; records from before it have none and keep the old table
