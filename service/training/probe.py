@@ -4,9 +4,9 @@ The train groups' answers to the known questions give each known item (question,
 on the groups' principal directions (`baselines.factorise`, as `latent_factor`). A ridge map from the item's
 embedding, standardised and centred within its question, predicts the mean's deviation from uniform and the
 loadings; a new question's items get theirs from it. A test group's factors z are the ridge fit of its context
-residuals on the known context questions (as `latent_factor`), and a target's prediction is
-1/n_options + deviation + loadings @ z, clipped at 1e-4 and renormalised. Centring within the question makes
-every prediction's deviations sum to 0 over the question's options, as the training targets do.
+residuals (each context question, known or new, with its own or its text-read estimates), and a target's
+prediction is 1/n_options + deviation + loadings @ z, clipped at 1e-4 and renormalised. Centring within the
+question makes every prediction's deviations sum to 0 over the question's options, as the training targets do.
 
 Both ridge strengths (the text map's and the factors') are chosen on the train side only: a share of the known
 questions is held out as validation questions, the probe is fitted on the rest, and each train group, with its
@@ -159,8 +159,9 @@ def linear_probe_many(
 
     `known_qids`: the questions whose train-group answers the probe may use (in the new-questions protocol, the
     questions of meta-training); a known question no train group answered is dropped from them. Targets may be
-    known (their own mean and loadings, as `latent_factor`) or new (read from their embeddings). A context's
-    questions outside the known ones are ignored; with none left, the group's factors are 0.
+    known (their own mean and loadings, as `latent_factor`) or new (read from their embeddings), and so may the
+    context's questions (a group that brings its own survey): the group's factors are fitted on every context
+    question, each with its own or its text-read mean and loadings. With no context, the factors are 0.
     """
     train = list(train_groups)
     usable = [q for q in dict.fromkeys(known_qids) if any(dataset.has(g, q) for g in train)]
@@ -170,23 +171,30 @@ def linear_probe_many(
     ctx_qids = list(contexts[0]) if contexts else []
     alpha, lam = _choose(dataset, table, train, known, ctx_qids, rank, seed)
     mean, load, text = known.fit(table, rank, alpha)
-    tq = table.qindex(list(targets))
-    trows = table.rows(tq)
-    dev, tload = text.predict(table.emb[trows], table.item_q[trows])
-    tbase = 1.0 / table.q_len[table.item_q[trows]] + dev
-    tstart = np.concatenate([[0], np.cumsum(table.q_len[tq])])
-    bounds = [(int(tstart[i]), int(tstart[i + 1])) for i in range(len(tq))]
-    for i, q in enumerate(targets):  # a known target keeps its own mean and loadings
-        if q in known.where:
-            a, b = known.where[q]
-            tbase[bounds[i][0] : bounds[i][1]], tload[bounds[i][0] : bounds[i][1]] = mean[a:b], load[a:b]
+
+    def estimates(qids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        """(base [n], loadings [n, k], each question's rows) of the items of `qids`: a known question's own,
+        a new one's read from its embeddings."""
+        qidx = table.qindex(list(qids))
+        rows = table.rows(qidx)
+        dev, lo = text.predict(table.emb[rows], table.item_q[rows])
+        base = 1.0 / table.q_len[table.item_q[rows]] + dev
+        start = np.concatenate([[0], np.cumsum(table.q_len[qidx])])
+        bounds = [(int(start[i]), int(start[i + 1])) for i in range(len(qidx))]
+        for (a, b), q in zip(bounds, qids, strict=True):
+            if q in known.where:
+                ka, kb = known.where[q]
+                base[a:b], lo[a:b] = mean[ka:kb], load[ka:kb]
+        return base, lo, bounds
+
+    tbase, tload, bounds = estimates(list(targets))
     out = []
     for context in contexts:
-        cq = [q for q in context if q in known.where]
+        cq = [q for q in context if q in table.index]
         if cq:
-            crow = np.concatenate([np.arange(*known.where[q]) for q in cq])
+            cbase, cload, _ = estimates(cq)
             ctrue = np.concatenate([np.asarray(context[q], dtype=np.float64) for q in cq])
-            z = factors(load[crow], ctrue - mean[crow], lam)
+            z = factors(cload, ctrue - cbase, lam)
         else:
             z = np.zeros(rank)
         pred = normalise_blocks(tbase + tload @ z, bounds)

@@ -108,3 +108,16 @@ def test_probe_refuses_without_known_answers():
     ds, table = text_dataset(n_questions=10)
     with pytest.raises(ValueError, match="no known question"):
         linear_probe_many(ds, table, ds.groups[:3], [], [{}], ["q000"])
+
+
+def test_a_context_of_new_questions_personalises_through_the_text():
+    """A group that brings its own survey: context questions no train group answered still fit its factors."""
+    ds, table = text_dataset()
+    train, test, known, new, _ = protocol(ds)
+    known, ctx_q, targets = known[:50], known[50:65], known[65:] + new  # context: 15 questions new to the probe
+    contexts = [group_context(ds, g, ctx_q) for g in test]
+    preds = linear_probe_many(ds, table, train, known, contexts, targets)
+    _, r = scores(ds, test, targets, preds)
+    assert r > 0.5
+    alike = linear_probe_many(ds, table, train, known, [{} for _ in test], targets)
+    assert scores(ds, test, targets, alike)[1] == 0.0
