@@ -190,6 +190,9 @@ def eval_cmd(
     n_context: int = 20,
     curve: Annotated[bool, typer.Option(help="context-size curve (1..100 context questions) on the 60% split")] = True,
     new_questions: Annotated[bool, typer.Option(help="also run the new-questions protocol (60% split)")] = True,
+    new_context: Annotated[
+        bool, typer.Option(help="also run the new-context protocol (60% split; contexts of held-out questions)")
+    ] = True,
     lm: Annotated[bool, typer.Option(help="score the LLM baselines (on a fixed question sample)")] = True,
     lm_questions: int = 30,
     *,
@@ -201,10 +204,15 @@ def eval_cmd(
 
     from service.config import get_settings
     from service.training.data_description import describe_groups
-    from service.training.evaluate import EvalConfig, run_group_protocol, run_new_question_protocol
+    from service.training.evaluate import (
+        EvalConfig,
+        run_group_protocol,
+        run_new_context_protocol,
+        run_new_question_protocol,
+    )
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
     from service.training.records import write_json
-    from service.training.report import markdown_table
+    from service.training.report import markdown_table, new_context_table, new_question_table
 
     t0 = time.perf_counter()
     ds, path, data_hash = load_group_dataset(data)
@@ -249,9 +257,16 @@ def eval_cmd(
     if new_questions:
         done = list(records)
         records += run_new_question_protocol(ds, table, spec, tcfg, cfg, lm=base_lm, on_run=lambda r: save(done + r))
+    if new_context:
+        done_ctx = list(records)
+        records += run_new_context_protocol(ds, table, spec, tcfg, cfg, on_run=lambda r: save(done_ctx + r))
     meta = save(records, complete=True)
     for subset in ("all", "contentious"):
         typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset, n_context))
+    for protocol, table_of in (("new_questions", new_question_table), ("new_context", new_context_table)):
+        rows = [r for r in records if r["protocol"] == protocol]
+        if rows:
+            typer.echo(f"\n## {protocol.replace('_', ' ')}\n" + table_of(rows))
     gpo = [
         r["alignment"]
         for r in records

@@ -412,3 +412,107 @@ def run_new_question_protocol(
             on_run(records)
     bar.close()
     return records
+
+
+def new_context_splits(
+    dataset: PreferenceDataset, split: Split, share: float, seed: int, n_context: int
+) -> tuple[list[str], Split, Split]:
+    """(known questions, the split with known targets, the split with new targets): a group brings its own survey.
+
+    `share` of the scorable questions (drawn with the seed, a stream of its own) are held out of meta-training;
+    each test group's `n_context` context questions are drawn from the held-out questions it answered (a shared
+    draw, topped up by its own on ragged data). Its targets are the known questions it answered (first split) and
+    the other held-out questions it answered (second split). A group with too few of either is skipped.
+    """
+    qids = list(dict.fromkeys([*split.context_qids, *split.target_qids, *split.all_targets]))
+    rng = np.random.default_rng([seed, 0x435458])  # "CTX"
+    held = [str(q) for q in rng.choice(qids, size=int(round(share * len(qids))), replace=False)]
+    held_set = set(held)
+    known = [q for q in qids if q not in held_set]
+    if len(held) <= n_context:
+        raise ValueError(f"new context: {len(held)} held-out questions leave no target beside {n_context} context ones")
+    shared = tuple(held[:n_context])  # already a random draw
+    contexts, known_t, new_t, scored, skipped = {}, {}, {}, [], list(split.skipped_groups)
+    for i, g in enumerate(split.test_groups):
+        pool = [q for q in held if dataset.has(g, q)]
+        if len(pool) <= n_context:
+            skipped.append(g)
+            continue
+        ctx = draw_group_context(shared, pool, n_context, [seed, 0x435458, i])
+        mine_known = tuple(q for q in known if dataset.has(g, q))
+        mine_new = tuple(q for q in qids if q in held_set and q not in set(ctx) and dataset.has(g, q))
+        if not mine_known:
+            skipped.append(g)
+            continue
+        scored.append(g)
+        contexts[g], known_t[g], new_t[g] = ctx, mine_known, mine_new
+    if not scored:
+        raise ValueError("new context: no test group answered enough held-out and known questions")
+    if len(skipped) > len(split.skipped_groups):
+        log.warning("new context: test groups with too few held-out or known answers skipped: %s", skipped)
+
+    def of(targets: dict[str, tuple[str, ...]]) -> Split:
+        return Split(
+            split.train_groups,
+            tuple(scored),
+            shared,
+            tuple(q for q in qids if any(q in targets[g] for g in scored)),
+            split.split,
+            split.seed,
+            contexts,
+            targets,
+            tuple(skipped),
+        )
+
+    return known, of(known_t), of(new_t)
+
+
+def run_new_context_protocol(
+    dataset: PreferenceDataset,
+    table: ItemTable,
+    spec: FeatureSpec,
+    train_cfg: TrainConfig,
+    cfg: EvalConfig,
+    model_cfg: dict | None = None,
+    split_frac: float = 0.6,
+    on_run: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
+    """Protocol 3 (a group brings its own survey): meta-train without `new_question_share` of the questions; each
+    test group's context is drawn from those held-out questions, and it is scored on the known questions
+    (subset "known_targets") and on the other held-out ones ("new_targets"). Methods: GPO, uniform, `train_mean`
+    (known targets only: it needs the train groups' answers) and `linear_probe`. The baselines that fit a group
+    to the train groups' answers on its context questions (mixture, latent_factor, nearest_group) would read
+    the held-out questions' answers, so they are not scored here."""
+    qids = scorable_question_ids(dataset)
+    records = []
+    bar = progress_bar(len(cfg.seeds), "new-context protocol", unit="run", enabled=cfg.progress)
+    for seed in cfg.seeds:
+        bar.set_postfix(seed=seed)
+        base = make_split(dataset.groups, qids, split_frac, seed, cfg.n_context, answered_sets(dataset))
+        known, known_split, new_split = new_context_splits(dataset, base, cfg.new_question_share, seed, cfg.n_context)
+        fit, val = validation_groups(known_split.train_groups, seed)
+        tcfg = TrainConfig(**{**train_cfg.__dict__, "seed": seed})
+        result = train_gpo(table, dataset, fit, val, table.qindex(known), spec, tcfg, model_cfg)
+        found = []
+        for subset, split, baselines in (
+            ("known_targets", known_split, ["uniform", "train_mean"]),
+            ("new_targets", new_split, ["uniform"]),
+        ):
+            for r in evaluate_split(dataset, table, split, result, baselines, subsets=("all",), probe_known=known):
+                r["subset"] = subset
+                found.append(r)
+        for r in found:
+            r.update(protocol="new_context", split=split_frac, seed=seed, n_context=cfg.n_context)
+            if r["method"] == "gpo":
+                r.update(train_wall_s=result.wall_s, best_step=result.best_step, val_alignment=result.best_val)
+        records += found
+        log.info(
+            "new context, seed %d: %s",
+            seed,
+            {(r["method"], r["subset"]): (round(r["alignment"], 4), round(r.get("contrast_r", 0.0), 2)) for r in found},
+        )
+        bar.update(1)
+        if on_run is not None:
+            on_run(records)
+    bar.close()
+    return records

@@ -80,7 +80,10 @@ def results_markdown(records: Sequence[dict], examples: Sequence[dict], meta: di
         ]
     new = [r for r in records if r["protocol"] == "new_questions"]
     if new:
-        lines += ["## New questions (held out of meta-training)", "", _new_question_table(new), ""]
+        lines += ["## New questions (held out of meta-training)", "", new_question_table(new), ""]
+    own = [r for r in records if r["protocol"] == "new_context"]
+    if own:
+        lines += ["## New context (each test group brings its own survey)", "", new_context_table(own), ""]
     for title, fig in figures.items():
         lines += [f"## {title}", "", f"![{title}]({fig})", ""]
     return "\n".join(lines)
@@ -161,7 +164,8 @@ def _verdict(records: Sequence[dict], data: dict, n_context: int) -> list[str]:
     return out
 
 
-def _new_question_table(rows: Sequence[dict]) -> str:
+def new_question_table(rows: Sequence[dict]) -> str:
+    """The new-questions protocol's table: alignment, group contrast and spreads per method and subset."""
     with_contrast = any("contrast_r" in r for r in rows)  # records written before the contrast have none
     lines = (
         [
@@ -188,6 +192,8 @@ def _new_question_table(rows: Sequence[dict]) -> str:
                     )
                 row += f" {contrast} | {spread} |"
             lines.append(row)
+    if rows and rows[0]["protocol"] == "new_context":
+        return "\n".join(lines)
     g_new = mean_alignment(rows, method="gpo", subset="all")
     u_new = mean_alignment(rows, method="uniform", subset="all")
     g_known = mean_alignment(rows, method="gpo", subset="known_questions")
@@ -211,6 +217,20 @@ def _new_question_table(rows: Sequence[dict]) -> str:
             f"({g_new - u_new:+.4f} vs {g_known - u_known:+.4f} on known questions).",
         ]
     return "\n".join(lines)
+
+
+def new_context_table(rows: Sequence[dict]) -> str:
+    """The new-context protocol's table: known and new targets, given a context of questions new to the model."""
+    return "\n".join(
+        [
+            "Each test group's 20 context questions are drawn from questions held out of meta-training (no training "
+            "group's answer to them is used); it is scored on the known questions (known_targets) and on the other "
+            "held-out questions (new_targets). Baselines that fit a group to the training groups' answers on its "
+            "context questions (mixture, latent_factor) cannot run here.",
+            "",
+            new_question_table(rows),
+        ]
+    )
 
 
 # The paper's figures (figure 3 of Zhao et al. 2023, read from the plot, ±0.005; ../shared/docs/GPO.md) beside ours

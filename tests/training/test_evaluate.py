@@ -13,8 +13,10 @@ from service.gpo.features import FeatureSpec
 from service.training.baselines import RIDGE_GRID, UnknownQuestionError, group_context, latent_factor_many, predict_many
 from service.training.evaluate import (
     EvalConfig,
+    new_context_splits,
     new_question_split,
     run_group_protocol,
+    run_new_context_protocol,
     run_new_question_protocol,
     score,
 )
@@ -98,11 +100,51 @@ def test_new_question_protocol_scores_held_out_and_known_questions(setup):
     assert all(r["protocol"] == "new_questions" for r in records)
     assert all({"contrast_r", "pred_spread", "true_spread"} <= set(r) for r in records)
     # the page's new-questions table carries the contrast; records from before it have none and keep the old table
-    from service.training.report import _new_question_table
+    from service.training.report import new_question_table
 
-    assert "| group contrast r |" in _new_question_table(records)
-    plain = _new_question_table([{k: v for k, v in r.items() if k != "contrast_r"} for r in records])
+    assert "| group contrast r |" in new_question_table(records)
+    plain = new_question_table([{k: v for k, v in r.items() if k != "contrast_r"} for r in records])
     assert "contrast" not in plain and "| gpo | all |" in plain
+
+
+def test_new_context_splits_draw_the_context_from_held_out_questions():
+    ds = synthetic_dataset(n_groups=8, n_questions=50)
+    qids = scorable_question_ids(ds)
+    base = make_split(ds.groups, qids, 0.6, 3, 5)
+    known, known_split, new_split = new_context_splits(ds, base, 0.3, 3, 5)
+    held = set(qids) - set(known)
+    assert len(held) == 15 and len(known) == 35
+    for g in known_split.test_groups:
+        ctx = set(known_split.context_of(g))
+        assert ctx == set(new_split.context_of(g)) and len(ctx) == 5 and ctx <= held
+        assert set(known_split.targets_of(g)) == set(known)
+        assert set(new_split.targets_of(g)) == held - ctx
+
+
+def test_new_context_protocol_reads_no_held_out_answer_of_the_train_groups(setup):
+    """Every record of the new-context protocol is unchanged when the train groups' answers to the held-out
+    questions (the test groups' own survey) are replaced: they are new to the model and to every baseline."""
+    ds, table, spec, tcfg = setup
+    cfg = EvalConfig(seeds=[0], n_context=5, new_question_share=0.3, progress=False)
+    records = run_new_context_protocol(ds, table, spec, tcfg, cfg, TINY)
+    assert {(r["method"], r["subset"]) for r in records} == {
+        ("gpo", "known_targets"), ("uniform", "known_targets"), ("train_mean", "known_targets"),
+        ("linear_probe", "known_targets"), ("gpo", "new_targets"), ("uniform", "new_targets"),
+        ("linear_probe", "new_targets"),
+    }  # fmt: skip
+    assert all(r["protocol"] == "new_context" and "contrast_r" in r for r in records if r["method"] != "uniform")
+    base = make_split(ds.groups, scorable_question_ids(ds), 0.6, 0, 5)
+    known, _, _ = new_context_splits(ds, base, 0.3, 0, 5)
+    rng = np.random.default_rng(9)
+    dists = {g: dict(d) for g, d in ds.dists.items()}
+    for g in base.train_groups:
+        for q in set(scorable_question_ids(ds)) - set(known):
+            dists[g][q] = rng.dirichlet(np.ones(ds.question(q).n_options))
+    changed = type(ds)(questions=ds.questions, groups=ds.groups, dists=dists)
+    again = run_new_context_protocol(changed, table, spec, tcfg, cfg, TINY)
+    for a, b in zip(records, again, strict=True):
+        assert (a["method"], a["subset"]) == (b["method"], b["subset"])
+        assert a["alignment"] == pytest.approx(b["alignment"], abs=1e-6), (a["method"], a["subset"])
 
 
 def test_latent_factor_is_the_ridge_estimate_and_chooses_its_ridge_on_train_groups():

@@ -124,3 +124,24 @@ def test_gpo_eval_writes_each_split_and_seed_as_it_finishes(
     assert {r["seed"] for r in records} == {0} and "gpo" in {r["method"] for r in records}
     meta = json.loads((tmp_path / "records.meta.json").read_text())["meta"]
     assert meta["complete"] is False
+
+
+def test_gpo_eval_runs_every_protocol_and_prints_the_new_question_and_new_context_tables(
+    tiny_settings, tmp_path: Path
+) -> None:
+    from service.training.jsonl import write_jsonl
+    from tests.training.test_fit import synthetic_dataset
+
+    data = tmp_path / "groups.jsonl"
+    write_jsonl(synthetic_dataset(n_groups=10, n_questions=60), data)
+    out = tmp_path / "records.json"
+    args = ["eval", "--data", str(data), "--json", str(out), "--splits", "0.6", "--seeds", "0", "--n-context", "5"]
+    args += ["--no-curve", "--no-lm", "--max-steps", "2", "--threads", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "## new questions" in result.output and "## new context" in result.output
+    assert "| linear_probe | new_targets |" in result.output
+    records = json.loads(out.read_text())
+    assert {r["protocol"] for r in records} == {"groups", "new_questions", "new_context"}
+    meta = json.loads((tmp_path / "records.meta.json").read_text())["meta"]
+    assert meta["complete"] is True
