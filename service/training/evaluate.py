@@ -421,8 +421,9 @@ def new_context_splits(
 
     `share` of the scorable questions (drawn with the seed, a stream of its own) are held out of meta-training;
     each test group's `n_context` context questions are drawn from the held-out questions it answered (a shared
-    draw, topped up by its own on ragged data). Its targets are the known questions it answered (first split) and
-    the other held-out questions it answered (second split). A group with too few of either is skipped.
+    draw, topped up by its own on ragged data). Its targets are the known questions it answered (first split; on
+    ragged data, those some train group answered) and the other held-out questions it answered (second split). A
+    group with too few of either is skipped.
     """
     qids = list(dict.fromkeys([*split.context_qids, *split.target_qids, *split.all_targets]))
     rng = np.random.default_rng([seed, 0x435458])  # "CTX"
@@ -432,6 +433,7 @@ def new_context_splits(
     if len(held) <= n_context:
         raise ValueError(f"new context: {len(held)} held-out questions leave no target beside {n_context} context ones")
     shared = tuple(held[:n_context])  # already a random draw
+    by_train = {q for q in known if any(dataset.has(t, q) for t in split.train_groups)}  # ragged: known to them
     contexts, known_t, new_t, scored, skipped = {}, {}, {}, [], list(split.skipped_groups)
     for i, g in enumerate(split.test_groups):
         pool = [q for q in held if dataset.has(g, q)]
@@ -439,7 +441,7 @@ def new_context_splits(
             skipped.append(g)
             continue
         ctx = draw_group_context(shared, pool, n_context, [seed, 0x435458, i])
-        mine_known = tuple(q for q in known if dataset.has(g, q))
+        mine_known = tuple(q for q in known if dataset.has(g, q) and q in by_train)
         mine_new = tuple(q for q in qids if q in held_set and q not in set(ctx) and dataset.has(g, q))
         if not mine_known:
             skipped.append(g)

@@ -208,3 +208,18 @@ def test_report_writes_tables_and_plots(setup, tmp_path):
     assert "| gpo |" in text and "| mixture |" in text and "Acceptance check" in text
     for png in ("alignment_bars.png", "context_curve.png", "examples.png"):
         assert (tmp_path / "results" / png).stat().st_size > 1000
+
+
+def test_new_context_known_targets_on_ragged_data_are_questions_a_train_group_answered():
+    from service.training.ragged import drop_answers
+    from service.training.splits import answered_sets
+
+    ds = drop_answers(synthetic_dataset(n_groups=10, n_questions=200), 0.75, 0)
+    qids = scorable_question_ids(ds)
+    base = make_split(ds.groups, qids, 0.6, 0, 5, answered_sets(ds))
+    _, known_split, new_split = new_context_splits(ds, base, 0.3, 0, 5)
+    for g in known_split.test_groups:
+        assert all(any(ds.has(t, q) for t in base.train_groups) for q in known_split.targets_of(g))
+    # the methods of the known targets run on them (train_mean raised on a question no train group answered)
+    contexts = [group_context(ds, g, known_split.context_of(g)) for g in known_split.test_groups]
+    predict_many("train_mean", ds, base.train_groups, contexts, known_split.all_targets)
