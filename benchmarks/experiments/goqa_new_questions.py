@@ -11,8 +11,9 @@ import torch
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.gpo.features import FeatureSpec
-from service.training.evaluate import EvalConfig, run_new_question_protocol
+from service.training.evaluate import EvalConfig
 from service.training.fit import TrainConfig
+from service.training.held_out import run_new_question_protocol
 from service.training.records import write_json
 
 logging.basicConfig(level=logging.INFO)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
-from service.training.evaluate import EvalConfig, evaluate_split, new_context_splits, new_question_split
+from service.training.evaluate import EvalConfig, evaluate_split
+from service.training.held_out import new_context_splits, new_question_split
 from service.training.splits import answered_sets, make_split, scorable_question_ids
 
 

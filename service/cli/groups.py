@@ -38,6 +38,9 @@ class MetaTrainOptions:
     use_embedding: bool = True
     prior_rank: int = 8
     readout: Annotated[str, typer.Option(help="prior readout: none | mean | ridge")] = "ridge"
+    text_prior: Annotated[bool, typer.Option(help="prior features of new questions read from their options' text")] = (
+        True
+    )
     threads: int | None = None
 
     def feature_spec(self, emb_dim: int):
@@ -53,7 +56,7 @@ class MetaTrainOptions:
         from service.training.fit import TrainConfig
 
         budget = {"max_steps": self.max_steps, "time_budget_s": self.time_budget_s}
-        return TrainConfig(**budget, prior_readout=self.readout, **more)
+        return TrainConfig(**budget, prior_readout=self.readout, text_prior=self.text_prior, **more)
 
 
 def add_meta_train_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -173,7 +176,8 @@ def train(
         "shortfall": result.shortfall,
         "history": result.history,
     }
-    out = save_checkpoint(Checkpoint(result.model, meta, bank, metrics), settings.model_store, name)
+    extra = result.text_prior.to_checkpoint() if result.text_prior is not None else {}
+    out = save_checkpoint(Checkpoint(result.model, meta, bank, metrics, extra=extra), settings.model_store, name)
     typer.echo(
         f"saved {out} (best validation alignment {result.best_val:.4f} at step {result.best_step}, "
         f"{result.wall_s:.0f} s)"
@@ -204,12 +208,8 @@ def eval_cmd(
 
     from service.config import get_settings
     from service.training.data_description import describe_groups
-    from service.training.evaluate import (
-        EvalConfig,
-        run_group_protocol,
-        run_new_context_protocol,
-        run_new_question_protocol,
-    )
+    from service.training.evaluate import EvalConfig, run_group_protocol
+    from service.training.held_out import run_new_context_protocol, run_new_question_protocol
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
     from service.training.records import write_json
     from service.training.report import markdown_table, new_context_table, new_question_table

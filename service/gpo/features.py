@@ -68,6 +68,80 @@ def _float32(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+# Prior features of a choice item read from its text (`TextPrior`) carry this flag: the readout uses them (flag > 0)
+# with this weight in the context's ridge fit, and the transformer can tell them from an item's own prior (flag 1).
+TEXT_FLAG = 0.5
+
+
+def centred_features(emb: np.ndarray, item_q: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Standardised embeddings [n, D] minus the mean of their question's options (the options of one question share
+    its prompt; what tells them apart is what the text map reads)."""
+    x = (np.asarray(emb, dtype=np.float64) - mu) / sd
+    _, inverse, counts = np.unique(item_q, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts), x.shape[1]))
+    np.add.at(sums, inverse, x)
+    return x - (sums / counts[:, None])[inverse]
+
+
+@dataclass(frozen=True)
+class TextPrior:
+    """Prior features of a choice option read from its embedding, for questions no training group answered.
+
+    A ridge map from the option's standardised embedding, centred within its question, to its population mean's
+    deviation from uniform (1 / n_options) and its loadings on the training groups' principal directions, fitted
+    on the known questions' options. Centring within the question makes the deviations of a question's options
+    sum to 0, as its training targets do. `features` gives [TEXT_FLAG, 1/n + deviation, loadings].
+    """
+
+    mu: np.ndarray  # [D]
+    sd: np.ndarray  # [D]
+    w: np.ndarray  # [D, 1 + k]
+
+    @property
+    def rank(self) -> int:
+        return int(self.w.shape[1] - 1)
+
+    @classmethod
+    def fit(cls, emb: np.ndarray, item_q: np.ndarray, targets: np.ndarray, alpha: float) -> TextPrior:
+        """Ridge (strength `alpha`) from items' embeddings [n, D] to `targets` [n, 1 + k]."""
+        mu = np.asarray(emb, dtype=np.float64).mean(axis=0)
+        sd = np.maximum(np.asarray(emb, dtype=np.float64).std(axis=0), 1e-6)
+        x = centred_features(emb, item_q, mu, sd)
+        w = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ targets)
+        return cls(mu, sd, w)
+
+    def estimate(self, emb: np.ndarray, item_q: np.ndarray) -> np.ndarray:
+        """[n, 1 + k]: each item's deviation from uniform and loadings."""
+        return centred_features(emb, item_q, self.mu, self.sd) @ self.w
+
+    def features(self, emb: np.ndarray, item_q: np.ndarray, n_options: np.ndarray) -> np.ndarray:
+        """[n, 2 + k] prior features [TEXT_FLAG, 1/n_options + deviation, loadings] of items (`n_options`: of each
+        item's question)."""
+        est = self.estimate(emb, item_q)
+        flag = np.full((len(est), 1), TEXT_FLAG)
+        return np.column_stack([flag, 1.0 / np.asarray(n_options) + est[:, 0], est[:, 1:]]).astype(np.float32)
+
+    def question_features(self, emb: np.ndarray) -> np.ndarray:
+        """[n, 2 + k] prior features of one question's n options from their embeddings [n, D]."""
+        n = len(emb)
+        return self.features(emb, np.zeros(n, dtype=np.int64), np.full(n, n))
+
+    def to_checkpoint(self) -> dict[str, np.ndarray]:
+        """The arrays a checkpoint stores."""
+        return {"text_mu": _float32(self.mu), "text_sd": _float32(self.sd), "text_w": _float32(self.w)}
+
+    @classmethod
+    def from_checkpoint(cls, extra: Mapping[str, np.ndarray]) -> TextPrior | None:
+        """The text prior a checkpoint stores, or None when it stores none."""
+        if not {"text_mu", "text_sd", "text_w"} <= set(extra):
+            return None
+        return cls(
+            np.asarray(extra["text_mu"], np.float64),
+            np.asarray(extra["text_sd"], np.float64),
+            np.asarray(extra["text_w"], np.float64),
+        )
+
+
 @dataclass(frozen=True)
 class ContentBasis:
     """Principal directions of the standardised item embeddings: an item's loadings are its coordinates on them

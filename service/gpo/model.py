@@ -35,8 +35,10 @@ class GPOConfig:
     #            residuals y - mean on their loadings (closed form, per row, differentiable; the ridge
     #            strength is learned). That is the collaborative-filtering estimate of the group from its
     #            context, which the transformer then corrects.
-    # Items whose flag is 0 (questions the training groups never answered) get no offset and take no
-    # part in the ridge fit: their softmax starts uniform and the embedding must carry them.
+    # Items whose flag is 0 (questions the training groups never answered, no text prior) get no offset and take
+    # no part in the ridge fit: their softmax starts uniform and the embedding must carry them. Choice items whose
+    # prior is read from their text (service.gpo.features.TextPrior) have the flag TEXT_FLAG: they get the offset,
+    # and weigh TEXT_FLAG in the context's ridge fit (an own prior weighs 1).
     prior_feature: int | None = None
     prior_rank: int = 0
     prior_readout: str = "none"  # "none" | "mean" | "ridge"
@@ -343,9 +345,9 @@ class GPO(nn.Module):
             return self._pair_z(x, y, is_context)
         assert cfg.prior_feature is not None
         p = cfg.prior_feature
-        known = x[..., p] > 0.5
+        flag = x[..., p].clamp(0.0, 1.0)  # 1: the item's own prior; TEXT_FLAG: read from its text; 0: none
         load = x[..., p + 2 : p + 2 + cfg.prior_rank]  # [B, N, k]
-        w = (is_context & known).to(load.dtype)  # [B, N] context items that have a prior
+        w = is_context.to(load.dtype) * flag  # [B, N] context items with a prior, weighted by its flag
         resid = (y - x[..., p + 1]) * w  # [B, N]
         gram = torch.einsum("bnk,bnj->bkj", load * w.unsqueeze(-1), load)  # [B, k, k]
         eye = torch.eye(cfg.prior_rank, dtype=load.dtype, device=load.device)
@@ -374,7 +376,7 @@ class GPO(nn.Module):
         cfg = self.cfg
         assert cfg.prior_feature is not None
         p = cfg.prior_feature
-        known = x[..., p] > 0.5  # [B, N]
+        known = x[..., p] > 0.0  # [B, N] an own or a text prior
         base = x[..., p + 1]  # [B, N] population mean
         if cfg.kind == "comparison":  # z is in logit units already
             base = self.log_beta.exp() * base

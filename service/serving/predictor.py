@@ -18,7 +18,7 @@ import torch
 from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_response_item
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from service.gpo.features import ContentBasis, FeatureSpec, RewardModel
+from service.gpo.features import ContentBasis, FeatureSpec, RewardModel, TextPrior
 from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
 
@@ -75,6 +75,9 @@ class Predictor:
         # training people's mean score).
         self.content = ContentBasis.from_checkpoint(ckpt.extra, ckpt.meta)
         self.reward = RewardModel.from_checkpoint(ckpt.extra)
+        # Choice models: a question outside the prior bank gets prior features read from its options' text (flag
+        # TEXT_FLAG) when the checkpoint stores a text prior; older checkpoints serve it with flag 0 and zeros.
+        self.text_prior = TextPrior.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
 
     @classmethod
@@ -209,9 +212,12 @@ class Predictor:
             assert bank is not None
             if self.kind == "choice":
                 rows = bank.lookup(question_key(item.question, item.options), n)
-                prior = (
-                    bank.prior.features(rows) if rows is not None else np.zeros((n, 2 + bank.prior.rank), np.float32)
-                )
+                if rows is not None:
+                    prior = bank.prior.features(rows)
+                elif self.text_prior is not None and emb is not None:
+                    prior = self.text_prior.question_features(emb)
+                else:
+                    prior = np.zeros((n, 2 + bank.prior.rank), np.float32)
             else:  # rating / comparison: every response is its own item (prompt + response)
                 vecs = emb if emb is not None else np.zeros((n, 1), dtype=np.float32)
                 prior = np.concatenate(

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from service.gpo.batch import Episode, collate_buckets
-from service.gpo.features import FeatureSpec
+from service.gpo.features import FeatureSpec, TextPrior
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
 from service.progress import progress_bar
@@ -21,6 +21,7 @@ from service.training.datasets import PreferenceDataset
 from service.training.features import fit_group_priors, known_items
 from service.training.items import ItemTable
 from service.training.metrics import question_alignments
+from service.training.text_prior import fit_text_priors
 from service.training.validation import (
     CheckpointScore,
     build_validation_episodes,
@@ -44,6 +45,9 @@ class TrainConfig:
     max_context: int = 100
     n_targets: int = 30  # target questions per episode
     prior_dropout: float = 0.3  # share of an episode's questions shown without prior features (new questions)
+    # Items without an own prior (new, hidden, validation questions) show prior features read from their options'
+    # text (out of fold in training; service.training.text_prior). Choice items, with the embedding and prior only.
+    text_prior: bool = True
     # Weight of new questions (targets without prior features) in the validation score that picks the
     # checkpoint; the rest is known questions. Serving meets both: OpinionQA questions and users' own.
     val_new_question_weight: float = 0.5
@@ -87,6 +91,7 @@ class TrainResult:
     # [Q] bool: the training questions (a prior may exist); None: every question. Other questions are new (flag 0).
     known_q: np.ndarray | None = None
     held_out_q: np.ndarray | None = None  # the validation questions kept out of training episodes (indices)
+    text_prior: TextPrior | None = None  # prior features of new questions from their text (test groups, serving)
 
 
 class GroupFeatures:
@@ -100,10 +105,26 @@ class GroupFeatures:
         priors: dict[str, PopulationPrior | None],
         ys: dict[str, np.ndarray],
         known: dict[str, np.ndarray],
+        text: dict[str, np.ndarray] | None = None,
     ):
         rows = np.arange(table.n_items)
         self.x = {g: torch.from_numpy(spec.build(table.emb, priors[g], rows, known[g])) for g in priors}
         self.y = {g: torch.from_numpy(ys[g]) for g in priors}
+        # what a hidden item's prior block shows: its out-of-fold text features, or zeros (no prior)
+        width = spec.prior_slice.stop - spec.prior_slice.start
+        self.text = {
+            g: torch.from_numpy(text[g]) if text is not None else torch.zeros(table.n_items, width) for g in priors
+        }
+        if text is not None:  # items without a prior of their own (thin questions) show their text estimate
+            for g in priors:
+                self.x[g][torch.from_numpy(~known[g]), spec.prior_slice] = self.text[g][torch.from_numpy(~known[g])]
+
+    def hidden(self, g: str, hide_q: np.ndarray, table: ItemTable, spec: FeatureSpec) -> torch.Tensor:
+        """Group g's features with the prior of questions `hide_q` hidden (replaced by their text block)."""
+        x = self.x[g].clone()
+        rows = torch.from_numpy(table.rows(hide_q))
+        x[rows, spec.prior_slice] = self.text[g][rows]
+        return x
 
 
 def sample_episode(
@@ -116,16 +137,23 @@ def sample_episode(
     n_tgt: int,
     spec: FeatureSpec,
     prior_dropout: float,
+    text: torch.Tensor | None = None,
 ) -> Episode:
-    """Random context and target questions (disjoint) of one group; targets' y are the truth."""
+    """Random context and target questions (disjoint) of one group; targets' y are the truth. A `prior_dropout`
+    share of the questions is shown without its own prior: with `text` [I, 2 + k] (the group's out-of-fold text
+    prior features), with those instead, else with zeros."""
     perm = rng.permutation(qpool)
     n_ctx = min(n_ctx, len(perm) - 1)
     qc, qt = perm[:n_ctx], perm[n_ctx : n_ctx + n_tgt]
     episode = make_eval_episode(table, x, y, qc, qt)
     if spec.use_prior and prior_dropout > 0:
-        drop_q = rng.random(len(qc) + len(qt)) < prior_dropout
-        drop = np.repeat(drop_q, table.q_len[np.concatenate([qc, qt])])
-        episode.x[torch.from_numpy(drop), spec.prior_slice] = 0.0
+        qs = np.concatenate([qc, qt])
+        drop_q = rng.random(len(qs)) < prior_dropout
+        drop = torch.from_numpy(np.repeat(drop_q, table.q_len[qs]))
+        if text is None:
+            episode.x[drop, spec.prior_slice] = 0.0
+        else:
+            episode.x[drop, spec.prior_slice] = text[torch.from_numpy(table.rows(qs))][drop]
     return episode
 
 
@@ -344,8 +372,12 @@ def train_gpo(
         full_prior, loo = None, {g: None for g in source}
         known = {g: known_items(table, known_q) for g in source}
         thin = np.zeros(table.n_items, dtype=bool)
+    texts = None
+    if spec.use_prior and spec.use_embedding and cfg.text_prior and model_kind(model_cfg) == "choice":
+        texts = fit_text_priors(table, priors, source, known_q, cfg.seed)
     ys = {g: np.nan_to_num(table.group_y(dataset, g)) for g in source}
-    feats = GroupFeatures(spec, table, loo, ys, known)
+    feats = GroupFeatures(spec, table, loo, ys, known, texts.oof if texts is not None else None)
+    text_blocks = feats.text if texts is not None else None
     pools = {g: answered_questions(table, dataset, g, train_q) for g in source}
     # validation questions: kept out of every training episode (fit groups' pools), scored as new questions
     scorable = np.array(
@@ -382,7 +414,7 @@ def train_gpo(
     # validation: fixed episodes of the validation groups; the validation questions are kept out of training
     val = build_validation_episodes(
         table, feats.x, feats.y, pools, val_groups, scorable, held_out, spec,
-        cfg.val_context, cfg.val_draws, cfg.seed, make_eval_episode,
+        cfg.val_context, cfg.val_draws, cfg.seed, make_eval_episode, text_blocks,
     )  # fmt: skip
     for g, n in val.left_out:
         log.warning("validation group %r answered %d usable scorable training questions: left out", g, n)
@@ -409,8 +441,9 @@ def train_gpo(
             n_ctx = int(rng.integers(cfg.min_context, cfg.max_context + 1))
             episodes.append(
                 sample_episode(
-                    rng, table, feats.x[g], feats.y[g], train_pools[g], n_ctx, cfg.n_targets, spec, cfg.prior_dropout
-                )
+                    rng, table, feats.x[g], feats.y[g], train_pools[g], n_ctx, cfg.n_targets, spec, cfg.prior_dropout,
+                    None if text_blocks is None else text_blocks[g],
+                )  # fmt: skip
             )
         return episodes
 
@@ -454,7 +487,13 @@ def train_gpo(
         thin_items=thin,
         known_q=known_q,
         held_out_q=held_out,
+        text_prior=texts.full if texts is not None else None,
     )
+
+
+def model_kind(model_cfg: dict | None) -> str:
+    """The item kind a model config trains (GPOConfig.kind; "choice" unless it says otherwise)."""
+    return (model_cfg or {}).get("kind", "choice")
 
 
 def config_dict(cfg: TrainConfig) -> dict:

@@ -17,11 +17,11 @@ answers reach nothing but their own factors.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from service.gpo.features import TextPrior
 from service.training.baselines import factorise, normalise_blocks
 from service.training.datasets import PreferenceDataset
 from service.training.items import ItemTable
@@ -31,37 +31,6 @@ PROBE_RANK = 3  # principal directions the text predicts (the probe of issue 16'
 TEXT_ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4)  # ridge of the text map, on standardised embeddings
 FACTOR_RIDGES = (1e-3, 1e-2, 1e-1, 1.0)  # ridge of a group's factors on its context
 VAL_SHARE = 0.2  # share of the known questions held out to choose both ridges
-
-
-def centred_features(emb: np.ndarray, item_q: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
-    """Standardised embeddings [n, D] minus their question's mean (items of one question share the prompt)."""
-    x = (emb.astype(np.float64) - mu) / sd
-    _, inverse, counts = np.unique(item_q, return_inverse=True, return_counts=True)
-    sums = np.zeros((len(counts), x.shape[1]))
-    np.add.at(sums, inverse, x)
-    return x - (sums / counts[:, None])[inverse]
-
-
-@dataclass(frozen=True)
-class TextLoadings:
-    """Ridge map from an item's centred embedding to [deviation of its mean from uniform, loadings]."""
-
-    mu: np.ndarray  # [D]
-    sd: np.ndarray  # [D]
-    w: np.ndarray  # [D, 1 + k]
-
-    @classmethod
-    def fit(cls, emb: np.ndarray, item_q: np.ndarray, targets: np.ndarray, alpha: float) -> TextLoadings:
-        mu = emb.mean(axis=0).astype(np.float64)
-        sd = np.maximum(emb.std(axis=0).astype(np.float64), 1e-6)
-        x = centred_features(emb, item_q, mu, sd)
-        w = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ targets)
-        return cls(mu, sd, w)
-
-    def predict(self, emb: np.ndarray, item_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(deviation [n], loadings [n, k]) of items given their embeddings and question ids."""
-        out = centred_features(emb, item_q, self.mu, self.sd) @ self.w
-        return out[:, 0], out[:, 1:]
 
 
 def factors(loadings: np.ndarray, residual: np.ndarray, ridge: float) -> np.ndarray:
@@ -90,7 +59,7 @@ class _Known:
         mean, load = factorise(self.y[keep], rank)
         load = np.pad(load, ((0, 0), (0, rank - load.shape[1])))
         targets = np.column_stack([mean - self.uniform[keep], load])
-        text = TextLoadings.fit(table.emb[self.rows[keep]], self.item_q[keep], targets, alpha)
+        text = TextPrior.fit(table.emb[self.rows[keep]], self.item_q[keep], targets, alpha)
         return mean, load, text
 
 
@@ -121,7 +90,8 @@ def _choose(
     counts = np.zeros_like(scores)
     for a, alpha in enumerate(TEXT_ALPHAS):
         mean, load, text = known.fit(table, rank, alpha, keep=keep)
-        dev, vload = text.predict(table.emb[known.rows[val_rows]], known.item_q[val_rows])
+        est = text.estimate(table.emb[known.rows[val_rows]], known.item_q[val_rows])
+        dev, vload = est[:, 0], est[:, 1:]
         base = known.uniform[val_rows] + dev
         vstart = np.concatenate([[0], np.cumsum([known.where[q][1] - known.where[q][0] for q in val_q])])
         bounds = [(int(vstart[i]), int(vstart[i + 1])) for i in range(len(val_q))]
@@ -177,7 +147,8 @@ def linear_probe_many(
         a new one's read from its embeddings."""
         qidx = table.qindex(list(qids))
         rows = table.rows(qidx)
-        dev, lo = text.predict(table.emb[rows], table.item_q[rows])
+        est = text.estimate(table.emb[rows], table.item_q[rows])
+        dev, lo = est[:, 0], est[:, 1:]
         base = 1.0 / table.q_len[table.item_q[rows]] + dev
         start = np.concatenate([[0], np.cumsum(table.q_len[qidx])])
         bounds = [(int(start[i]), int(start[i + 1])) for i in range(len(qidx))]

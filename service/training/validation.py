@@ -68,10 +68,13 @@ def build_validation_episodes(
     draws: int,
     seed: int,
     make_episode: Callable[[ItemTable, torch.Tensor, torch.Tensor, np.ndarray, np.ndarray], Episode],
+    text: dict[str, torch.Tensor] | None = None,
 ) -> ValidationEpisodes:
     """Per validation group, `draws` contexts of `n_context` scorable training questions it answered (never a
     validation question); known targets: every other scorable training question it answered; new targets: the
-    validation questions it answered. A group with fewer than n_context + 1 usable questions is left out."""
+    validation questions it answered, their own prior hidden (with `text`: the group's out-of-fold text prior
+    features [I, 2 + k] shown instead, else zeros). A group with fewer than n_context + 1 usable questions is left
+    out."""
     rng = np.random.default_rng(seed + 10_000)
     out = ValidationEpisodes()
     held = set(held_out.tolist())
@@ -90,7 +93,10 @@ def build_validation_episodes(
             out.known_tq.append(tgt)
             if len(new_tq):
                 e = make_episode(table, x[g], y[g], ctx, new_tq)
-                e.x[~e.is_context, spec.prior_slice] = 0.0
+                if text is None:
+                    e.x[~e.is_context, spec.prior_slice] = 0.0
+                else:
+                    e.x[~e.is_context, spec.prior_slice] = text[g][torch.from_numpy(table.rows(new_tq))]
                 out.new.append(e)
                 out.new_tq.append(new_tq)
     return out

@@ -235,3 +235,23 @@ def test_failed_config_write_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(TypeError):
         save_checkpoint(ck, tmp_path, "gpo")
     assert list((tmp_path / "gpo").iterdir()) == []
+
+
+def test_text_prior_features_are_centred_within_the_question_and_round_trip():
+    import numpy as np
+
+    from service.gpo.features import TEXT_FLAG, TextPrior
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((30, 5))
+    item_q = np.repeat(np.arange(10), 3)
+    text = TextPrior.fit(emb, item_q, rng.standard_normal((30, 3)), alpha=0.5)
+    f = text.features(emb, item_q, np.full(30, 3))
+    assert f.shape == (30, 4) and np.all(f[:, 0] == TEXT_FLAG)
+    for q in range(10):  # each question's means sum to 1 and its loadings to 0
+        assert abs(f[item_q == q, 1].sum() - 1) < 1e-5
+        assert np.allclose(f[item_q == q, 2:].sum(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(text.question_features(emb[:3]), f[:3], rtol=1e-6)
+    again = TextPrior.from_checkpoint(text.to_checkpoint())
+    np.testing.assert_allclose(again.features(emb, item_q, np.full(30, 3)), f, rtol=1e-5, atol=1e-6)
+    assert TextPrior.from_checkpoint({}) is None

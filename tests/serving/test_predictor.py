@@ -144,3 +144,31 @@ def test_requests_on_one_encoded_context_share_a_row_and_get_their_own_answers(p
         for a, b in zip(a_req, b_req, strict=True):
             np.testing.assert_allclose(a.distribution, b.distribution, atol=1e-6)
             np.testing.assert_allclose(a.std, b.std, atol=1e-6)
+
+
+def test_a_new_question_gets_its_text_prior_when_the_checkpoint_stores_one(tmp_path):
+    """A checkpoint with a text prior serves a question outside its bank with the text prior's features (flag
+    TEXT_FLAG, the options' means summing to 1); known questions keep their own prior; the features round-trip
+    through the saved checkpoint."""
+    from service.gpo.features import TEXT_FLAG, TextPrior
+
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((40, EMB))
+    item_q = np.repeat(np.arange(10), 4)
+    text = TextPrior.fit(emb, item_q, rng.standard_normal((40, 1 + RANK)) * 0.1, alpha=1.0)
+    spec = FeatureSpec(emb_dim=EMB, use_embedding=True, use_prior=True, prior_rank=RANK)
+    cfg = GPOConfig(dim_x=spec.dim_x, d_model=16, n_layers=1, n_heads=2, d_ff=16, prior_feature=EMB, prior_rank=RANK)
+    prior = PopulationPrior(np.array([0.6, 0.3, 0.1], np.float32), np.random.rand(3, RANK).astype(np.float32))
+    bank = PriorBank(prior, {question_key(KNOWN_Q, KNOWN_OPTS): (0, 3)})
+    meta = {"features": spec.to_dict(), "embedder": {"key_prefix": "lm@r|mean|gpo-mc-v1", "dim": EMB}}
+    save_checkpoint(Checkpoint(GPO(cfg), meta, bank, extra=text.to_checkpoint()), tmp_path, "texty")
+    served = Predictor.from_store(tmp_path, "texty")
+    new = _item(rng, "Is grass green?", ["Yes", "No", "Unsure"])
+    f = served.features(new)
+    np.testing.assert_allclose(f[:, EMB], TEXT_FLAG)
+    np.testing.assert_allclose(f[:, EMB:], text.question_features(new.embeddings), rtol=1e-5, atol=1e-6)
+    assert f[:, EMB + 1].sum() == pytest.approx(1.0, abs=1e-5)  # the deviations from uniform sum to 0
+    known = served.features(_item(rng, KNOWN_Q, KNOWN_OPTS))
+    np.testing.assert_allclose(known[:, EMB], 1.0)
+    preds = served.predict([_item(rng, "q0", ["a", "b"], [0.3, 0.7])], [new])
+    assert preds[0].distribution.sum() == pytest.approx(1.0)

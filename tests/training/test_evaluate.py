@@ -11,16 +11,14 @@ import torch
 
 from service.gpo.features import FeatureSpec
 from service.training.baselines import RIDGE_GRID, UnknownQuestionError, group_context, latent_factor_many, predict_many
-from service.training.evaluate import (
-    EvalConfig,
+from service.training.evaluate import EvalConfig, run_group_protocol, score
+from service.training.fit import TrainConfig
+from service.training.held_out import (
     new_context_splits,
     new_question_split,
-    run_group_protocol,
     run_new_context_protocol,
     run_new_question_protocol,
-    score,
 )
-from service.training.fit import TrainConfig
 from service.training.items import build_item_table
 from service.training.report import write_report
 from service.training.splits import make_split, scorable_question_ids

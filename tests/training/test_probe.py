@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from service.gpo.features import centred_features
 from service.training.baselines import group_context, predict_many
 from service.training.datasets import PreferenceDataset, Question
 from service.training.items import build_item_table
 from service.training.metrics import group_contrast, question_alignments
-from service.training.probe import centred_features, linear_probe_many
+from service.training.probe import linear_probe_many
 
 
 def text_dataset(n_groups: int = 20, n_questions: int = 90, seed: int = 0, informative: bool = True):

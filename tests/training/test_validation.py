@@ -9,11 +9,12 @@ import torch
 
 import service.training.evaluate as evaluate_module
 import service.training.fit as fit_module
-from service.gpo.features import FeatureSpec
+from service.gpo.features import TEXT_FLAG, FeatureSpec
 from service.training.evaluate import gpo_predictions
 from service.training.fit import TrainConfig, train_gpo
 from service.training.items import build_item_table
 from service.training.splits import make_split, scorable_question_ids, validation_groups
+from service.training.text_prior import text_features
 from service.training.validation import (
     INELIGIBLE_PENALTY,
     MIN_VALIDATION_QUESTIONS,
@@ -100,9 +101,11 @@ def test_checkpoint_score_blends_and_enforces_the_known_floor():
     assert only([0.5, 0.7], []) == pytest.approx(0.6) and "val_new" not in only.parts
 
 
-def test_questions_outside_training_reach_the_model_as_new(monkeypatch):
-    """gpo_predictions flags items of questions outside `known_q` 0 (as training and serving encode a new question),
-    never 'known with a zero prior'."""
+@pytest.mark.parametrize("text_prior", [False, True])
+def test_questions_outside_training_reach_the_model_as_new(monkeypatch, text_prior):
+    """gpo_predictions encodes items of questions outside `known_q` as training and serving encode a new question:
+    flag 0 and zeros, or, with a text prior, flag TEXT_FLAG and the text prior's features; never 'known with a
+    zero prior'."""
     torch.set_num_threads(1)
     ds = synthetic_dataset(n_groups=10, n_questions=40)
     n_items = sum(q.n_options for q in ds.questions)
@@ -112,8 +115,10 @@ def test_questions_outside_training_reach_the_model_as_new(monkeypatch):
     split = make_split(ds.groups, qids, 0.6, 0, 5)
     fit, val = validation_groups(split.train_groups, 0)
     spec = FeatureSpec(emb_dim=4, prior_rank=2)
-    result = train_gpo(table, ds, fit, val, table.qindex(train_qids), spec, _cfg(max_steps=2), SMALL)
+    cfg = _cfg(max_steps=2, text_prior=text_prior)
+    result = train_gpo(table, ds, fit, val, table.qindex(train_qids), spec, cfg, SMALL)
     assert result.known_q is not None and result.known_q.sum() == 30
+    assert (result.text_prior is not None) == text_prior
     captured = []
     real = evaluate_module.make_eval_episode
 
@@ -127,8 +132,13 @@ def test_questions_outside_training_reach_the_model_as_new(monkeypatch):
     x = captured[0]
     new_rows = table.rows(table.qindex(new_qids))
     train_rows = table.rows(table.qindex(train_qids))
-    assert torch.all(x[new_rows, flag] == 0) and torch.all(x[new_rows, spec.prior_slice] == 0)
     assert torch.all(x[train_rows, flag] == 1)
+    if not text_prior:
+        assert torch.all(x[new_rows, flag] == 0) and torch.all(x[new_rows, spec.prior_slice] == 0)
+    else:
+        expected = text_features(result.text_prior, table, new_rows)
+        assert torch.all(x[new_rows, flag] == TEXT_FLAG)
+        np.testing.assert_allclose(x[new_rows, spec.prior_slice].numpy(), expected, rtol=1e-6)
 
 
 def test_the_readout_ridge_is_the_grid_value_the_validation_scores_best():
