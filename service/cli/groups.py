@@ -199,6 +199,13 @@ def eval_cmd(
     ] = True,
     lm: Annotated[bool, typer.Option(help="score the LLM baselines (on a fixed question sample)")] = True,
     lm_questions: int = 30,
+    reworded: Annotated[
+        str,
+        typer.Option(
+            help="rewordings JSONL for the reworded-questions protocol (60% split); 'auto': the shipped OpinionQA "
+            "rewordings on the shipped OpinionQA, else none; 'none'"
+        ),
+    ] = "auto",
     *,
     options: MetaTrainOptions,
 ) -> None:
@@ -212,7 +219,7 @@ def eval_cmd(
     from service.training.held_out import run_new_context_protocol, run_new_question_protocol
     from service.training.lm_baselines import LM_METHODS, load_lm_for_baselines
     from service.training.records import write_json
-    from service.training.report import markdown_table, new_context_table, new_question_table
+    from service.training.report import markdown_table, new_context_table, new_question_table, reworded_table
 
     t0 = time.perf_counter()
     ds, path, data_hash = load_group_dataset(data)
@@ -229,6 +236,17 @@ def eval_cmd(
         lm_methods=LM_METHODS if lm else (),
         lm_questions=lm_questions,
     )
+    if reworded == "auto":
+        from service.training.reworded import SHIPPED_REWORDINGS
+
+        reworded = str(SHIPPED_REWORDINGS) if data is None and SHIPPED_REWORDINGS.exists() else "none"
+    if reworded != "none":
+        from service.training.reworded import Rewordings, load_rewordings
+
+        pairs = load_rewordings(Path(reworded), ds)
+        if not pairs:
+            raise typer.BadParameter(f"{reworded}: no rewording of a question of this data set")
+        cfg.reworded = Rewordings.embed(pairs, table, embedder)
     tcfg = options.train_config()
     base_lm = load_lm_for_baselines(get_settings()) if lm else None
     examples: list[dict] = []
@@ -263,7 +281,11 @@ def eval_cmd(
     meta = save(records, complete=True)
     for subset in ("all", "contentious"):
         typer.echo(f"\n## {subset} questions\n" + markdown_table(records, subset, n_context))
-    for protocol, table_of in (("new_questions", new_question_table), ("new_context", new_context_table)):
+    for protocol, table_of in (
+        ("new_questions", new_question_table),
+        ("new_context", new_context_table),
+        ("reworded", reworded_table),
+    ):
         rows = [r for r in records if r["protocol"] == protocol]
         if rows:
             typer.echo(f"\n## {protocol.replace('_', ' ')}\n" + table_of(rows))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from service.gpo.features import FeatureSpec
+from service.gpo.prior import PopulationPrior
 from service.progress import progress_bar
 from service.training.baselines import group_context, predict_many
 from service.training.datasets import PreferenceDataset
@@ -25,6 +26,7 @@ from service.training.fit import (
 from service.training.items import ItemTable
 from service.training.metrics import group_contrast, question_alignments
 from service.training.probe import linear_probe_many
+from service.training.reworded import Rewordings
 from service.training.splits import (
     Split,
     answered_sets,
@@ -55,6 +57,10 @@ class EvalConfig:
     lm_methods: Sequence[str] = ()
     lm_questions: int = 50
     new_question_share: float = 0.2  # new-questions protocol: share of questions held out of meta-training
+    # reworded-questions protocol: on this split, the test groups' targets that have a rewording are scored as
+    # worded in the survey and as reworded (service.training.reworded); None: not run
+    reworded: Rewordings | None = None
+    reworded_split: float = 0.6
     progress: bool = True  # a bar over the (split, seed) runs (stderr, terminals only: service.progress)
 
 
@@ -243,6 +249,10 @@ def run_group_protocol(
                 result.wall_s,
                 {r["method"]: round(r["alignment"], 4) for r in found if r["subset"] == "all"},
             )
+            if cfg.reworded is not None and abs(split_frac - cfg.reworded_split) < 1e-9:
+                for r in score_reworded(dataset, cfg.reworded, split, result, qids):
+                    r.update(protocol="reworded", split=split_frac, seed=seed, n_context=cfg.n_context)
+                    records.append(r)
             if examples is not None and not examples and split_frac == cfg.curve_split:
                 examples += example_predictions(dataset, table, split, result)
             if cfg.curve_split is not None and abs(split_frac - cfg.curve_split) < 1e-9:
@@ -297,3 +307,53 @@ def example_predictions(
                 }
             )
     return out
+
+
+def score_reworded(
+    dataset: PreferenceDataset, rewordings: Rewordings, split: Split, result: TrainResult, known_qids: Sequence[str]
+) -> list[dict]:
+    """The reworded-questions protocol on one trained split: each test group's targets that have a rewording, scored
+    as worded in the survey (subset "original": GPO, uniform, latent_factor, linear_probe) and as reworded
+    ("reworded": GPO, uniform, linear_probe; a reworded question is new to all of them), with the same contexts.
+    `known_qids`: the questions of meta-training (what linear_probe may read answers of)."""
+    test = list(split.test_groups)
+    aug = rewordings.dataset(dataset, test)
+    table = rewordings.table
+    n_q, n_items = len(table.questions), table.n_items
+    known_q = np.zeros(n_q, dtype=bool)
+    known_q[: len(dataset.questions)] = True if result.known_q is None else result.known_q
+    thin = np.zeros(n_items, dtype=bool)
+    if result.thin_items is not None:
+        thin[: len(result.thin_items)] = result.thin_items
+    prior = result.prior
+    if prior is not None:  # the reworded items have no prior of their own (zeros, never read: not known)
+        extra = n_items - len(prior.mean)
+        prior = PopulationPrior(
+            np.concatenate([prior.mean, np.zeros(extra, np.float32)]),
+            np.concatenate([prior.loadings, np.zeros((extra, prior.rank), np.float32)]),
+        )
+    padded = replace(result, known_q=known_q, thin_items=thin, prior=prior)
+    reworded_of = {qid: q.qid for qid, q in rewordings.pairs}
+    originals = {g: tuple(q for q in split.targets_of(g) if q in reworded_of) for g in test}
+    records = []
+    for subset, targets, baselines in (
+        ("original", originals, ["uniform", "latent_factor"]),
+        ("reworded", {g: tuple(reworded_of[q] for q in t) for g, t in originals.items()}, ["uniform"]),
+    ):
+        scored = tuple(g for g in test if targets[g])
+        if not scored:
+            return []
+        sub = Split(
+            split.train_groups,
+            scored,
+            split.context_qids,
+            tuple(dict.fromkeys(q for g in scored for q in targets[g])),
+            split.split,
+            split.seed,
+            {g: split.context_of(g) for g in scored},
+            {g: targets[g] for g in scored},
+        )
+        for r in evaluate_split(aug, table, sub, padded, baselines, subsets=("all",), probe_known=known_qids):
+            r["subset"] = subset
+            records.append(r)
+    return records

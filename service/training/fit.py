@@ -441,7 +441,15 @@ def train_gpo(
             n_ctx = int(rng.integers(cfg.min_context, cfg.max_context + 1))
             episodes.append(
                 sample_episode(
-                    rng, table, feats.x[g], feats.y[g], train_pools[g], n_ctx, cfg.n_targets, spec, cfg.prior_dropout,
+                    rng,
+                    table,
+                    feats.x[g],
+                    feats.y[g],
+                    train_pools[g],
+                    n_ctx,
+                    cfg.n_targets,
+                    spec,
+                    cfg.prior_dropout,
                     None if text_blocks is None else text_blocks[g],
                 )  # fmt: skip
             )

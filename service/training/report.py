@@ -84,6 +84,9 @@ def results_markdown(records: Sequence[dict], examples: Sequence[dict], meta: di
     own = [r for r in records if r["protocol"] == "new_context"]
     if own:
         lines += ["## New context (each test group brings its own survey)", "", new_context_table(own), ""]
+    reworded = [r for r in records if r["protocol"] == "reworded"]
+    if reworded:
+        lines += ["## Reworded questions (known questions in other words)", "", reworded_table(reworded), ""]
     for title, fig in figures.items():
         lines += [f"## {title}", "", f"![{title}]({fig})", ""]
     return "\n".join(lines)
@@ -192,7 +195,7 @@ def new_question_table(rows: Sequence[dict]) -> str:
                     )
                 row += f" {contrast} | {spread} |"
             lines.append(row)
-    if rows and rows[0]["protocol"] == "new_context":
+    if rows and rows[0]["protocol"] != "new_questions":
         return "\n".join(lines)
     g_new = mean_alignment(rows, method="gpo", subset="all")
     u_new = mean_alignment(rows, method="uniform", subset="all")
@@ -231,6 +234,23 @@ def new_context_table(rows: Sequence[dict]) -> str:
             new_question_table(rows),
         ]
     )
+
+
+def reworded_table(rows: Sequence[dict]) -> str:
+    """The reworded-questions protocol's table, and how much of GPO's known-question edge over uniform survives."""
+    lines = [
+        "The test groups' targets that have a rewording (service/data/reworded), scored as worded in the survey "
+        "(original) and in other words (reworded), with the same 20 context questions. A reworded question is new "
+        "to the prior bank and to every baseline; its true answer is the original's.",
+        "",
+        new_question_table(rows),
+    ]
+    g = {s: mean_alignment(rows, method="gpo", subset=s) for s in ("original", "reworded")}
+    u = {s: mean_alignment(rows, method="uniform", subset=s) for s in ("original", "reworded")}
+    if None not in (*g.values(), *u.values()) and g["original"] != u["original"]:
+        kept = (g["reworded"] - u["reworded"]) / (g["original"] - u["original"])
+        lines += ["", f"GPO keeps {kept:.0%} of its known-question edge over uniform on the reworded questions."]
+    return "\n".join(lines)
 
 
 # The paper's figures (figure 3 of Zhao et al. 2023, read from the plot, ±0.005; ../shared/docs/GPO.md) beside ours
