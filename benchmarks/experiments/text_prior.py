@@ -69,7 +69,7 @@ def main() -> None:
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": vars(args) | {"data": str(args.data)}, "records": rows}, indent=1))
+        args.json.write_text(json.dumps({"command": vars(args), "records": rows}, indent=1, default=str))
 
 
 if __name__ == "__main__":

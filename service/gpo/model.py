@@ -38,11 +38,16 @@ class GPOConfig:
     # Items whose flag is 0 (questions the training groups never answered, no text prior) get no offset and take
     # no part in the ridge fit: their softmax starts uniform and the embedding must carry them. Choice items whose
     # prior is read from their text (service.gpo.features.TextPrior) have the flag TEXT_FLAG: they get the offset,
-    # and weigh TEXT_FLAG in the context's ridge fit (an own prior weighs 1).
+    # and weigh `text_weight` in the context's ridge fit (an own prior weighs 1).
     prior_feature: int | None = None
     prior_rank: int = 0
     prior_readout: str = "none"  # "none" | "mean" | "ridge"
     ridge_init: float = 0.01
+    # Weight, in the context's ridge fit, of a context item whose prior is read from its text (flag TEXT_FLAG, in
+    # (0, 1)); an item's own prior (flag 1) weighs 1. Chosen before training on the training groups
+    # (service.training.validation.choose_text_weight): text-read loadings are shrunk estimates, and a context of
+    # them needs more shrinkage of z than a context of known questions.
+    text_weight: float = 0.5
     prior_floor: float = 1e-4  # the base probability is clamped here before the log
     # What one token is and what is predicted for it (appendix H):
     #   "choice":     an option of a multiple-choice question; y = the group's probability of the option;
@@ -345,9 +350,10 @@ class GPO(nn.Module):
             return self._pair_z(x, y, is_context)
         assert cfg.prior_feature is not None
         p = cfg.prior_feature
-        flag = x[..., p].clamp(0.0, 1.0)  # 1: the item's own prior; TEXT_FLAG: read from its text; 0: none
+        flag = x[..., p]  # 1: the item's own prior; TEXT_FLAG (in (0, 1)): read from its text; 0: none
         load = x[..., p + 2 : p + 2 + cfg.prior_rank]  # [B, N, k]
-        w = is_context.to(load.dtype) * flag  # [B, N] context items with a prior, weighted by its flag
+        weight = torch.where(flag >= 1.0, torch.ones_like(flag), (flag > 0).to(flag.dtype) * cfg.text_weight)
+        w = is_context.to(load.dtype) * weight  # [B, N] context items with a prior, an own one weighing 1
         resid = (y - x[..., p + 1]) * w  # [B, N]
         gram = torch.einsum("bnk,bnj->bkj", load * w.unsqueeze(-1), load)  # [B, k, k]
         eye = torch.eye(cfg.prior_rank, dtype=load.dtype, device=load.device)

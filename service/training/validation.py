@@ -144,3 +144,22 @@ def choose_readout_ridge(model: torch.nn.Module, known_alignment: Callable[[], f
     best = float(grid[int(np.argmax(scores))])
     model.log_ridge.fill_(float(np.log(best)))
     return best
+
+
+TEXT_WEIGHT_GRID = (0.5, 0.2, 0.1, 0.05, 0.02)
+
+
+@torch.no_grad()
+def choose_text_weight(
+    model: torch.nn.Module, text_context_alignment: Callable[[], float], grid=TEXT_WEIGHT_GRID
+) -> float:
+    """Set `model.cfg.text_weight` (the weight of a text-read context item in the readout's ridge fit) to the grid
+    value whose untrained model has the best alignment on episodes whose context questions show their text prior
+    (`text_context_alignment()`, training groups only), and return it."""
+    scores = []
+    for w in grid:
+        model.cfg.text_weight = float(w)
+        scores.append(text_context_alignment())
+    best = float(grid[int(np.argmax(scores))])
+    model.cfg.text_weight = best
+    return best

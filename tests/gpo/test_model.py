@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.gpo.batch import Episode, GPOBatch, collate
-from service.gpo.model import segment_softmax
+from service.gpo.model import GPO, GPOConfig, segment_softmax
 
 from .conftest import DIM_X, build_episode, make_questions, permute_episode, predict, tiny_model
 
@@ -422,3 +422,25 @@ def test_ridge_strength_is_learned():
     ep.x[:, 1] = 0.3
     model.loss(collate([ep])).backward()
     assert model.log_ridge.grad is not None and float(model.log_ridge.grad.abs()) > 0
+
+
+def test_text_weight_scales_only_text_read_context_items_in_the_ridge_fit():
+    from service.gpo.features import TEXT_FLAG
+
+    torch.manual_seed(0)
+    k, n = 2, 6
+    cfg = GPOConfig(
+        dim_x=2 + k, d_model=8, n_layers=1, n_heads=2, d_ff=8, prior_feature=0, prior_rank=k, prior_readout="ridge"
+    )
+    model = GPO(cfg)
+    x = torch.rand(1, n, 2 + k)
+    y = torch.rand(1, n)
+    ctx = torch.ones(1, n, dtype=torch.bool)
+    x[..., 0] = 1.0  # own priors only: the text weight changes nothing
+    z1 = model._ridge_z(x, y, ctx)
+    model.cfg.text_weight = 0.05
+    assert torch.allclose(model._ridge_z(x, y, ctx), z1)
+    x[..., 0] = TEXT_FLAG  # text-read priors: a smaller weight shrinks z towards 0
+    z_small = model._ridge_z(x, y, ctx)
+    model.cfg.text_weight = 0.5
+    assert z_small.norm() < model._ridge_z(x, y, ctx).norm()

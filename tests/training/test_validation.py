@@ -190,3 +190,20 @@ def test_a_test_group_without_targets_gets_no_predictions():
     )  # fmt: skip
     preds = gpo_predictions(result, table, ds, split)
     assert set(preds[0]) == set(qids[5:]) and preds[1] == {}
+
+
+def test_the_text_weight_is_the_grid_value_the_text_context_episodes_score_best():
+    from types import SimpleNamespace
+
+    from service.training.validation import TEXT_WEIGHT_GRID, choose_text_weight
+
+    model = torch.nn.Module()
+    model.cfg = SimpleNamespace(text_weight=0.5)
+    seen = []
+
+    def score() -> float:
+        seen.append(model.cfg.text_weight)
+        return -abs(np.log(model.cfg.text_weight / 0.1))
+
+    assert choose_text_weight(model, score) == 0.1 and model.cfg.text_weight == 0.1
+    assert seen == list(TEXT_WEIGHT_GRID)
