@@ -28,7 +28,7 @@ from service.training.items import ItemTable
 
 log = logging.getLogger(__name__)
 
-TEXT_ALPHAS = (10.0, 100.0, 1e3, 1e4, 1e5)  # ridge of the text map on standardised embeddings (chosen by folds)
+TEXT_ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 1e3, 1e4, 1e5)  # ridge of the text map (standardised embeddings), by folds
 TEXT_FOLDS = 5
 
 
