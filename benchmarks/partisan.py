@@ -39,6 +39,42 @@ def load_partisan(path: Path = PARTISAN) -> tuple[list[Question], list[str]]:
     return questions, [r["democrat_option"] for r in rows]
 
 
+def context_ids(oqa: PreferenceDataset, n_context: int = 20) -> list[str]:
+    """The 20 contentious OpinionQA questions both parties are registered with (a fixed draw, seed 0)."""
+    contentious = [q.qid for q in oqa.questions if "contentious" in q.tags]
+    return sorted(np.random.default_rng(0).choice(contentious, size=n_context, replace=False).tolist())
+
+
+def served_predictions(
+    predictor: Predictor, embed, oqa: PreferenceDataset, questions: list[Question], ctx_ids: list[str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """party -> qid -> the served distribution, each party registered with its answers to `ctx_ids`; `embed(texts)`
+    gives the embeddings (the checkpoint's embedder)."""
+
+    def item_emb(q: Question) -> np.ndarray:
+        return embed(predictor.choice_texts(q.text, q.options))
+
+    targets = [Item(q.text, q.options, item_emb(q)) for q in questions]
+    ctx_q = [oqa.question(q) for q in ctx_ids]
+    ctx_emb = [item_emb(q) for q in ctx_q]
+    out = {}
+    for party in PARTIES:
+        context = [
+            AnsweredItem(q.text, q.options, e, oqa.dist(party, q.qid)) for q, e in zip(ctx_q, ctx_emb, strict=True)
+        ]
+        preds = predictor.predict(context, targets)
+        out[party] = {q.qid: p.distribution for q, p in zip(questions, preds, strict=True)}
+    return out
+
+
+def right_direction(preds: dict[str, dict[str, np.ndarray]], questions: list[Question], dem_options: list[str]):
+    """Per question, Democrats' minus Republicans' predicted share of `democrat_option`."""
+    return [
+        float(preds["Democrat"][q.qid][q.options.index(o)] - preds["Republican"][q.qid][q.options.index(o)])
+        for q, o in zip(questions, dem_options, strict=True)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=None)
@@ -47,43 +83,28 @@ def main() -> None:
     settings = get_settings()
     oqa = load_opinionqa()
     questions, dem_options = load_partisan()
-    contentious = [q.qid for q in oqa.questions if "contentious" in q.tags]
-    ctx_ids = sorted(np.random.default_rng(0).choice(contentious, size=args.n_context, replace=False).tolist())
+    ctx_ids = context_ids(oqa, args.n_context)
 
     # one table for OpinionQA and the partisan questions (embeddings from the cache or the bundled LLM)
     combined = PreferenceDataset(questions=[*oqa.questions, *questions], groups=oqa.groups, dists=oqa.dists)
     embedder = build_embedder(settings)
     table = build_item_table(combined.questions, embedder.embed(item_texts(combined.questions), progress=True))
 
-    def item_embeddings(q: Question) -> np.ndarray:
-        i = table.index[q.qid]
-        return table.emb[table.q_start[i] : table.q_start[i] + table.q_len[i]]
-
     predictor = Predictor.from_store(settings.model_store, settings.checkpoint)
     predictor.check_embedder(embedder.key_prefix, table.emb.shape[1])
-    served = {}
-    for party in PARTIES:
-        context = [
-            AnsweredItem(
-                oqa.question(q).text, oqa.question(q).options, item_embeddings(oqa.question(q)), oqa.dist(party, q)
-            )
-            for q in ctx_ids
-        ]
-        preds = predictor.predict(context, [Item(q.text, q.options, item_embeddings(q)) for q in questions])
-        served[party] = {q.qid: p.distribution for q, p in zip(questions, preds, strict=True)}
+    served = served_predictions(predictor, embedder.embed, oqa, questions, ctx_ids)
     train = [g for g in oqa.groups if g not in PARTIES]
     contexts = [group_context(oqa, party, ctx_ids) for party in PARTIES]
     probe = linear_probe_many(combined, table, train, scorable_question_ids(oqa), contexts, [q.qid for q in questions])
     probed = dict(zip(PARTIES, probe, strict=True))
 
-    rows, right = [], {"gpo": 0, "linear_probe": 0}
-    for q, opt in zip(questions, dem_options, strict=True):
-        k = q.options.index(opt)
-        row = {"qid": q.qid, "democrat_option": opt}
-        for name, preds in (("gpo", served), ("linear_probe", probed)):
-            diff = float(preds["Democrat"][q.qid][k] - preds["Republican"][q.qid][k])
-            row[name] = diff
-            right[name] += diff > 0
+    diffs = {
+        "gpo": right_direction(served, questions, dem_options),
+        "linear_probe": right_direction(probed, questions, dem_options),
+    }
+    rows, right = [], {name: sum(d > 0 for d in v) for name, v in diffs.items()}
+    for i, (q, opt) in enumerate(zip(questions, dem_options, strict=True)):
+        row = {"qid": q.qid, "democrat_option": opt, **{name: v[i] for name, v in diffs.items()}}
         rows.append(row)
         print(f"{q.qid}  D-R share of {opt[:40]!r:44}  gpo {row['gpo']:+.4f}  probe {row['linear_probe']:+.4f}")
     n = len(questions)
