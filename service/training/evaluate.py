@@ -309,6 +309,25 @@ def example_predictions(
     return out
 
 
+def padded_result(result: TrainResult, n_questions: int, table: ItemTable) -> TrainResult:
+    """`result` for a table that appends new questions after a data set's `n_questions` (reworded or free-text
+    versions of its questions): the appended questions are unknown to the prior (zeros, never read), so they get
+    the features a new question gets at serving."""
+    known_q = np.zeros(len(table.questions), dtype=bool)
+    known_q[:n_questions] = True if result.known_q is None else result.known_q
+    thin = np.zeros(table.n_items, dtype=bool)
+    if result.thin_items is not None:
+        thin[: len(result.thin_items)] = result.thin_items
+    prior = result.prior
+    if prior is not None:
+        extra = table.n_items - len(prior.mean)
+        prior = PopulationPrior(
+            np.concatenate([prior.mean, np.zeros(extra, np.float32)]),
+            np.concatenate([prior.loadings, np.zeros((extra, prior.rank), np.float32)]),
+        )
+    return replace(result, known_q=known_q, thin_items=thin, prior=prior)
+
+
 def score_reworded(
     dataset: PreferenceDataset, rewordings: Rewordings, split: Split, result: TrainResult, known_qids: Sequence[str]
 ) -> list[dict]:
@@ -319,20 +338,7 @@ def score_reworded(
     test = list(split.test_groups)
     aug = rewordings.dataset(dataset, test)
     table = rewordings.table
-    n_q, n_items = len(table.questions), table.n_items
-    known_q = np.zeros(n_q, dtype=bool)
-    known_q[: len(dataset.questions)] = True if result.known_q is None else result.known_q
-    thin = np.zeros(n_items, dtype=bool)
-    if result.thin_items is not None:
-        thin[: len(result.thin_items)] = result.thin_items
-    prior = result.prior
-    if prior is not None:  # the reworded items have no prior of their own (zeros, never read: not known)
-        extra = n_items - len(prior.mean)
-        prior = PopulationPrior(
-            np.concatenate([prior.mean, np.zeros(extra, np.float32)]),
-            np.concatenate([prior.loadings, np.zeros((extra, prior.rank), np.float32)]),
-        )
-    padded = replace(result, known_q=known_q, thin_items=thin, prior=prior)
+    padded = padded_result(result, len(dataset.questions), table)
     reworded_of = {qid: q.qid for qid, q in rewordings.pairs}
     originals = {g: tuple(q for q in split.targets_of(g) if q in reworded_of) for g in test}
     records = []

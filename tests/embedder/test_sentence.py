@@ -1,0 +1,48 @@
+"""The sentence encoder used to compare embedders (service.embedder.sentence), on a tiny BERT built here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.embedder.sentence import SentenceEncoder
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    words = "the a is of and to in question answer yes no good bad very not at all".split()
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=5 + len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_vectors_are_unit_mean_pooled_and_do_not_depend_on_the_batch(tiny_bert: Path):
+    enc = SentenceEncoder(tiny_bert, batch_size=2)
+    texts = ["the question is good", "no", "very bad answer and not at all good", "yes"]
+    v = enc.embed(texts)
+    assert v.shape == (4, 32) and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    # one text alone (no padding) gives the same vector as in a padded batch
+    np.testing.assert_allclose(SentenceEncoder(tiny_bert, batch_size=8).embed(texts[2:3])[0], v[2], atol=1e-5)
+    with torch.inference_mode():
+        batch = enc.tokenizer(texts[:1], return_tensors="pt")
+        h = enc.model(**batch).last_hidden_state[0].mean(0)
+    np.testing.assert_allclose(v[0], (h / h.norm()).numpy(), atol=1e-5)
+    assert not np.allclose(v[0], v[1])
+    assert enc.embed([]).shape == (0, 32)
