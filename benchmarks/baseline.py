@@ -18,12 +18,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 SIDES = ("current", "baseline")
+COLD_REQUESTS = 2  # per server and round, with a `cold` workload
 FIGURES = ("p50_ms", "p99_ms", "rps")  # p50 and p99 at concurrency 1, requests/s at concurrency 16
 
 
@@ -36,14 +38,15 @@ def abba_order(rounds: int, sides: Sequence[str] = SIDES) -> list[tuple[str, ...
 
 
 def summarize(rounds: Sequence[dict[str, dict[str, float]]]) -> dict[str, Any]:
-    """Per-round figures ({side: {p50_ms, p99_ms, rps}}) -> medians per side, ratios current / baseline of the
-    medians, and the min and max of the per-round ratios (how far one round's ratio strays: the noise band)."""
-    median = {side: {f: statistics.median(r[side][f] for r in rounds) for f in FIGURES} for side in SIDES}
-    # p50 / p99: below 1 the current code is faster; rps: above 1 it is
-    per_round = {f: [r["current"][f] / r["baseline"][f] for r in rounds] for f in FIGURES}
+    """Per-round figures ({side: {p50_ms, p99_ms, rps[, cold_ms]}}) -> medians per side, ratios current / baseline
+    of the medians, and the min and max of the per-round ratios (how far one round's ratio strays: the noise band)."""
+    figures = [f for f in (*FIGURES, "cold_ms") if all(f in r[side] for r in rounds for side in SIDES)]
+    median = {side: {f: statistics.median(r[side][f] for r in rounds) for f in figures} for side in SIDES}
+    # p50 / p99 / cold: below 1 the current code is faster; rps: above 1 it is
+    per_round = {f: [r["current"][f] / r["baseline"][f] for r in rounds] for f in figures}
     return {
         "median": {side: {f: round(v, 3 if f != "rps" else 1) for f, v in m.items()} for side, m in median.items()},
-        "ratio": {f: round(median["current"][f] / median["baseline"][f], 3) for f in FIGURES},
+        "ratio": {f: round(median["current"][f] / median["baseline"][f], 3) for f in figures},
         "round_ratio_min_max": {f: [round(min(v), 3), round(max(v), 3)] for f, v in per_round.items()},
     }
 
@@ -67,6 +70,15 @@ def _git(root: Path, *args: str) -> str:
     if r.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)}: {r.stderr.strip()}")
     return r.stdout.strip()
+
+
+def cold_request(url: str, body: dict, headers: dict[str, str]) -> float:
+    """Milliseconds of one /predict (raises on an error answer)."""
+    import httpx
+
+    t0 = time.perf_counter()
+    httpx.post(f"{url}/predict", json=body, headers=headers, timeout=600).raise_for_status()
+    return (time.perf_counter() - t0) * 1000
 
 
 def describe_revisions(root: Path, rev: str) -> dict[str, Any]:
@@ -139,15 +151,18 @@ def section(
     bodies: list[dict],
     quick: bool,
     tmp: Path,
+    cold: Callable[[str], dict] | None = None,
+    workload: str = "known5",
 ) -> dict[str, Any]:
     """Measure /predict on the current checkout (`root`) and on `rev`, interleaved; `base_env` names the worker
-    and the API torch threads (as the main section's servers get them)."""
+    and the API torch threads (as the main section's servers get them). With `cold` (a tag -> a request no cache
+    has seen), each round also times COLD_REQUESTS such requests per server, one at a time (embedding included)."""
     from benchmarks import run as suite
     from benchmarks.loadgen import load
 
     rounds_n = 5 if quick else 9
     c1_requests, c16_s = (200, 3.0) if quick else (600, 8.0)
-    out: dict[str, Any] = {**describe_revisions(root, rev), "rounds_n": rounds_n}
+    out: dict[str, Any] = {**describe_revisions(root, rev), "rounds_n": rounds_n, "workload": workload}
     out["settings"] = {
         "c1_requests": c1_requests,
         "c16_duration_s": c16_s,
@@ -204,6 +219,9 @@ def section(
                     "rps": round(c16.rps, 1),
                     "statuses": statuses,
                 }
+                if cold is not None:
+                    times = [cold_request(procs[side].url, cold(f"{side}-{i}-{j}"), h) for j in range(COLD_REQUESTS)]
+                    row[side]["cold_ms"] = round(statistics.median(times), 1)
                 print(f"  round {i + 1} {side:8s}: {row[side]}", flush=True)
             rounds.append({"order": list(order), **row})
         out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -231,6 +249,16 @@ def markdown(b: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     cur = f"`{b['current_commit']}`" + (" + uncommitted changes under service/" if b["current_uncommitted"] else "")
     base = f"`{b['baseline_commit']}`" + (f" (`--baseline {b['rev']}`)" if b["rev"] != b["baseline_commit"] else "")
     s, m, ratio, band = b["settings"], b["median"], b["ratio"], b["round_ratio_min_max"]
+    figures = [f for f in (*FIGURES, "cold_ms") if f in ratio]
+    heads = {"p50_ms": "p50 ms (c1)", "p99_ms": "p99 ms (c1)", "rps": "req/s (c16)", "cold_ms": "new texts ms"}
+    work = (
+        "Workload: one request of 32 questions outside the prior bank (the shipped partisan questions, then reworded "
+        f"OpinionQA questions; their embeddings cached after warm-up); *new texts*: {COLD_REQUESTS} more such requests "
+        "per server and round, one at a time, with every question text made new (every option embedded by the "
+        "worker: embedding included), median."
+        if b.get("workload") == "new32"
+        else "Workload: one known five-option question per request."
+    )
     lines = [
         "",
         "## /predict against a baseline checkout",
@@ -241,19 +269,17 @@ def markdown(b: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         f"concurrency 16. Same `gpo worker`, each server its own SQLite file, API torch threads "
         f"{s['api_torch_threads']}. Load average at start / end {b['load_avg_start'][0]} / {b['load_avg_end'][0]}. "
         "Figures: median over rounds; ratios current / baseline of the medians, with the min - max of the "
-        "per-round ratios.",
+        "per-round ratios. " + work,
         "",
-        "| server | p50 ms (c1) | p99 ms (c1) | req/s (c16) |",
-        "|---|---|---|---|",
-        f"| current {b['current_commit']} | {m['current']['p50_ms']} | {m['current']['p99_ms']} | "
-        f"{m['current']['rps']} |",
-        f"| baseline {b['baseline_commit']} | {m['baseline']['p50_ms']} | {m['baseline']['p99_ms']} | "
-        f"{m['baseline']['rps']} |",
+        "| server | " + " | ".join(heads[f] for f in figures) + " |",
+        "|---" * (len(figures) + 1) + "|",
+        f"| current {b['current_commit']} | " + " | ".join(str(m["current"][f]) for f in figures) + " |",
+        f"| baseline {b['baseline_commit']} | " + " | ".join(str(m["baseline"][f]) for f in figures) + " |",
         "| **current / baseline** (rounds min - max) | "
-        + " | ".join(f"**{ratio[f]}** ({band[f][0]} - {band[f][1]})" for f in ("p50_ms", "p99_ms", "rps"))
+        + " | ".join(f"**{ratio[f]}** ({band[f][0]} - {band[f][1]})" for f in figures)
         + " |",
         "",
-        "p50 and p99 below 1: the current code answers faster; req/s above 1: it serves more.",
+        "p50, p99 and new-text times below 1: the current code answers faster; req/s above 1: it serves more.",
         "",
     ]
     return lines
@@ -266,8 +292,10 @@ def standalone_markdown(r: dict[str, Any]) -> str:
         "# Benchmarks: /predict against a baseline checkout",
         "",
         f"Measured {r['date']} by `.venv/bin/python -m benchmarks.run --only-baseline --baseline "
-        f"{r['baseline']['rev']}{' --quick' if r['quick'] else ''}` on {m['cpus']} CPUs ({m['platform']}, Python "
-        f"{m['python']}, torch {m['torch']}). Processes on loopback: one `gpo worker` (SmolLM2) and two `gpo serve`; "
+        f"{r['baseline']['rev']}{' --quick' if r['quick'] else ''}"
+        f"{' --workload new32' if r['baseline'].get('workload') == 'new32' else ''}` on {m['cpus']} CPUs "
+        f"({m['platform']}, Python {m['python']}, torch {m['torch']}). Processes on loopback: one `gpo worker` "
+        "(SmolLM2) and two `gpo serve`; "
         "the load generator (benchmarks/loadgen.py, closed loop, keep-alive) runs on the same cores.",
     ]
     return "\n".join(lines + markdown(r["baseline"], m))

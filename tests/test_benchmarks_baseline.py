@@ -84,3 +84,48 @@ def test_markdown_states_revisions_rounds_and_ratios() -> None:
     assert "2 rounds" in text and "2 CPUs" in text
     assert "| current 3581cce | 2.0 | 4.0 | 400.0 |" in text
     assert "**0.5** (0.5 - 0.5)" in text and "**2.0** (2.0 - 2.0)" in text
+
+
+def test_new_question_workload_times_fresh_texts_and_reports_them() -> None:
+    rounds = [_round((20.0, 40.0, 40.0), (10.0, 20.0, 80.0)) for _ in range(3)]
+    for i, r in enumerate(rounds):
+        r["current"]["cold_ms"], r["baseline"]["cold_ms"] = 3000.0 + i, 2000.0
+    s = summarize(rounds)
+    assert s["median"]["current"]["cold_ms"] == 3001.0 and s["ratio"]["cold_ms"] == 1.5
+    assert s["round_ratio_min_max"]["cold_ms"] == [1.5, 1.501]
+    section = {
+        "rev": "abc",
+        "baseline_commit": "abc",
+        "current_commit": "def",
+        "current_uncommitted": False,
+        "rounds_n": 3,
+        "workload": "new32",
+        "settings": {"c1_requests": 200, "c16_duration_s": 3.0, "api_torch_threads": "1"},
+        "load_avg_start": [1.0],
+        "load_avg_end": [1.0],
+        **s,
+    }
+    text = "\n".join(markdown(section, {"cpus": 2, "platform": "Linux"}))
+    assert "| server | p50 ms (c1) | p99 ms (c1) | req/s (c16) | new texts ms |" in text
+    assert "| current def | 20.0 | 40.0 | 40.0 | 3001.0 |" in text and "**1.5** (1.5 - 1.501)" in text
+    assert "32 questions outside the prior bank" in text
+    # a round without the figure leaves it out of the summary (older results files)
+    del rounds[0]["current"]["cold_ms"]
+    assert "cold_ms" not in summarize(rounds)["ratio"]
+
+
+def test_the_new_question_targets_are_outside_the_shipped_prior_bank() -> None:
+    from benchmarks.run import ROOT, fresh_body, new_question_targets
+    from service.gpo.checkpoint import load_checkpoint
+    from service.gpo.prior import question_key
+
+    targets = new_question_targets(32)
+    assert len(targets) == 32 and len({t["question"] for t in targets}) == 32
+    bank = load_checkpoint(ROOT / "model_store" / "opinionqa-gpo").bank
+    assert bank is not None
+    assert not any(
+        bank.lookup(question_key(t["question"], t["options"]), len(t["options"])) is not None for t in targets
+    )
+    a, b = fresh_body("g", targets, "x1"), fresh_body("g", targets, "x2")
+    assert a["group_id"] == "g" and [q["options"] for q in a["questions"]] == [t["options"] for t in targets]
+    assert {q["question"] for q in a["questions"]}.isdisjoint(q["question"] for q in b["questions"])

@@ -2,7 +2,7 @@
 group contrast per seed, 60% split, 20 context questions, the splits of `gpo eval`.
 
     .venv/bin/python benchmarks/experiments/text_prior.py [--data FILE] [--seeds 0,1,2] [--max-steps 1200]
-        [--time-budget-s 600] [--variants text,none] [--protocols new_questions,new_context]
+        [--time-budget-s 600] [--variants text,none] [--protocols new_questions,new_context] [--matcher]
 
 --max-steps 0 scores the untrained model (the closed-form readout alone). Prints one line per record and the means;
 --json writes the records.
@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
+from service.embedder.sentence import SentenceEncoder
 from service.gpo.features import FeatureSpec
 from service.training.evaluate import EvalConfig
 from service.training.fit import TrainConfig
 from service.training.held_out import run_new_context_protocol, run_new_question_protocol
+from service.training.matching import with_question_vectors
 
 
 def main() -> None:
@@ -32,11 +34,16 @@ def main() -> None:
     parser.add_argument("--variants", default="text,none")
     parser.add_argument("--protocols", default="new_questions,new_context")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--matcher", action="store_true", help="match new questions to known ones (all-MiniLM-L6-v2 question vectors)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     ds, _, _ = load_group_dataset(args.data)
     table, _ = embed_group_dataset(ds)
+    if args.matcher:  # the table carries question vectors: training fits a matcher, scoring uses it
+        table = with_question_vectors(table, SentenceEncoder())
     spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=True, use_prior=True, prior_rank=8)
     runners = {"new_questions": run_new_question_protocol, "new_context": run_new_context_protocol}
     rows = []

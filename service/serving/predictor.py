@@ -8,7 +8,7 @@ the caller (the API gets them from its cache or the worker), so this module neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_resp
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel, TextPrior
+from service.gpo.matching import QuestionMatcher, borrowed_features, match_text
 from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
 
@@ -78,6 +79,10 @@ class Predictor:
         # Choice models: a question outside the prior bank gets prior features read from its options' text (flag
         # TEXT_FLAG) when the checkpoint stores a text prior; older checkpoints serve it with flag 0 and zeros.
         self.text_prior = TextPrior.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
+        # Choice models: a question outside the bank borrows its nearest known question's prior when the checkpoint
+        # stores a matcher and a question encoder is attached (`use_question_encoder`); otherwise exact matches only.
+        self.matcher = QuestionMatcher.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
+        self.question_encoder: Callable[[str], np.ndarray] | None = None
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
 
     @classmethod
@@ -192,6 +197,17 @@ class Predictor:
         """Texts to embed for sampled responses to a prompt (the options of one question in best-of-n)."""
         return [format_response_item(prompt, r) for r in responses]
 
+    def use_question_encoder(self, encode: Callable[[str], np.ndarray]) -> None:
+        """Match questions outside the bank with `encode` (a `match_text` line -> its unit vector; the encoder the
+        checkpoint's matcher was fitted with, `meta["matcher"]`)."""
+        self.question_encoder = encode
+
+    def matched_rows(self, question: str, options: Sequence[str]) -> np.ndarray | None:
+        """The bank rows of the known question this one borrows its prior from (service.gpo.matching), or None."""
+        if self.matcher is None or self.question_encoder is None:
+            return None
+        return self.matcher.match(self.question_encoder(match_text(question, options)), len(options))
+
     def is_known(self, question: str, options: Sequence[str]) -> bool:
         """Whether the question (with exactly these options) is in the checkpoint's prior bank."""
         bank = self.ckpt.bank
@@ -212,8 +228,11 @@ class Predictor:
             assert bank is not None
             if self.kind == "choice":
                 rows = bank.lookup(question_key(item.question, item.options), n)
+                borrowed = self.matched_rows(item.question, item.options) if rows is None else None
                 if rows is not None:
                     prior = bank.prior.features(rows)
+                elif borrowed is not None:  # a rewording of a known question (service.gpo.matching)
+                    prior = borrowed_features(bank.prior, borrowed)
                 elif self.text_prior is not None and emb is not None:
                     prior = self.text_prior.question_features(emb)
                 else:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from service.gpo.features import FeatureSpec
+from service.gpo.matching import borrowed_features
 from service.gpo.prior import PopulationPrior
 from service.progress import progress_bar
 from service.training.baselines import group_context, predict_many
@@ -81,6 +82,15 @@ def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDa
     if result.text_prior is not None:  # new questions: prior features read from their options' text, as at serving
         rows = np.flatnonzero(~known)
         x[torch.from_numpy(rows), spec.prior_slice] = torch.from_numpy(text_features(result.text_prior, table, rows))
+    if result.matcher is not None and table.qvec is not None and result.prior is not None:
+        # a new question near enough a known one borrows its prior, as at serving (service.gpo.matching)
+        new_q = np.unique(table.item_q[~known])
+        starts, _ = result.matcher.match_many(table.qvec[new_q], table.q_len[new_q])
+        for q, start in zip(new_q, starts, strict=True):
+            if start >= 0:
+                rows = torch.from_numpy(table.rows([q]))
+                borrowed = borrowed_features(result.prior, np.arange(start, start + table.q_len[q]))
+                x[rows, spec.prior_slice] = torch.from_numpy(borrowed)
     episodes, targets = [], []
     for g in split.test_groups:
         ctx, tgt = table.qindex(split.context_of(g)), table.qindex(split.targets_of(g))

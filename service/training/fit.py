@@ -13,6 +13,7 @@ import torch
 
 from service.gpo.batch import Episode, collate_buckets
 from service.gpo.features import FeatureSpec, TextPrior
+from service.gpo.matching import QuestionMatcher
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior
 from service.progress import progress_bar
@@ -27,6 +28,7 @@ from service.training.episodes import (
 )
 from service.training.features import fit_group_priors, known_items
 from service.training.items import ItemTable
+from service.training.matching import fit_matcher
 from service.training.metrics import question_alignments
 from service.training.text_prior import fit_text_priors
 from service.training.validation import (
@@ -100,6 +102,8 @@ class TrainResult:
     known_q: np.ndarray | None = None
     held_out_q: np.ndarray | None = None  # the validation questions kept out of training episodes (indices)
     text_prior: TextPrior | None = None  # prior features of new questions from their text (test groups, serving)
+    # a question outside the bank borrows its nearest known question's prior (tables with question vectors)
+    matcher: QuestionMatcher | None = None
 
 
 def episodes_loss(model: GPO, episodes: Sequence[Episode]) -> torch.Tensor:
@@ -302,6 +306,9 @@ def train_gpo(
     texts = None
     if spec.use_prior and spec.use_embedding and cfg.text_prior and model_kind(model_cfg) == "choice":
         texts = fit_text_priors(table, priors, source, known_q, cfg.seed)
+    matcher = None
+    if texts is not None and table.qvec is not None and texts.oof_full is not None:
+        matcher = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full)
     ys = {g: np.nan_to_num(table.group_y(dataset, g)) for g in source}
     feats = GroupFeatures(spec, table, loo, ys, known, texts.oof if texts is not None else None)
     text_blocks = feats.text if texts is not None else None
@@ -431,6 +438,7 @@ def train_gpo(
         known_q=known_q,
         held_out_q=held_out,
         text_prior=texts.full if texts is not None else None,
+        matcher=matcher,
     )
 
 

@@ -20,10 +20,14 @@ class ItemTable:
     q_len: np.ndarray  # [Q] int
     item_q: np.ndarray  # [I] int: question index of each item
     emb: np.ndarray  # [I, D] float32 LLM embeddings
+    # [Q, d] unit sentence vectors of the questions (service.gpo.matching.match_text), for the rewording-tolerant
+    # prior bank; None: questions are matched by exact text only
+    qvec: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.index = {q.qid: i for i, q in enumerate(self.questions)}
         assert self.emb.shape[0] == self.item_q.shape[0], "one embedding per item"
+        assert self.qvec is None or self.qvec.shape[0] == len(self.questions), "one question vector per question"
 
     @property
     def n_items(self) -> int:

@@ -52,6 +52,9 @@ class TextPriors:
     oof: dict[str, np.ndarray]  # group -> [I, 2 + k] text prior features of every item (out of fold, leave-one-out)
     alpha: float
     fit_items: int  # items the maps were fitted on
+    # [I, 1 + k] out-of-fold estimates of the full prior's targets (deviation from uniform, loadings) of its items
+    # (NaN elsewhere): how well the text prior stands in for a known question's own prior (service.training.matching)
+    oof_full: np.ndarray | None = None
 
 
 class _Fold:
@@ -105,6 +108,23 @@ def choose_text_alpha(
     return float(grid[int(np.argmin(errors))])
 
 
+def full_oof_estimates(
+    folds: Sequence[_Fold], covered: np.ndarray, targets_of: Callable[[np.ndarray], np.ndarray], alpha: float
+) -> np.ndarray:
+    """[I, m] the out-of-fold estimates of the `covered` items' targets (NaN for the other items)."""
+    n_items = len(covered)
+    est: np.ndarray | None = None
+    for f in folds:
+        mask, keep = covered[f.rows], covered[f.est_rows]
+        if not mask.any() or not keep.any():
+            continue
+        e = f.x_est[keep] @ f.solve(mask, targets_of(f.rows[mask]), alpha)
+        if est is None:
+            est = np.full((n_items, e.shape[1]), np.nan)
+        est[f.est_rows[keep]] = e
+    return est if est is not None else np.full((n_items, 1), np.nan)
+
+
 def fit_text_priors(
     table: ItemTable,
     priors: GroupPriors,
@@ -130,7 +150,11 @@ def fit_text_priors(
         _Fold(table, np.flatnonzero(in_q & (fold_of_item != f)), np.flatnonzero(fold_of_item == f), priors.known)
         for f in range(folds)
     ]
-    alpha = choose_text_alpha(design, priors.known, lambda rows: prior_targets(table, priors.full, rows), grid)
+
+    def full_targets(rows: np.ndarray) -> np.ndarray:
+        return prior_targets(table, priors.full, rows)
+
+    alpha = choose_text_alpha(design, priors.known, full_targets, grid)
 
     k = priors.full.rank
     uniform = 1.0 / table.q_len[table.item_q]
@@ -159,7 +183,8 @@ def fit_text_priors(
         table.emb[fit_rows], table.item_q[fit_rows], prior_targets(table, priors.full, fit_rows), alpha
     )
     log.info("text prior: ridge %.3g chosen by %d question folds on %d items", alpha, folds, fit_rows.size)
-    return TextPriors(full, oof, alpha, int(fit_rows.size))
+    oof_full = full_oof_estimates(design, priors.known, full_targets, alpha)
+    return TextPriors(full, oof, alpha, int(fit_rows.size), oof_full)
 
 
 def text_features(text: TextPrior, table: ItemTable, rows: np.ndarray) -> np.ndarray:

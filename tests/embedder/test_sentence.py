@@ -46,3 +46,16 @@ def test_vectors_are_unit_mean_pooled_and_do_not_depend_on_the_batch(tiny_bert: 
     np.testing.assert_allclose(v[0], (h / h.norm()).numpy(), atol=1e-5)
     assert not np.allclose(v[0], v[1])
     assert enc.embed([]).shape == (0, 32)
+
+
+def test_the_cached_encoder_remembers_texts_and_names_only_the_bundled_model(tiny_bert: Path):
+    from service.embedder.sentence import MINILM_ID, CachedSentenceEncoder, question_encoder
+
+    enc = SentenceEncoder(tiny_bert)
+    cached = CachedSentenceEncoder(enc, max_items=2)
+    a = cached("yes no")
+    assert a is cached("yes no") and not a.flags.writeable
+    np.testing.assert_allclose(a, enc.embed(["yes no"])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="not available here"):
+        question_encoder("someone/else")
+    assert MINILM_ID.endswith("all-MiniLM-L6-v2")

@@ -172,3 +172,40 @@ def test_a_new_question_gets_its_text_prior_when_the_checkpoint_stores_one(tmp_p
     np.testing.assert_allclose(known[:, EMB], 1.0)
     preds = served.predict([_item(rng, "q0", ["a", "b"], [0.3, 0.7])], [new])
     assert preds[0].distribution.sum() == pytest.approx(1.0)
+
+
+def test_a_rewording_borrows_its_known_questions_prior_when_a_matcher_and_encoder_are_there(tmp_path):
+    """A checkpoint with a matcher: with a question encoder attached, a question outside the bank whose vector is
+    near a known one (as many options) gets that question's prior features (flagged TEXT_FLAG), option by option;
+    without an encoder, or far from every known question, or with another option count, it stays new."""
+    from service.gpo.features import TEXT_FLAG
+    from service.gpo.matching import QuestionMatcher, match_text
+
+    spec = FeatureSpec(emb_dim=EMB, use_embedding=True, use_prior=True, prior_rank=RANK)
+    cfg = GPOConfig(dim_x=spec.dim_x, d_model=16, n_layers=1, n_heads=2, d_ff=16, prior_feature=EMB, prior_rank=RANK)
+    prior = PopulationPrior(np.array([0.6, 0.3, 0.1], np.float32), np.random.rand(3, RANK).astype(np.float32))
+    bank = PriorBank(prior, {question_key(KNOWN_Q, KNOWN_OPTS): (0, 3)})
+    matcher = QuestionMatcher(np.array([[1.0, 0.0]], np.float32), np.array([0]), np.array([3]), threshold=0.9)
+    meta = {"features": spec.to_dict(), "embedder": {"key_prefix": "lm@r|mean|gpo-mc-v1", "dim": EMB}}
+    save_checkpoint(Checkpoint(GPO(cfg), meta, bank, extra=matcher.to_checkpoint()), tmp_path, "matchy")
+    served = Predictor.from_store(tmp_path, "matchy")
+    assert served.matcher is not None and served.matcher.threshold == 0.9
+    rng = np.random.default_rng(5)
+    reworded = _item(rng, "Would you say the sky is blue?", ["It is", "It isn't", "Not sure"])
+    np.testing.assert_array_equal(served.features(reworded)[:, EMB:], 0.0)  # no encoder attached: new
+    vectors = {
+        match_text(reworded.question, reworded.options): np.array([0.95, np.sqrt(1 - 0.95**2)], np.float32),
+        match_text("Is grass green?", ["Yes", "No", "Unsure"]): np.array([0.0, 1.0], np.float32),
+        match_text("Would you say the sky is blue?", ["It is", "It isn't"]): np.array([1.0, 0.0], np.float32),
+    }
+    asked = []
+    served.use_question_encoder(lambda text: asked.append(text) or vectors[text])
+    f = served.features(reworded)
+    np.testing.assert_allclose(f[:, EMB + 1 :], prior.features(np.arange(3))[:, 1:], rtol=1e-6)
+    np.testing.assert_allclose(f[:, EMB], TEXT_FLAG)  # an estimate: weighs as a text estimate in a context
+    np.testing.assert_allclose(f[:, :EMB], reworded.embeddings)  # its own embedding stays
+    np.testing.assert_array_equal(served.features(_item(rng, "Is grass green?", ["Yes", "No", "Unsure"]))[:, EMB:], 0.0)
+    two = _item(rng, "Would you say the sky is blue?", ["It is", "It isn't"])
+    np.testing.assert_array_equal(served.features(two)[:, EMB:], 0.0)  # 2 options: no known question has 2
+    served.features(_item(rng, KNOWN_Q, KNOWN_OPTS))
+    assert match_text(KNOWN_Q, KNOWN_OPTS) not in asked  # an exact match needs no encoder

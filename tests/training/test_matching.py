@@ -1,0 +1,122 @@
+"""The matcher's threshold on the training side (service.training.matching) and its use in evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from service.gpo.features import FeatureSpec
+from service.training.datasets import PreferenceDataset
+from service.training.evaluate import score_reworded
+from service.training.fit import TrainConfig, train_gpo
+from service.training.items import build_item_table
+from service.training.matching import choose_threshold, nearest_other
+from service.training.reworded import SUFFIX, Rewordings
+from service.training.splits import make_split, scorable_question_ids, validation_groups
+
+from .test_probe import text_dataset
+
+TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+
+
+def unit_rows(a: np.ndarray) -> np.ndarray:
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_nearest_other_skips_itself_and_other_option_counts():
+    v = unit_rows(np.array([[1, 0], [1, 0.1], [0, 1], [1, 0.05]], dtype=float))
+    nn, sim = nearest_other(v, np.array([3, 3, 3, 2]))
+    assert nn.tolist() == [1, 0, 1, -1] and sim[3] == -np.inf and sim[0] == pytest.approx(sim[1])
+
+
+def test_choose_threshold_minimises_the_total_error():
+    # borrowing pays for the two most similar questions, costs on the third: the threshold is the second's similarity
+    sim = np.array([0.5, 0.99, 0.9, 0.95])
+    err_text = np.array([1.0, 2.0, 0.0, 2.0])
+    err_match = np.array([0.5, 1.0, 3.0, 1.0])  # gains 0.5, 1, -3, 1 -> most similar first: 1, 1, -3, 0.5
+    assert choose_threshold(sim, err_match, err_text) == 0.95
+    assert choose_threshold(sim, err_match + 10, err_text) == float("inf")  # never pays
+    # questions with equal similarity go together: a threshold cannot split them
+    assert choose_threshold(np.array([0.9, 0.9, 0.5]), np.array([0.0, 3.0, 0.0]), np.array([2.0, 0.0, 2.0])) == 0.5
+    assert choose_threshold(np.zeros(0), np.zeros(0), np.zeros(0)) == float("inf")
+
+
+def with_twins(ds: PreferenceDataset, table, seed: int = 0):
+    """Question vectors where every question has a near twin among the others (its neighbour in order): pairs
+    (0, 1), (2, 3), ... embed close together. Twins with the same option count answer alike only when their answers
+    were made alike; here they are not, so borrowing should rarely pay."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(len(ds.questions) // 2 + 1, 16))
+    q = np.repeat(base, 2, axis=0)[: len(ds.questions)] + rng.normal(size=(len(ds.questions), 16)) * 0.05
+    return replace(table, qvec=unit_rows(q))
+
+
+def train(ds, table, split, seed=0):
+    fit, val = validation_groups(split.train_groups, seed)
+    spec = FeatureSpec(emb_dim=table.emb.shape[1], prior_rank=2)
+    cfg = TrainConfig(max_steps=0, batch_size=4, eval_every=3, progress=False, time_budget_s=None, val_draws=1)
+    return train_gpo(table, ds, fit, val, table.qindex(split_known(ds, split)), spec, cfg, TINY)
+
+
+def split_known(ds, split):
+    held = set(list(scorable_question_ids(ds))[-10:])  # the last 10 questions: held out of training
+    return [q for q in scorable_question_ids(ds) if q not in held]
+
+
+def test_the_matcher_holds_training_questions_only_and_no_held_out_answer_reaches_it():
+    torch.set_num_threads(1)
+    ds, table = text_dataset(n_groups=14, n_questions=50)
+    table = with_twins(ds, table)
+    split = make_split(ds.groups, scorable_question_ids(ds), 0.6, 0, 10)
+    result = train(ds, table, split)
+    m = result.matcher
+    assert m is not None
+    known = set(table.qindex(split_known(ds, split)).tolist())
+    starts = {int(table.q_start[i]): i for i in range(len(table.questions))}
+    assert {starts[int(s)] for s in m.starts} <= known and len(m.starts) == len(known)
+    # the test groups' answers and every held-out question's answers changed: the same matcher
+    rng = np.random.default_rng(9)
+    held = [q for q in scorable_question_ids(ds) if q not in set(split_known(ds, split))]
+    dists = {g: dict(d) for g, d in ds.dists.items()}
+    for g in ds.groups:
+        for q in dists[g]:
+            if g in split.test_groups or q in held:
+                p = rng.dirichlet(np.ones(len(dists[g][q])))
+                dists[g][q] = p
+    other = PreferenceDataset(questions=ds.questions, groups=ds.groups, dists=dists)
+    again = train(other, table, split).matcher
+    assert again is not None and again.threshold == m.threshold
+    np.testing.assert_array_equal(again.vectors, m.vectors)
+
+
+def test_a_rewording_near_its_original_borrows_its_prior_in_evaluation():
+    torch.set_num_threads(1)
+    ds, table = text_dataset(n_groups=16, n_questions=60)
+    rng = np.random.default_rng(4)
+    pairs = [(q.qid, replace(q, qid=q.qid + SUFFIX, text="Put another way: " + q.text)) for q in ds.questions[::2]]
+    # a rewording's option embeddings drift far (the text prior reads it poorly); its question vector stays close
+    emb = np.concatenate([table.emb[table.rows(table.qindex([qid]))] for qid, _ in pairs])
+    emb = emb + rng.normal(size=emb.shape).astype(np.float32) * 1.0
+    qvec = unit_rows(rng.normal(size=(len(ds.questions), 32)))
+    twin = unit_rows(qvec[table.qindex([qid for qid, _ in pairs])] + rng.normal(size=(len(pairs), 32)) * 0.01)
+    full = build_item_table([*table.questions, *(q for _, q in pairs)], np.concatenate([table.emb, emb]))
+    qids = scorable_question_ids(ds)
+    split = make_split(ds.groups, qids, 0.6, 0, 10)
+    fit, val = validation_groups(split.train_groups, 0)
+    spec = FeatureSpec(emb_dim=table.emb.shape[1], prior_rank=2)
+    cfg = TrainConfig(max_steps=0, batch_size=4, eval_every=3, progress=False, time_budget_s=None, val_draws=1)
+    out = {}
+    for name, vectors in (("exact only", None), ("matcher", qvec)):
+        t = replace(table, qvec=vectors)
+        result = train_gpo(t, ds, fit, val, t.qindex(qids), spec, cfg, TINY)
+        if name == "matcher":
+            result = replace(result, matcher=replace(result.matcher, threshold=0.9))  # near twins only
+        rw = Rewordings(pairs, replace(full, qvec=None if vectors is None else np.concatenate([qvec, twin])))
+        recs = score_reworded(ds, rw, split, result, qids)
+        out[name] = {(r["method"], r["subset"]): r["alignment"] for r in recs}
+    # with the matcher, a rewording scores as its original does; without it, it is read through drifted text
+    assert out["matcher"]["gpo", "reworded"] == pytest.approx(out["matcher"]["gpo", "original"], abs=2e-3)
+    assert out["exact only"]["gpo", "reworded"] < out["matcher"]["gpo", "reworded"] - 0.01
