@@ -20,6 +20,7 @@ import numpy as np
 
 from service.config import get_settings
 from service.embedder.embed import build_embedder
+from service.embedder.sentence import attach_question_encoder
 from service.serving.predictor import AnsweredItem, Item, Predictor
 from service.training.baselines import group_context
 from service.training.datasets import PreferenceDataset, Question
@@ -91,6 +92,7 @@ def main() -> None:
     table = build_item_table(combined.questions, embedder.embed(item_texts(combined.questions), progress=True))
 
     predictor = Predictor.from_store(settings.model_store, settings.checkpoint)
+    attach_question_encoder(predictor)  # as served: reworded known questions borrow their prior
     predictor.check_embedder(embedder.key_prefix, table.emb.shape[1])
     served = served_predictions(predictor, embedder.embed, oqa, questions, ctx_ids)
     train = [g for g in oqa.groups if g not in PARTIES]

@@ -50,16 +50,15 @@ def _load_predictor(settings: Settings, kind: Kind) -> Predictor:
     if kind is not CHOICE and predictor.kind != kind.name:
         raise CheckpointError(f"{predictor.model_version} is a {predictor.kind} checkpoint, not a {kind.name} one")
     if predictor.matcher is not None and settings.matcher:
-        from service.embedder.sentence import question_encoder
+        from service.embedder.sentence import attach_question_encoder
 
-        encoder = predictor.ckpt.meta.get("matcher", {}).get("encoder", "")
         try:
-            predictor.use_question_encoder(question_encoder(encoder, device=str(resolve_device(settings.device))))
+            attach_question_encoder(predictor, device=str(resolve_device(settings.device)))
         except (ValueError, FileNotFoundError) as e:
             raise CheckpointError(
                 f"{predictor.model_version} matches reworded questions, but {e} (or GPO_MATCHER=false)"
             ) from e
-        log.info("%s: questions outside the prior bank are matched with %s", predictor.model_version, encoder)
+        log.info("%s: questions outside the prior bank are matched to known ones", predictor.model_version)
     return predictor
 
 

@@ -259,6 +259,7 @@ def eval_cmd(
     split_shares = [float(s) for s in splits.split(",")]
     check_group_dataset(ds, n_context=n_context, splits=split_shares, need_prior=options.use_prior)
     table, embedder = embed_group_dataset(ds)
+    table = options.with_question_vectors(table)
     spec = options.feature_spec(table.emb.shape[1])
     cfg = EvalConfig(
         splits=split_shares,
@@ -279,6 +280,8 @@ def eval_cmd(
         if not pairs:
             raise typer.BadParameter(f"{reworded}: no rewording of a question of this data set")
         cfg.reworded = Rewordings.embed(pairs, table, embedder)
+        if table.qvec is not None:  # the reworded questions are matched too
+            cfg.reworded.table = options.with_question_vectors(cfg.reworded.table)
     tcfg = options.train_config()
     base_lm = load_lm_for_baselines(get_settings()) if lm else None
     examples: list[dict] = []

@@ -88,3 +88,13 @@ def question_encoder(model_id: str, device: str = "cpu") -> CachedSentenceEncode
     if model_id != MINILM_ID:
         raise ValueError(f"the matcher's encoder {model_id!r} is not available here (only {MINILM_ID})")
     return CachedSentenceEncoder(SentenceEncoder(device=device))
+
+
+def attach_question_encoder(predictor, device: str = "cpu") -> bool:
+    """Give a choice Predictor whose checkpoint stores a matcher the question encoder it names (what the API does at
+    start-up with GPO_MATCHER on); False when it stores none. Raises as `question_encoder` does."""
+    if getattr(predictor, "matcher", None) is None:
+        return False
+    encoder = predictor.ckpt.meta.get("matcher", {}).get("encoder", "")
+    predictor.use_question_encoder(question_encoder(encoder, device=device))
+    return True

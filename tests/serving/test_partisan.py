@@ -13,6 +13,7 @@ import torch
 from benchmarks.partisan import context_ids, load_partisan, right_direction, served_predictions
 from service.config import Settings
 from service.embedder.embed import build_embedder
+from service.embedder.sentence import attach_question_encoder
 from service.serving.predictor import Predictor
 from service.training.opinionqa import load_opinionqa
 
@@ -26,6 +27,7 @@ def test_democrats_and_republicans_differ_the_way_polls_say_on_new_questions(tmp
     try:
         embedder = build_embedder(settings)
         predictor = Predictor.from_store(settings.model_store, settings.checkpoint)
+        attach_question_encoder(predictor)  # as served: reworded known questions borrow their prior
         oqa = load_opinionqa()
         questions, dem_options = load_partisan()
         preds = served_predictions(predictor, embedder.embed, oqa, questions, context_ids(oqa))
