@@ -122,9 +122,13 @@ class TextPrior:
         return np.column_stack([flag, 1.0 / np.asarray(n_options) + est[:, 0], est[:, 1:]]).astype(np.float32)
 
     def question_features(self, emb: np.ndarray) -> np.ndarray:
-        """[n, 2 + k] prior features of one question's n options from their embeddings [n, D]."""
+        """[n, 2 + k] prior features of one question's n options from their embeddings [n, D] (`features` for one
+        question, without its grouping: the serving path, once per new question)."""
         n = len(emb)
-        return self.features(emb, np.zeros(n, dtype=np.int64), np.full(n, n))
+        x = (np.asarray(emb, dtype=np.float64) - self.mu) / self.sd
+        est = (x - x.mean(axis=0)) @ self.w
+        flag = np.full((n, 1), TEXT_FLAG)
+        return np.column_stack([flag, 1.0 / n + est[:, 0], est[:, 1:]]).astype(np.float32)
 
     def to_checkpoint(self) -> dict[str, np.ndarray]:
         """The arrays a checkpoint stores."""

@@ -8,6 +8,7 @@ the caller (the API gets them from its cache or the worker), so this module neve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from service.gpo.features import ContentBasis, FeatureSpec, RewardModel, TextPri
 from service.gpo.matching import QuestionMatcher, borrowed_features, match_text
 from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
+
+MATCH_CACHE_ITEMS = 20_000  # questions whose match (or its absence) a Predictor remembers
 
 
 class EmbedderMismatch(CheckpointError):
@@ -83,6 +86,7 @@ class Predictor:
         # stores a matcher and a question encoder is attached (`use_question_encoder`); otherwise exact matches only.
         self.matcher = QuestionMatcher.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
         self.question_encoder: Callable[[str], np.ndarray] | None = None
+        self._match_start = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._first_matched_row)
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
 
     @classmethod
@@ -201,12 +205,21 @@ class Predictor:
         """Match questions outside the bank with `encode` (a `match_text` line -> its unit vector; the encoder the
         checkpoint's matcher was fitted with, `meta["matcher"]`)."""
         self.question_encoder = encode
+        self._match_start.cache_clear()
 
     def matched_rows(self, question: str, options: Sequence[str]) -> np.ndarray | None:
         """The bank rows of the known question this one borrows its prior from (service.gpo.matching), or None."""
         if self.matcher is None or self.question_encoder is None:
             return None
-        return self.matcher.match(self.question_encoder(match_text(question, options)), len(options))
+        start = self._match_start(match_text(question, options), len(options))
+        return None if start < 0 else np.arange(start, start + len(options))
+
+    def _first_matched_row(self, text: str, n_options: int) -> int:
+        """The first bank row of the question `text` (a `match_text` line) borrows from, -1 for none (cached in
+        `_match_start`: a question asked again costs a dictionary lookup, not an encoder call and a bank scan)."""
+        assert self.matcher is not None and self.question_encoder is not None
+        (start,), _ = self.matcher.match_many(self.question_encoder(text)[None, :], [n_options])
+        return int(start)
 
     def is_known(self, question: str, options: Sequence[str]) -> bool:
         """Whether the question (with exactly these options) is in the checkpoint's prior bank."""

@@ -209,3 +209,7 @@ def test_a_rewording_borrows_its_known_questions_prior_when_a_matcher_and_encode
     np.testing.assert_array_equal(served.features(two)[:, EMB:], 0.0)  # 2 options: no known question has 2
     served.features(_item(rng, KNOWN_Q, KNOWN_OPTS))
     assert match_text(KNOWN_Q, KNOWN_OPTS) not in asked  # an exact match needs no encoder
+    served.features(reworded)  # asked again: its match is remembered, the encoder is not called
+    assert asked.count(match_text(reworded.question, reworded.options)) == 1
+    served.use_question_encoder(lambda text: vectors[match_text("Is grass green?", ["Yes", "No", "Unsure"])])
+    np.testing.assert_array_equal(served.features(reworded)[:, EMB:], 0.0)  # a new encoder: matches forgotten

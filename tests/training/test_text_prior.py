@@ -109,3 +109,16 @@ def test_the_text_map_reads_a_new_questions_prior_from_its_options():
     dev_true = prior_targets(table, truth, new_rows)[:, 0]
     assert np.corrcoef(est[:, 1] - 1.0 / table.q_len[table.item_q[new_rows]], dev_true)[0, 1] > 0.7
     assert texts.fit_items == int(table.rows(np.arange(70)).size)
+
+
+def test_one_questions_features_equal_the_grouped_computation():
+    """`question_features` (the serving path) equals `features` for a table of one question."""
+    from service.gpo.features import TextPrior
+
+    rng = np.random.default_rng(2)
+    emb = rng.standard_normal((30, 8))
+    text = TextPrior.fit(emb, np.repeat(np.arange(10), 3), rng.standard_normal((30, 3)), alpha=2.0)
+    one = rng.standard_normal((4, 8))
+    np.testing.assert_allclose(
+        text.question_features(one), text.features(one, np.zeros(4, dtype=np.int64), np.full(4, 4)), atol=1e-6
+    )
