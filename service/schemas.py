@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -22,13 +24,41 @@ from pydantic_core import PydanticCustomError
 if TYPE_CHECKING:
     pass
 
-GROUP_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+# letters, digits and _ . : - (1 to 128), but not "." or ".." (a URL normaliser removes those path segments, so a
+# client that normalises URLs could never reach such a group). No lookahead: the pattern is for the Rust regex too.
+GROUP_ID_PATTERN = (
+    r"^([A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}|\.[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,126}|\.\.[A-Za-z0-9_.:-]{1,126})$"
+)
 DISTRIBUTION_TOLERANCE = 1e-3  # |sum - 1| accepted for a distribution (then renormalised exactly)
 MAX_SEED = 2**63 - 1
 
 GroupId = Annotated[str, StringConstraints(pattern=GROUP_ID_PATTERN)]
+
+
+def printable_text(value: str) -> str:
+    """The text policy of every text field: no lone surrogate (not Unicode text: no database stores it the same) and
+    no control character but tab, line feed and carriage return (NUL above all: Postgres refuses it, SQLite keeps
+    it). The error names the character by its code point, never echoes it."""
+    for i, ch in enumerate(value):
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            raise PydanticCustomError(
+                "text_surrogate",
+                "contains a lone surrogate (U+{code}) at position {position}: not Unicode text",
+                {"code": f"{code:04X}", "position": i},
+            )
+        if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r":
+            raise PydanticCustomError(
+                "text_control",
+                "contains the control character U+{code} at position {position}; only tab, line feed and carriage "
+                "return are allowed",
+                {"code": f"{code:04X}", "position": i},
+            )
+    return value
+
+
 # Stripped: the prompt template strips questions and options anyway, so " Yes" and "Yes" are one option.
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(printable_text)]
 MAX_COUNT = 1e15  # bounds keep every sum of a request finite (no overflow to inf on huge inputs)
 MAX_ORDINAL = 1e9
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]

@@ -44,7 +44,9 @@ async def get_tenant(
 
 TenantDep = Annotated[str, Depends(get_tenant)]
 
-GroupIdPath = Annotated[str, Path(pattern=GROUP_ID_PATTERN, description="letters, digits and _ . : - (1 to 128)")]
+GroupIdPath = Annotated[
+    str, Path(pattern=GROUP_ID_PATTERN, description='letters, digits and _ . : - (1 to 128); not "." or ".."')
+]
 MAX_ROW_ID = 2**31 - 1  # ids are 32-bit integers in the database
 ItemIdPath = Annotated[
     int, Path(ge=1, le=MAX_ROW_ID, description="id of a context item, as GET /groups/{group_id}/context lists it")

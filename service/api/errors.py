@@ -71,13 +71,16 @@ def _validation_error(loc: list[str | int], msg: str, kind: str) -> list[dict[st
 
 
 def _json_safe(value: Any) -> Any:
-    """Non-finite floats (a NaN the caller sent) as strings: JSON has no NaN, and the answer must still be JSON."""
+    """What the caller sent, made encodable: non-finite floats (a NaN) as strings, since JSON has no NaN; lone
+    surrogates in strings (and keys) as backslash escapes, since UTF-8 cannot encode them. The answer is JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {_json_safe(k) if isinstance(k, str) else k: _json_safe(v) for k, v in value.items()}
     return value
 
 
@@ -89,7 +92,7 @@ async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = []
     for error in exc.errors():
-        out = {"type": error["type"], "loc": list(error["loc"]), "msg": error["msg"]}
+        out = {"type": error["type"], "loc": _json_safe(list(error["loc"])), "msg": _json_safe(error["msg"])}
         if "input" in error:
             echoed = _json_safe(jsonable_encoder(error["input"], custom_encoder={float: lambda f: f}))
             if len(repr(echoed)) <= MAX_ECHOED_INPUT_CHARS:  # never a whole large body back

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.config import Settings
 
@@ -183,6 +185,39 @@ CASES: list[tuple[str, str, str, Any, int, list[str]]] = [
     ("generate prompt", "POST", "/generate", {**GEN, "prompt": ""}, 422, ["prompt"]),
     ("generate long prompt", "POST", "/generate", {**GEN, "prompt": "p" * 61}, 422, ["prompt", "at most 60"]),
     ("generate seed", "POST", "/generate", {**GEN, "seed": -1}, 422, ["seed"]),
+    # the text policy: no lone surrogate, no control character but tab / line feed / carriage return (both databases)
+    (
+        "surrogate question",
+        "POST",
+        "/groups/g/context",
+        b'{"items":[{"question":"\\ud800 x","options":["a","b"],"distribution":[0.5,0.5]}]}',
+        422,
+        ["question", "unicode"],
+    ),
+    (
+        "surrogate predict",
+        "POST",
+        "/predict",
+        b'{"group_id":"g","questions":[{"question":"q","options":["a","\\udfff"]}]}',
+        422,
+        ["options", "unicode"],
+    ),
+    (
+        "surrogate key",
+        "POST",
+        "/predict",
+        b'{"group_id":"g","questions":[{"question":"q","options":["a","b"],"\\ud83d":1}]}',
+        422,
+        ["unicode", "\\ud83d"],  # the key echoed escaped: the answer is still JSON
+    ),
+    ("nul option", "POST", "/groups/g/context", ctx(item(options=["yes", "n\x00o"])), 422, ["options", "U+0000"]),
+    ("nul question", "POST", "/predict", {"group_id": "g", "questions": [{**Q, "question": "\x00"}]}, 422, ["U+0000"]),
+    ("control prompt", "POST", "/generate", {**GEN, "prompt": "hi\x1b[31m"}, 422, ["prompt", "U+001B"]),
+    ("c1 control", "POST", "/groups/g/context", ctx(item(question="a\x85b")), 422, ["question", "U+0085"]),
+    # group ids a URL normaliser would change: "." and ".." (sent percent-encoded, as a client must)
+    ("dot group", "POST", "/groups/%2e/context", ctx(item()), 422, ["group_id"]),
+    ("dot dot group", "POST", "/groups/%2E%2E/context", ctx(item()), 422, ["group_id"]),
+    ("dot dot predict", "POST", "/predict", {"group_id": "..", "questions": [Q]}, 422, ["group_id"]),
 ]
 
 
@@ -248,6 +283,13 @@ def test_counts_are_normalised_and_a_near_one_sum_is_renormalised(limited_client
     assert stored[1] == pytest.approx([0.2995 / 0.9995, 0.7 / 0.9995])
 
 
+def test_tabs_newlines_and_dotted_group_ids_are_accepted(limited_client: TestClient) -> None:
+    body = ctx(item(question="Line one\n\tline two\r\n", options=["yes", "no"]))
+    for group in ("...", ".g", "g.", "..g"):
+        assert limited_client.post(f"/groups/{group}/context", json=body).status_code == 200, group
+        assert limited_client.get(f"/groups/{group}/context").json()["items"][0]["question"] == "Line one\n\tline two"
+
+
 def test_a_valid_request_of_the_same_shapes_passes(limited_client: TestClient) -> None:
     """The limits are bounds, not off-by-one refusals: exactly at each limit is accepted."""
     at_limit = ctx(item(question="q" * 60, options=["a", "b", "c", "d", "e" * 60], distribution=[0.2] * 5))
@@ -274,3 +316,30 @@ def test_the_openapi_schema_states_the_configured_limits(limited_client: TestCli
     assert components["PredictRequest"]["properties"]["questions"]["maxItems"] == 3
     generate = components["GenerateRequest"]["properties"]
     assert (generate["n"]["maximum"], generate["max_new_tokens"]["maximum"]) == (3, 8)
+
+
+ANY_CHAR = st.one_of(
+    st.characters(),
+    st.integers(0xD800, 0xDFFF).map(chr),  # lone surrogates (JSON can carry them as \uXXXX escapes)
+    st.sampled_from(["\x00", "\x1b", "\x7f", "\x85", "\t", "\n", "\r", "\u2028", "\ufeff"]),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(ANY_CHAR, min_size=1, max_size=12))
+def test_any_text_in_any_text_field_is_answered_without_a_server_error(limited_client: TestClient, text: str) -> None:
+    """Arbitrary Unicode (surrogates and control characters included) in a question, an option, a prompt: a 200 or
+    a 4xx whose body is JSON, never a 5xx."""
+    bodies = [
+        ("/predict", {"group_id": "g", "questions": [{"question": text, "options": ["a", text + "b"]}]}),
+        (
+            "/groups/g/context",
+            {"mode": "append", "items": [{"question": text, "options": ["x", "y"], "counts": [1, 2]}]},
+        ),
+        ("/generate", {**GEN, "prompt": text}),
+    ]
+    for path, body in bodies:
+        raw = json.dumps(body, ensure_ascii=True).encode()  # surrogates as \\ud8xx escapes
+        answer = limited_client.post(path, content=raw, headers={"Content-Type": "application/json"})
+        assert answer.status_code < 500, (path, repr(text), answer.text)
+        json.loads(answer.text)
