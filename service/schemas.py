@@ -30,7 +30,9 @@ GROUP_ID_PATTERN = (
     r"^([A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}|\.[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,126}|\.\.[A-Za-z0-9_.:-]{1,126})$"
 )
 DISTRIBUTION_TOLERANCE = 1e-3  # |sum - 1| accepted for a distribution (then renormalised exactly)
-MAX_SEED = 2**63 - 1
+# 2^53 - 1: the largest integer every JSON parser reads exactly (a float64 holds it), so the documented bound is the
+# bound a client reads
+MAX_SEED = 2**53 - 1
 
 GroupId = Annotated[str, StringConstraints(pattern=GROUP_ID_PATTERN)]
 
@@ -61,9 +63,10 @@ def printable_text(value: str) -> str:
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(printable_text)]
 MAX_COUNT = 1e15  # bounds keep every sum of a request finite (no overflow to inf on huge inputs)
 MAX_ORDINAL = 1e9
-Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-Count = Annotated[float, Field(ge=0.0, le=MAX_COUNT, allow_inf_nan=False)]
-Ordinal = Annotated[float, Field(ge=-MAX_ORDINAL, le=MAX_ORDINAL, allow_inf_nan=False)]
+# strict: a JSON boolean is not a number (lax pydantic reads true as 1); integers are numbers
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)]
+Count = Annotated[float, Field(ge=0.0, le=MAX_COUNT, allow_inf_nan=False, strict=True)]
+Ordinal = Annotated[float, Field(ge=-MAX_ORDINAL, le=MAX_ORDINAL, allow_inf_nan=False, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -235,6 +238,7 @@ class ContextWriteRequest(BaseModel):
         None,
         ge=0,
         le=2**31 - 1,
+        strict=True,
         description="write only if the group is at this version (0: not created yet); otherwise 409, nothing stored",
     )
 
@@ -306,10 +310,12 @@ class GenerateRequest(BaseModel):
 
     group_id: GroupId
     prompt: Text
-    n: int = Field(4, ge=1, le=16, description="distinct responses wanted")
-    max_new_tokens: int = Field(64, ge=1, le=512)
-    temperature: float = Field(0.8, ge=0.0, le=2.0, description="0 (or below 1e-4) is greedy: one distinct response")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="a fixed seed gives the same answer")
+    n: int = Field(4, ge=1, le=16, strict=True, description="distinct responses wanted")
+    max_new_tokens: int = Field(64, ge=1, le=512, strict=True)
+    temperature: float = Field(
+        0.8, ge=0.0, le=2.0, strict=True, description="0 (or below 1e-4) is greedy: one distinct response"
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True, description="a fixed seed gives the same answer")
 
 
 # ---------------------------------------------------------------------------------------------- responses

@@ -6,10 +6,16 @@ from fastapi import APIRouter, Depends, Response
 
 from service.api.deps import GenerateBody, ServicesDep, TenantDep, get_tenant
 from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
+from service.api.strict_json import StrictJSONRoute
 from service.schemas import GenerateResponse
 from service.serving import generate as serving
 
-router = APIRouter(tags=["generate"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE})
+router = APIRouter(
+    tags=["generate"],
+    dependencies=[Depends(get_tenant)],
+    responses={**UNAUTHORIZED, **TOO_LARGE},
+    route_class=StrictJSONRoute,
+)
 
 
 @router.post("/generate", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})

@@ -8,11 +8,16 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from service.api.deps import MAX_ROW_ID, ContextWriteBody, GroupIdPath, ItemIdPath, ServicesDep, TenantDep, get_tenant
 from service.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
+from service.api.strict_json import StrictJSONRoute
 from service.schemas import ContextWriteResponse, GroupContext, GroupList, GroupOut
 from service.serving import groups as serving
 
 router = APIRouter(
-    prefix="/groups", tags=["groups"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE}
+    prefix="/groups",
+    tags=["groups"],
+    dependencies=[Depends(get_tenant)],
+    responses={**UNAUTHORIZED, **TOO_LARGE},
+    route_class=StrictJSONRoute,
 )
 
 # Sync routes run in FastAPI's thread pool: their database calls block a thread, never the event loop.

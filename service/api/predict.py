@@ -6,10 +6,16 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import PredictBody, ServicesDep, TenantDep, get_tenant
 from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
+from service.api.strict_json import StrictJSONRoute
 from service.schemas import PredictResponse
 from service.serving import predict as serving
 
-router = APIRouter(tags=["predict"], dependencies=[Depends(get_tenant)], responses={**UNAUTHORIZED, **TOO_LARGE})
+router = APIRouter(
+    tags=["predict"],
+    dependencies=[Depends(get_tenant)],
+    responses={**UNAUTHORIZED, **TOO_LARGE},
+    route_class=StrictJSONRoute,
+)
 
 
 @router.post("/predict", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})
