@@ -6,12 +6,15 @@ import logging
 import math
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.auth import Unauthorized
 from service.batching import QueueFull
@@ -149,6 +152,28 @@ async def _queue_full(request: Request, exc: Exception) -> JSONResponse:
     return _answer(429, "too many requests are waiting; retry later", exc.retry_after_s)
 
 
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: dict[str, Any]) -> list[str]:
+    """Every method some route of `app` answers on the request's path (the router's own matching, per method)."""
+    return [
+        m
+        for m in HTTP_METHODS
+        if any(route.matches({**scope, "method": m})[0] == Match.FULL for route in app.router.routes)
+    ]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors as FastAPI answers them, but a 405's `Allow` lists every method of every route on the
+    path (the router names only the first route it tried)."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allow = ", ".join(allowed_methods(request.app, dict(request.scope)))
+        return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": allow})
+    return await http_exception_handler(request, exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _answer(500, "internal server error")  # never str(exc): it may hold data or internals
@@ -157,6 +182,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping on `app`."""
     app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Unauthorized, _unauthorized)
     app.add_exception_handler(GroupNotFound, _not_found)
     app.add_exception_handler(ItemNotFound, _not_found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,13 +44,17 @@ def app_client(tenant_settings: Settings) -> Iterator[TestClient]:
 
 
 def snapshot(database_url: str) -> list[tuple]:
-    """Every group and item row (what a refused request must leave unchanged)."""
+    """Every column of every group and item row (what a refused request must leave unchanged): names, versions,
+    questions, options, distributions, payloads, embeddings, timestamps."""
     engine = make_engine(database_url)
     try:
         with session_scope(make_sessionmaker(engine)) as s:
-            groups = s.execute(select(Group.tenant, Group.name, Group.version).order_by(Group.id)).all()
-            items = s.execute(select(ContextItem.group_id, ContextItem.question).order_by(ContextItem.id)).all()
-            return [tuple(r) for r in groups] + [tuple(r) for r in items]
+            rows = []
+            for model in (Group, ContextItem):
+                columns = list(model.__table__.columns)
+                rows += [("table", model.__tablename__, [c.name for c in columns])]
+                rows += [tuple(r) for r in s.execute(select(*columns).order_by(model.__table__.c.id)).all()]
+            return rows
     finally:
         engine.dispose()
 
@@ -109,10 +114,11 @@ def test_cross_tenant_access_is_impossible(app_client: TestClient, tenant_settin
     ]:
         answer = app_client.request(method, path, json=body, headers=b)
         assert (answer.status_code, answer.json()["detail"]) == (404, not_found), (method, path, answer.text)
-        unknown = app_client.request(
-            method, path.replace("/g", "/nope"), json=body and {**body, "group_id": "nope"}, headers=b
-        )
-        assert unknown.status_code == 404  # the same answer as for a name nobody uses
+        nobody = path.replace("/groups/g", "/groups/nope")
+        assert nobody != path or path in ("/predict", "/generate")
+        unknown = app_client.request(method, nobody, json=body and {**body, "group_id": "nope"}, headers=b)
+        # the same answer as for a name nobody uses (only the name differs)
+        assert (unknown.status_code, unknown.json()["detail"]) == (404, "group 'nope' not found"), (method, nobody)
     assert app_client.get("/groups", headers=b).json()["groups"] == []
 
     # write: B's write to the same name makes B's own group; A's is untouched
@@ -157,3 +163,30 @@ def test_auth_off_is_only_for_the_embedded_sqlite_default(make_settings: Setting
     with TestClient(create_app(make_settings(sqlite_url, auth=False))) as open_client:
         assert open_client.post("/groups/g/context", json={"items": [context_item(0)]}).status_code == 200
         assert open_client.get("/groups").json()["groups"][0]["group_id"] == "g"
+
+
+def test_a_revoked_key_works_for_at_most_the_configured_cache_time(
+    make_settings: SettingsFactory, database_url: str
+) -> None:
+    """GPO_AUTH_CACHE_S is the documented revocation delay: a revoked key is still accepted while its lookup is
+    cached, and refused once the cache time has passed (here 3 s)."""
+    settings = make_settings(database_url, auth_cache_s=3.0)
+    secret = api_key(database_url, "acme")
+    with TestClient(create_app(settings)) as client:
+        t0 = time.monotonic()
+        assert client.get("/groups", headers=bearer(secret)).status_code == 200  # looked up, cached for 3 s
+        engine = make_engine(database_url)
+        try:
+            from service.db import repository as repo
+
+            with session_scope(make_sessionmaker(engine)) as s:
+                ((key_id,),) = s.execute(select(ApiKey.id).where(ApiKey.tenant == "acme")).all()
+                repo.revoke_api_key(s, key_id)
+        finally:
+            engine.dispose()
+        still = client.get("/groups", headers=bearer(secret))
+        assert time.monotonic() - t0 < 3.0, "the machine stalled past the cache time; the check means nothing"
+        assert still.status_code == 200  # within the delay: the cached lookup
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - t0)) + 0.2)
+        refused = client.get("/groups", headers=bearer(secret))
+        assert (refused.status_code, refused.json()["detail"]) == (401, "invalid or revoked API key")

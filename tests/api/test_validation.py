@@ -368,3 +368,13 @@ def test_any_text_in_any_text_field_is_answered_without_a_server_error(limited_c
         answer = limited_client.post(path, content=raw, headers={"Content-Type": "application/json"})
         assert answer.status_code < 500, (path, repr(text), answer.text)
         json.loads(answer.text)
+
+
+@pytest.mark.parametrize("path", ["/groups", "/groups/g", "/groups/g/context", "/groups/g/context/1", "/predict"])
+def test_a_405_allows_exactly_the_methods_that_answer_on_the_path(limited_client: TestClient, path: str) -> None:
+    methods = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+    answers = {m: limited_client.request(m, path) for m in methods}
+    refused = {m for m, a in answers.items() if a.status_code == 405}
+    assert refused and refused != set(methods)
+    for m in refused:
+        assert set(answers[m].headers["allow"].split(", ")) == set(methods) - refused, (m, path)
