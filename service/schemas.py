@@ -228,7 +228,15 @@ ITEM_KINDS = ("choice", "rating", "comparison")
 class ContextWriteRequest(BaseModel):
     """`POST /groups/{group_id}/context`: append items to the group's context, or replace it."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what the validator below enforces: appending (the default mode, also when `mode` is absent)
+    # needs at least one item; only a replace may send [] (it empties the context).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"mode": {"const": "append"}}},
+            "then": {"properties": {"items": {"minItems": 1}}},
+        },
+    )
 
     mode: Literal["append", "replace"] = "append"
     items: list[AnyContextItem] = Field(

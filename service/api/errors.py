@@ -42,6 +42,9 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 BUSY: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "the prediction queue is full; retry after Retry-After seconds"}
 }
+REFUSED_BY_LLM: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the base LLM (the embedding worker) refused the input"}
+}
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "a dependency is down; retry after Retry-After seconds"}
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 
 from service.api.deps import GenerateBody, ServicesDep, TenantDep, get_tenant
-from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
+from service.api.errors import BUSY, NOT_FOUND, REFUSED_BY_LLM, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.api.strict_json import StrictJSONRoute
 from service.schemas import GenerateResponse
 from service.serving import generate as serving
@@ -18,7 +18,7 @@ router = APIRouter(
 )
 
 
-@router.post("/generate", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})
+@router.post("/generate", responses={**REFUSED_BY_LLM, **NOT_FOUND, **BUSY, **UNAVAILABLE})
 async def generate(
     body: GenerateBody, services: ServicesDep, tenant: TenantDep, response: Response
 ) -> GenerateResponse:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from service.api.deps import MAX_ROW_ID, ContextWriteBody, GroupIdPath, ItemIdPath, ServicesDep, TenantDep, get_tenant
-from service.api.errors import CONFLICT, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
+from service.api.errors import CONFLICT, NOT_FOUND, REFUSED_BY_LLM, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.api.strict_json import StrictJSONRoute
 from service.schemas import ContextWriteResponse, GroupContext, GroupList, GroupOut
 from service.serving import groups as serving
@@ -23,7 +23,7 @@ router = APIRouter(
 # Sync routes run in FastAPI's thread pool: their database calls block a thread, never the event loop.
 
 
-@router.post("/{group_id}/context", responses={**CONFLICT, **UNAVAILABLE})
+@router.post("/{group_id}/context", responses={**REFUSED_BY_LLM, **CONFLICT, **UNAVAILABLE})
 async def write_context(
     group_id: GroupIdPath, body: ContextWriteBody, services: ServicesDep, tenant: TenantDep
 ) -> ContextWriteResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.api.deps import PredictBody, ServicesDep, TenantDep, get_tenant
-from service.api.errors import BUSY, NOT_FOUND, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
+from service.api.errors import BUSY, NOT_FOUND, REFUSED_BY_LLM, TOO_LARGE, UNAUTHORIZED, UNAVAILABLE
 from service.api.strict_json import StrictJSONRoute
 from service.schemas import PredictResponse
 from service.serving import predict as serving
@@ -18,7 +18,7 @@ router = APIRouter(
 )
 
 
-@router.post("/predict", responses={**NOT_FOUND, **BUSY, **UNAVAILABLE})
+@router.post("/predict", responses={**REFUSED_BY_LLM, **NOT_FOUND, **BUSY, **UNAVAILABLE})
 async def predict(body: PredictBody, services: ServicesDep, tenant: TenantDep) -> PredictResponse:
     """Per question, in order: the predicted distribution over its options (sums to 1) and its std.
 

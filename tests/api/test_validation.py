@@ -378,3 +378,15 @@ def test_a_405_allows_exactly_the_methods_that_answer_on_the_path(limited_client
     assert refused and refused != set(methods)
     for m in refused:
         assert set(answers[m].headers["allow"].split(", ")) == set(methods) - refused, (m, path)
+
+
+def test_the_schema_says_an_append_needs_an_item_as_the_api_does(limited_client: TestClient) -> None:
+    """`items: []` is refused for an append (also when `mode` is absent) and empties the context on a replace: the
+    OpenAPI schema states the same (if mode is append, then minItems 1)."""
+    import jsonschema_rs
+
+    schema = limited_client.get("/openapi.json").json()["components"]["schemas"]["ContextWriteRequest"]
+    rule = jsonschema_rs.validator_for({"if": schema["if"], "then": schema["then"]})
+    for body in [ctx(), ctx(mode="append"), ctx(mode="replace"), ctx(item()), ctx(item(), mode="append")]:
+        accepted = limited_client.post("/groups/g/context", json=body).status_code == 200
+        assert rule.is_valid(body) == accepted, body
