@@ -59,6 +59,16 @@ def printable_text(value: str) -> str:
     return value
 
 
+def without_unprintable(value: str) -> str:
+    """`value` without the characters the text policy refuses (what the service itself writes, e.g. sampled
+    responses, is then text a caller can send back)."""
+    return "".join(
+        ch
+        for ch in value
+        if not (0xD800 <= ord(ch) <= 0xDFFF or (unicodedata.category(ch) == "Cc" and ch not in "\t\n\r"))
+    )
+
+
 # Stripped: the prompt template strips questions and options anyway, so " Yes" and "Yes" are one option.
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1), AfterValidator(printable_text)]
 MAX_COUNT = 1e15  # bounds keep every sum of a request finite (no overflow to inf on huge inputs)

@@ -10,7 +10,7 @@ import numpy as np
 
 from service.embedder.generate import is_greedy
 from service.embedder.protocol import SamplingParams
-from service.schemas import MAX_SEED, GenerateRequest, GenerateResponse, ScoredResponse
+from service.schemas import MAX_SEED, GenerateRequest, GenerateResponse, ScoredResponse, without_unprintable
 from service.serving.contexts import group_state
 from service.serving.predict import compare_pairs, group_info, score_responses
 from service.serving.predictor import Item
@@ -44,6 +44,7 @@ async def sample_distinct(
             texts, vectors = await services.worker.complete(params), None
         sampled += len(texts)
         for i, t in enumerate(texts):
+            t = without_unprintable(t)  # a sampled control character (a NUL) would make the answer unusable as input
             distinct.setdefault(t.strip(), (t, None if vectors is None else vectors[i]))
         if len(distinct) >= body.n or is_greedy(body.temperature):
             break

@@ -211,10 +211,12 @@ def test_generate_for_a_rating_group_returns_the_sample_gpo_scores_highest(ratin
     ranked = out.json()["responses"]
     assert len(ranked) >= 2 and out.json()["model_version"] == "api-rating/v0001"
     # score every returned sample on its own through /predict: the first returned is the one scored highest
-    alone = c.post(
+    answer = c.post(
         "/predict",
         json={"group_id": "p2", "responses": [{"prompt": "Rate this reply.", "response": r["text"]} for r in ranked]},
-    ).json()["scores"]
+    )
+    assert answer.status_code == 200, (answer.text, [r["text"] for r in ranked])
+    alone = answer.json()["scores"]
     assert [round(r["score"], 5) for r in ranked] == [round(s["score"], 5) for s in alone]
     assert ranked[0]["score"] == max(r["score"] for r in ranked)
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)

@@ -390,3 +390,11 @@ def test_the_schema_says_an_append_needs_an_item_as_the_api_does(limited_client:
     for body in [ctx(), ctx(mode="append"), ctx(mode="replace"), ctx(item()), ctx(item(), mode="append")]:
         accepted = limited_client.post("/groups/g/context", json=body).status_code == 200
         assert rule.is_valid(body) == accepted, body
+
+
+def test_what_the_service_writes_passes_its_own_text_policy() -> None:
+    from service.schemas import printable_text, without_unprintable
+
+    raw = "\x00Hi\tthere\x1b[0m\n\x85ok\r\u2028é"
+    clean = without_unprintable(raw)
+    assert clean == "Hi\tthere[0m\nok\r\u2028é" and printable_text(clean) == clean
