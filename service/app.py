@@ -18,6 +18,7 @@ from service.cache import build_vector_cache
 from service.config import Settings, get_settings
 from service.db.migrate import upgrade_database
 from service.db.session import make_engine, make_sessionmaker, normalize_url
+from service.deadline import RequestDeadline
 from service.embedder.client import LocalWorker, WorkerUnavailable, build_worker
 from service.gpo.checkpoint import CheckpointError
 from service.limits import Limits
@@ -134,6 +135,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(  # last added: outermost, so the deadline covers everything below it
+        RequestDeadline,
+        timeout_s=settings.request_timeout_s,
+        retry_after_s=settings.retry_after_s,
+        on_timeout=lambda stage: metrics.deadline_passed.labels(stage).inc(),
+    )
     install_error_handlers(app)
     for router in (groups.router, predict.router, generate.router, health.router):
         app.include_router(router)

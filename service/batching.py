@@ -3,7 +3,11 @@
 Continuous batching: while one batch runs (in a worker thread), new calls queue; the next batch takes all of
 them (up to `max_batch`). A lone call therefore waits for nothing. Under load (the previous batch held more
 than one call) the runner also waits up to `max_wait_s` for more calls before it starts a batch that is not
-full. The queue is bounded: past `max_queue` waiting calls, `submit` raises QueueFull at once (HTTP 429).
+full. The queue is bounded: past `max_queue` waiting calls, `submit` raises QueueFull at once (HTTP 429), and with
+`max_wait_estimate_s` also when the estimated wait of a new call (the batches ahead of it times the recent time of a
+batch) passes that bound: work that could not start before its request's deadline is refused, not queued for
+nobody. A caller that is cancelled while it waits (its request's deadline passed, its client went away) leaves the
+queue at once.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float = 0.001,
         retry_after_s: int = 1,
         observe: Callable[[int], None] | None = None,
+        max_wait_estimate_s: float | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_s >= 0")
@@ -63,6 +68,9 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait_s = max_wait_s
         self.retry_after_s = retry_after_s
         self.observe = observe  # called with each batch's size (metrics)
+        self.max_wait_estimate_s = max_wait_estimate_s
+        self.batch_seconds: float | None = None  # moving average of a batch's time (None before the first)
+        self._running = False
         self._pending: list[_Call[T, R]] = []
         self._arrived: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -75,8 +83,18 @@ class MicroBatcher(Generic[T, R]):
     def waiting(self) -> int:
         return len(self._pending)
 
+    def estimated_wait_s(self) -> float:
+        """Seconds a call submitted now would wait before its batch ends: the batches ahead of it (the running one
+        and the queued ones) and its own, at the recent time of a batch (0 before any batch ran)."""
+        if self.batch_seconds is None:
+            return 0.0
+        ahead = -(-(len(self._pending) + 1) // self.max_batch) + int(self._running)
+        return ahead * self.batch_seconds
+
     async def submit(self, item: T) -> R:
         if len(self._pending) >= self.max_queue:
+            raise QueueFull(self.name, len(self._pending), self.retry_after_s)
+        if self.max_wait_estimate_s is not None and self.estimated_wait_s() > self.max_wait_estimate_s:
             raise QueueFull(self.name, len(self._pending), self.retry_after_s)
         loop = asyncio.get_running_loop()
         if self._runner is None or self._runner.done() or self._loop is not loop:
@@ -90,7 +108,12 @@ class MicroBatcher(Generic[T, R]):
         self._pending.append(call)
         assert self._arrived is not None
         self._arrived.set()
-        return await call.future
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            if call in self._pending:  # not taken into a batch yet: free its place in the queue now
+                self._pending.remove(call)
+            raise
 
     async def _run(self) -> None:
         assert self._arrived is not None
@@ -127,6 +150,9 @@ class MicroBatcher(Generic[T, R]):
         self.calls += len(batch)
         if self.observe is not None:
             self.observe(len(batch))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._running = True
         try:
             results = await anyio.to_thread.run_sync(self.fn, [c.item for c in batch])
             if len(results) != len(batch):
@@ -136,6 +162,10 @@ class MicroBatcher(Generic[T, R]):
                 if not c.future.done():
                     c.future.set_exception(exc)
             return
+        finally:
+            self._running = False
+            took = loop.time() - started
+            self.batch_seconds = took if self.batch_seconds is None else 0.8 * self.batch_seconds + 0.2 * took
         for c, r in zip(batch, results, strict=True):
             if not c.future.done():
                 c.future.set_result(r)

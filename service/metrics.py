@@ -91,6 +91,12 @@ class Metrics(AppMetrics):
             "gpo_context_encode_seconds", "time to encode one group's context", registry=r, buckets=LATENCY_BUCKETS
         )
         self.queue_full = Counter("gpo_queue_full", "requests refused with 429 (batch queue full)", registry=r)
+        self.deadline_passed = Counter(
+            "gpo_request_deadline_passed",
+            "requests cut at GPO_REQUEST_TIMEOUT_S, by what they were doing (body: still reading it; work)",
+            ["stage"],
+            registry=r,
+        )
         self.model = Info("gpo_model", "the served checkpoint and the embedder it runs with", registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

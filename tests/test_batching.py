@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -143,3 +144,55 @@ def test_a_new_event_loop_gets_a_new_runner() -> None:
     batcher = MicroBatcher(lambda items: [i + 1 for i in items], name="t", max_wait_s=0)
     assert asyncio.run(batcher.submit(1)) == 2
     assert asyncio.run(batcher.submit(2)) == 3  # the first loop is closed: a runner on this one answers
+
+
+def test_a_cancelled_caller_leaves_the_queue_at_once() -> None:
+    gate = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        gate.wait(5)
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(slow, name="t", max_batch=1, max_queue=2, max_wait_s=0)
+        running = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        assert batcher.waiting == 2
+        queued[0].cancel()  # its request's deadline passed
+        await asyncio.sleep(0.01)
+        assert batcher.waiting == 1  # its place is free: a new call is taken, not refused
+        again = asyncio.create_task(batcher.submit(3))
+        await asyncio.sleep(0.01)
+        gate.set()
+        assert [await running, await queued[1], await again] == [0, 2, 3]
+        await batcher.aclose()
+
+    asyncio.run(main())
+
+
+def test_work_that_could_not_start_in_time_is_refused() -> None:
+    """With max_wait_estimate_s, a call whose estimated wait (batches ahead x recent batch time) passes the bound is
+    refused at once, though the queue has room."""
+
+    def timed(items: list[float]) -> list[float]:
+        time.sleep(items[0])
+        return items
+
+    async def main() -> None:
+        batcher = MicroBatcher(timed, name="t", max_batch=1, max_queue=100, max_wait_s=0, max_wait_estimate_s=0.5)
+        assert batcher.estimated_wait_s() == 0.0  # nothing measured yet: admitted
+        await batcher.submit(0.2)  # one batch took ~0.2 s
+        assert batcher.batch_seconds is not None and batcher.batch_seconds >= 0.15
+        assert 0.15 <= batcher.estimated_wait_s() <= 0.5  # one batch (its own)
+        first = asyncio.create_task(batcher.submit(0.2))
+        await asyncio.sleep(0.02)  # running
+        second = asyncio.create_task(batcher.submit(0.2))  # running one + its own: ~0.4 s, admitted
+        await asyncio.sleep(0.02)
+        with pytest.raises(QueueFull):
+            await batcher.submit(0.2)  # running + one queued + its own: ~0.6 s > 0.5
+        assert [await first, await second] == [0.2, 0.2]
+        await batcher.aclose()
+
+    asyncio.run(main())

@@ -37,7 +37,11 @@ def worker(
     from service.embedder.worker import create_worker_app
 
     settings = get_settings()
-    app_ = create_worker_app(WorkerEngine.from_settings(settings))
+    app_ = create_worker_app(
+        WorkerEngine.from_settings(settings),
+        request_timeout_s=settings.request_timeout_s,
+        retry_after_s=settings.retry_after_s,
+    )
     uvicorn.run(
         app_,
         host=host or settings.host,

@@ -79,7 +79,9 @@ class WorkerEngine:
     pass, concurrent unseeded sampling requests with the same settings share one generate call.
     """
 
-    def __init__(self, embedder: Embedder, *, aliases: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, embedder: Embedder, *, aliases: tuple[str, ...] = (), max_wait_estimate_s: float | None = None
+    ) -> None:
         self._embedder = embedder
         self.aliases = aliases  # other names clients may use for the model (e.g. the settings value)
         self.created = int(time.time())
@@ -90,10 +92,20 @@ class WorkerEngine:
         # Concurrent requests merged into one model call each (see service.batching): embeddings of several
         # requests in one forward pass, unseeded samples with the same settings in one generate call.
         self._embed_batcher: MicroBatcher[list[str], EmbeddingResult | Exception] = MicroBatcher(
-            self._embed_batch, name="embeddings", max_batch=32, max_queue=512, max_wait_s=0.002
+            self._embed_batch,
+            name="embeddings",
+            max_batch=32,
+            max_queue=512,
+            max_wait_s=0.002,
+            max_wait_estimate_s=max_wait_estimate_s,  # work that could not start before its deadline: refused
         )
         self._complete_batcher: MicroBatcher[CompletionCall, CompletionResult | Exception] = MicroBatcher(
-            self._complete_batch, name="completions", max_batch=8, max_queue=128, max_wait_s=0.002
+            self._complete_batch,
+            name="completions",
+            max_batch=8,
+            max_queue=128,
+            max_wait_s=0.002,
+            max_wait_estimate_s=max_wait_estimate_s,
         )
         self.embed_batches: list[int] = []  # requests per embedding forward (most recent 1000), for tests/metrics
         self.complete_batches: list[int] = []
@@ -113,7 +125,11 @@ class WorkerEngine:
         `gpo train` fill), keyed by model, revision, pooling and text. The in-process worker of the embedded
         default uses it, so a restart or a text seen in training costs no LLM forward.
         """
-        return cls(build_embedder(settings, use_cache=disk_cache), aliases=(settings.embedder,))
+        return cls(
+            build_embedder(settings, use_cache=disk_cache),
+            aliases=(settings.embedder,),
+            max_wait_estimate_s=settings.request_timeout_s,
+        )
 
     # -- identity ------------------------------------------------------------------------------------
 

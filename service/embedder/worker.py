@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.batching import QueueFull
+from service.deadline import RequestDeadline
 from service.embedder.engine import EngineUnavailable, InputTooLong, ModelNotServed, WorkerEngine
 from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION
@@ -144,9 +145,12 @@ def _error(status: int, detail: str) -> Callable[[Request, Exception], Awaitable
     return handler
 
 
-def create_worker_app(engine: WorkerEngine, *, warm: bool = True) -> FastAPI:
+def create_worker_app(
+    engine: WorkerEngine, *, warm: bool = True, request_timeout_s: float | None = None, retry_after_s: int = 5
+) -> FastAPI:
     """The worker's FastAPI app. With `warm`, the lifespan loads the model in the background: /healthz
-    answers at once, /readyz turns 200 when the model is loaded, requests before that wait for it.
+    answers at once, /readyz turns 200 when the model is loaded, requests before that wait for it. With
+    `request_timeout_s`, every request has that deadline (service.api.deadline), as the API's have.
     """
 
     @asynccontextmanager
@@ -162,6 +166,8 @@ def create_worker_app(engine: WorkerEngine, *, warm: bool = True) -> FastAPI:
     app.state.engine = engine
     app.state.metrics = WorkerMetrics()  # per app: two apps in one process (tests) never share counters
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if request_timeout_s is not None:
+        app.add_middleware(RequestDeadline, timeout_s=request_timeout_s, retry_after_s=retry_after_s)
     app.add_exception_handler(EngineUnavailable, _error(503, "model unavailable"))
     app.add_exception_handler(InputTooLong, _error(422, "input too long"))
     app.add_exception_handler(ModelNotServed, _error(404, "model not served"))

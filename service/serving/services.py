@@ -80,6 +80,7 @@ class Services:
             max_wait_s=settings.batch_wait_ms / 1000,
             retry_after_s=1,
             observe=metrics.batch_requests.observe,
+            max_wait_estimate_s=settings.request_timeout_s,
         )
         self.response_key: str | None = None  # sampled responses' vectors, pooled in the sampling pass
         self._keys_checked = False
