@@ -126,6 +126,12 @@ class LoadConfig:
     ready_timeout_s: float = 300.0
     seed: int = 0
     keep_groups: bool = False
+    # Open loop (overload): `rate` requests/s arrive (Poisson) whatever the answers, up to `max_in_flight` at once;
+    # 0: the closed loop of `clients`. A 503 with Retry-After is then a refusal, not a server error, and every
+    # answer must come within `answer_bound_s` (the server's deadline + 1 s) when it is set.
+    rate: float = 0.0
+    max_in_flight: int = 400
+    answer_bound_s: float | None = None
 
     def validate(self) -> None:
         """Raises UsageError when a value is out of its bounds (or the URL is not loopback)."""
@@ -145,6 +151,8 @@ class LoadConfig:
         check(1 <= self.generate_n <= 16, "--generate-n must be in 1..16")
         check(1 <= self.generate_tokens <= 512, "--generate-tokens must be in 1..512")
         check(0.0 <= self.generate_temperature <= 2.0, "--generate-temperature must be in [0, 2]")
+        check(0 <= self.rate <= 5000 and math.isfinite(self.rate), "--rate must be in [0, 5000] requests/s")
+        check(1 <= self.max_in_flight <= 2000, "--max-in-flight must be in 1..2000")
         for name in ("timeout_s", "generate_timeout_s", "ready_timeout_s"):
             value = getattr(self, name)
             check(0 < value <= MAX_TIMEOUT_S, f"--{name[:-2].replace('_', '-')} must be in (0, {MAX_TIMEOUT_S:g}] s")
@@ -290,6 +298,10 @@ class OpStats:
     status_5xx: Counter = field(default_factory=Counter)
     transport: Counter = field(default_factory=Counter)
     bad_body: int = 0
+    slowest_s: float = 0.0  # the longest wait for any answer (any status)
+    refused_503: int = 0  # 503 with Retry-After (open loop: a refusal)
+    refused_without_retry_after: int = 0  # a 429 or 503 without Retry-After
+    over_bound: int = 0  # answers slower than `answer_bound_s`
 
     def merge(self, other: OpStats) -> None:
         self.latencies_ok_s += other.latencies_ok_s
@@ -300,6 +312,10 @@ class OpStats:
         self.status_5xx.update(other.status_5xx)
         self.transport.update(other.transport)
         self.bad_body += other.bad_body
+        self.slowest_s = max(self.slowest_s, other.slowest_s)
+        self.refused_503 += other.refused_503
+        self.refused_without_retry_after += other.refused_without_retry_after
+        self.over_bound += other.over_bound
 
     def summary(self, wall_s: float) -> dict[str, Any]:
         def pct(q: float) -> float | None:
@@ -318,6 +334,11 @@ class OpStats:
             "p50_ms": pct(50),
             "p99_ms": pct(99),
             "rps": round(self.count / wall_s, 2) if wall_s > 0 else 0.0,
+            "ok_rps": round(self.ok / wall_s, 2) if wall_s > 0 else 0.0,
+            "slowest_answer_ms": round(self.slowest_s * 1000, 1),
+            "refused_503": self.refused_503,
+            "refused_without_retry_after": self.refused_without_retry_after,
+            "over_answer_bound": self.over_bound,
         }
 
 
@@ -377,12 +398,15 @@ class Runner:
         self.group_ids = [f"load-{self.run_id}-{i:03d}" for i in range(config.groups)]
         self.stats = {op: OpStats() for op in OPS}
         self.writes = WriteLog()
+        self.arrivals = 0  # open loop: requests due, and those not sent (max_in_flight open)
+        self.not_sent = 0
+        connections = (config.max_in_flight if config.rate > 0 else config.clients) + 4
         headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
         self.client = httpx.AsyncClient(
             base_url=target.url,
             headers=headers,
             timeout=config.timeout_s,
-            limits=httpx.Limits(max_connections=config.clients + 4, max_keepalive_connections=config.clients + 4),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         )
 
     async def request(
@@ -425,10 +449,18 @@ class Runner:
         body: dict[str, Any] | None,
     ) -> int:
         stats.count += 1
+        stats.slowest_s = max(stats.slowest_s, dt)
+        if self.config.answer_bound_s is not None and dt > self.config.answer_bound_s:
+            stats.over_bound += 1
         if r is None:
             stats.transport[err or "error"] += 1
             return 0
         status = r.status_code
+        if status in (429, 503) and "retry-after" not in r.headers:
+            stats.refused_without_retry_after += 1
+        if status == 503 and self.config.rate > 0 and "retry-after" in r.headers:
+            stats.refused_503 += 1  # open loop: the deadline or a queue refused it, as it should
+            return status
         if 200 <= status < 300:
             try:
                 valid = _valid_body(op, r.json(), body)
@@ -470,39 +502,63 @@ class Runner:
             )
         return stats
 
-    async def client_loop(self, index: int, deadline: float) -> None:
+    async def one_operation(self, rng: random.Random) -> tuple[int, httpx.Response | None]:
+        """One request of an operation drawn by the mix, on a random group; recorded. (status, response)."""
         cfg = self.config
-        rng = random.Random(cfg.seed * 1_000_003 + index + 1)
         ops = [op for op in OPS if cfg.mix.get(op, 0) > 0]
-        weights = [cfg.mix[op] for op in ops]
+        op = rng.choices(ops, [cfg.mix[o] for o in ops])[0]
+        group = rng.choice(self.group_ids)
+        stats = self.stats[op]
+        if op == "register":
+            items = [_item(rng) for _ in range(cfg.items_per_append)]
+            return await self.append(group, items, stats)
+        if op == "predict":
+            body = {"group_id": group, "questions": rng.sample(PREDICT_POOL, cfg.questions_per_predict)}
+            r, err, dt = await self.request("POST", "/predict", body, cfg.timeout_s)
+        elif op == "generate":
+            body = {
+                "group_id": group,
+                "prompt": rng.choice(PROMPTS),
+                "n": cfg.generate_n,
+                "max_new_tokens": cfg.generate_tokens,
+                "temperature": cfg.generate_temperature,
+            }
+            if cfg.generate_seeded:
+                body["seed"] = rng.randrange(2**31)
+            r, err, dt = await self.request("POST", "/generate", body, cfg.generate_timeout_s)
+        else:
+            body = None
+            r, err, dt = await self.request("GET", f"/groups/{group}/context", None, cfg.timeout_s)
+        return self._record(stats, op, r, err, dt, body), r
+
+    async def client_loop(self, index: int, deadline: float) -> None:
+        rng = random.Random(self.config.seed * 1_000_003 + index + 1)
         while time.perf_counter() < deadline:
-            op = rng.choices(ops, weights)[0]
-            group = rng.choice(self.group_ids)
-            stats = self.stats[op]
-            if op == "register":
-                items = [_item(rng) for _ in range(cfg.items_per_append)]
-                status, r = await self.append(group, items, stats)
-            else:
-                if op == "predict":
-                    body = {"group_id": group, "questions": rng.sample(PREDICT_POOL, cfg.questions_per_predict)}
-                    r, err, dt = await self.request("POST", "/predict", body, cfg.timeout_s)
-                elif op == "generate":
-                    body = {
-                        "group_id": group,
-                        "prompt": rng.choice(PROMPTS),
-                        "n": cfg.generate_n,
-                        "max_new_tokens": cfg.generate_tokens,
-                        "temperature": cfg.generate_temperature,
-                    }
-                    if cfg.generate_seeded:
-                        body["seed"] = rng.randrange(2**31)
-                    r, err, dt = await self.request("POST", "/generate", body, cfg.generate_timeout_s)
-                else:
-                    body = None
-                    r, err, dt = await self.request("GET", f"/groups/{group}/context", None, cfg.timeout_s)
-                status = self._record(stats, op, r, err, dt, body)
+            status, r = await self.one_operation(rng)
             if status == 429:
                 await self._back_off(r, deadline)
+
+    async def open_loop(self, deadline: float) -> None:
+        """Requests arrive at `rate` per second (exponential gaps) whatever the answers; an arrival while
+        `max_in_flight` are open is not sent (counted: the load generator, not the server, was the limit)."""
+        cfg = self.config
+        rng = random.Random(cfg.seed * 7_919 + 1)
+        in_flight: set[asyncio.Task] = set()
+        next_at = time.perf_counter()
+        while True:
+            next_at += rng.expovariate(cfg.rate)
+            if next_at >= deadline:
+                break
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            self.arrivals += 1
+            if len(in_flight) >= cfg.max_in_flight:
+                self.not_sent += 1
+                continue
+            task = asyncio.create_task(self.one_operation(random.Random(rng.getrandbits(64))))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight)
 
     async def _back_off(self, r: httpx.Response | None, deadline: float) -> None:
         try:
@@ -558,7 +614,11 @@ class Runner:
             report["seeding"] = {**seed_stats.summary(time.perf_counter() - t0), "wall_s": _r(time.perf_counter() - t0)}
             start = time.perf_counter()
             deadline = start + cfg.duration_s
-            await asyncio.gather(*(self.client_loop(i, deadline) for i in range(cfg.clients)))
+            if cfg.rate > 0:
+                await self.open_loop(deadline)
+                report["open_loop"] = {"offered_rps": cfg.rate, "arrivals": self.arrivals, "not_sent": self.not_sent}
+            else:
+                await asyncio.gather(*(self.client_loop(i, deadline) for i in range(cfg.clients)))
             wall = time.perf_counter() - start
             report["wall_s"] = _r(wall)
             report["operations"] = {op: self.stats[op].summary(wall) for op in OPS}
@@ -595,6 +655,10 @@ def failures(report: dict[str, Any]) -> list[str]:
             out.append(f"{total['transport_errors']} transport errors")
         if total["bad_body"]:
             out.append(f"{total['bad_body']} invalid 2xx bodies")
+        if total.get("refused_without_retry_after"):
+            out.append(f"{total['refused_without_retry_after']} refusals (429/503) without Retry-After")
+        if total.get("over_answer_bound"):
+            out.append(f"{total['over_answer_bound']} answers slower than the bound")
     v = report.get("verification")
     if v:
         if v["lost_acknowledged_writes"]:
@@ -665,6 +729,22 @@ def format_report(report: dict[str, Any]) -> str:
         )
         if i == 0 or i == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
+    t = report["total"]
+    if "open_loop" in report:
+        o = report["open_loop"]
+        lines.append(
+            f"open loop: {o['offered_rps']:g} requests/s offered, {o['arrivals']} arrived, {o['not_sent']} not sent "
+            f"(max in flight); served {t['ok_rps']:.1f}/s; refused: 429 {t['throttled_429']}, 503 {t['refused_503']}"
+            f" ({t['refused_without_retry_after']} without Retry-After)"
+        )
+    lines.append(
+        f"slowest answer (any status) {t['slowest_answer_ms']:.0f} ms"
+        + (
+            f"; {t['over_answer_bound']} over the {cfg['answer_bound_s']:g} s bound"
+            if cfg.get("answer_bound_s")
+            else ""
+        )
+    )
     v = report["verification"]
     lines.append(
         f"verification: {v['acknowledged_writes']} acknowledged writes in {v['groups_checked']} groups, "
@@ -709,6 +789,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-timeout", type=float, default=d.ready_timeout_s, help="wait for /readyz, s")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed of the operation sequence")
     p.add_argument("--keep-groups", action="store_true", help="--url: do not delete the load groups at the end")
+    p.add_argument("--rate", type=float, default=d.rate, help="open loop: requests/s offered (0: closed loop)")
+    p.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="open loop: open requests at most")
+    p.add_argument(
+        "--answer-bound", type=float, default=None, help="fail when any answer takes longer, s (deadline + 1)"
+    )
     p.add_argument("--json", type=Path, help="write the report here")
     return p
 
@@ -735,6 +820,9 @@ def main(argv: list[str] | None = None) -> int:
             ready_timeout_s=args.ready_timeout,
             seed=args.seed,
             keep_groups=args.keep_groups,
+            rate=args.rate,
+            max_in_flight=args.max_in_flight,
+            answer_bound_s=args.answer_bound,
         )
         config.validate()
     except UsageError as exc:

@@ -143,3 +143,20 @@ def test_verification_catches_a_lost_acknowledged_write() -> None:
     assert report["operations"]["register"]["ok"] >= 3
     assert report["verification"]["lost_acknowledged_writes"] == 1
     assert load.failures(report) == ["1 acknowledged writes lost"]
+
+
+def test_open_loop_overload_mode(model_store, tiny_lm_path, tmp_path, monkeypatch) -> None:
+    """--rate: arrivals at a fixed rate whatever the answers; with a short server deadline every answer comes within
+    deadline + 1 s, refusals carry Retry-After, and no acknowledged write is lost (mechanics only: no figure)."""
+    for name in ("GPO_DATABASE_URL", "GPO_REDIS_URL", "GPO_WORKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    config = _config()
+    config.duration_s, config.rate, config.max_in_flight, config.answer_bound_s = 4.0, 60.0, 100, 3.0
+    env = {**_server_env(model_store, tiny_lm_path, tmp_path, None), "GPO_REQUEST_TIMEOUT_S": "2"}
+    report = load.run(config, env=env)
+    assert report["passed"], (report["failures"], report.get("server_log_tail", ""))
+    loop, total = report["open_loop"], report["total"]
+    assert loop["arrivals"] >= 100 and loop["arrivals"] == total["count"] + loop["not_sent"]
+    assert total["slowest_answer_ms"] <= 3000 and total["refused_without_retry_after"] == 0
+    assert report["verification"]["lost_acknowledged_writes"] == 0
+    assert "open loop: 60 requests/s offered" in load.format_report(report)
