@@ -1,0 +1,98 @@
+"""Overload (issue 17): measure the capacity of one `gpo serve`, then offer it `--factor` times that, open loop.
+
+    .venv/bin/python -m benchmarks.overload [--duration 60] [--factor 10] [--deadline 5] [--json F] [--out F]
+
+One spawned `gpo serve` (the embedded defaults: SQLite, in-process worker with the bundled SmolLM2, the shipped
+checkpoint) with GPO_REQUEST_TIMEOUT_S=--deadline. Phase 1: closed loop, --clients clients for --capacity-s seconds:
+the capacity is the rate of successful answers. Phase 2: open loop at --factor x capacity for --duration seconds
+(benchmarks.load --rate). Pass: zero server errors (a 503 with Retry-After is a refusal), every refusal with
+Retry-After, every answer within the deadline + 1 s, no acknowledged write lost. Figures only; never a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import load
+
+MIX = {"register": 0.1, "predict": 0.75, "generate": 0.05, "read": 0.1}
+
+
+def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
+    c, o, ol = capacity["total"], overload["total"], overload["open_loop"]
+    mix = ",".join(f"{k}={v:g}" for k, v in MIX.items())
+    verdict = "PASS" if overload["passed"] else "FAIL: " + "; ".join(overload["failures"])
+    return "\n".join(
+        [
+            "## Overload (issue 17): 10x capacity offered, open loop",
+            "",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+            "`.venv/bin/python -m benchmarks.overload "
+            f"--duration {args.duration:g} --factor {args.factor:g} --deadline {args.deadline:g}`: one `gpo serve` on "
+            f"the embedded defaults (SQLite, in-process SmolLM2, the shipped checkpoint), GPO_REQUEST_TIMEOUT_S="
+            f"{args.deadline:g}, mix {mix}, the load generator on the same cores.",
+            "",
+            "| phase | offered | answered 2xx/s | 429 | 503 (Retry-After) | 5xx | p50 / p99 of 2xx (ms) "
+            "| slowest answer (ms) |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| capacity: closed loop, {args.clients} clients, {args.capacity_s:g} s | - | {c['ok_rps']} | "
+            f"{c['throttled_429']} | {c['refused_503']} | {c['server_errors']} | {c['p50_ms']} / {c['p99_ms']} | "
+            f"{c['slowest_answer_ms']} |",
+            f"| overload: open loop, {args.duration:g} s | {ol['offered_rps']:.1f}/s ({ol['arrivals']} requests, "
+            f"{ol['not_sent']} not sent) | {o['ok_rps']} | {o['throttled_429']} | {o['refused_503']} | "
+            f"{o['server_errors']} | {o['p50_ms']} / {o['p99_ms']} | {o['slowest_answer_ms']} |",
+            "",
+            f"Overload verdict (zero 5xx, refusals with Retry-After, every answer within {args.deadline + 1:g} s, "
+            f"no acknowledged write lost: {overload['verification']['acknowledged_writes']} checked): **{verdict}**.",
+            "",
+        ]
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--factor", type=float, default=10.0)
+    p.add_argument("--deadline", type=float, default=5.0, help="GPO_REQUEST_TIMEOUT_S of the server, s")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--capacity-s", type=float, default=20.0)
+    p.add_argument("--max-in-flight", type=int, default=1000)
+    p.add_argument("--json", type=Path, default=Path("benchmarks/overload.json"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/overload.md"))
+    args = p.parse_args()
+    env = {"GPO_REQUEST_TIMEOUT_S": str(args.deadline), "GPO_TORCH_THREADS": "1"}
+    common = dict(groups=20, mix=dict(MIX), timeout_s=args.deadline + 30, generate_timeout_s=args.deadline + 30)
+    with load.spawned_server(env) as target:
+        capacity_cfg = load.LoadConfig(
+            url=target.url, api_key=target.api_key, clients=args.clients, duration_s=args.capacity_s, **common
+        )
+        capacity = load._run_on(capacity_cfg, target)
+        print(load.format_report(capacity), flush=True)
+        rate = max(1.0, args.factor * capacity["total"]["ok_rps"])
+        overload_cfg = load.LoadConfig(
+            url=target.url,
+            api_key=target.api_key,
+            duration_s=args.duration,
+            rate=min(rate, 5000.0),
+            max_in_flight=args.max_in_flight,
+            answer_bound_s=args.deadline + 1,
+            seed=1,
+            **common,
+        )
+        overload = load._run_on(overload_cfg, target)
+    overload["failures"] = load.failures(overload)
+    overload["passed"] = not overload["failures"]
+    print(load.format_report(overload), flush=True)
+    args.json.write_text(json.dumps({"capacity": capacity, "overload": overload}, indent=1) + "\n")
+    text = section(capacity, overload, args)
+    args.out.write_text(text)
+    print(text)
+    return 0 if overload["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
