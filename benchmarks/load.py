@@ -490,7 +490,11 @@ class Runner:
         async def one(group: str) -> None:
             async with sem:
                 items = [_item(rng) for _ in range(self.config.seed_items)]
-                statuses[group], _ = await self.append(group, items, stats, mode="replace")
+                for _attempt in range(10):  # a busy server refuses with Retry-After: wait and write again
+                    statuses[group], r = await self.append(group, items, stats, mode="replace")
+                    if statuses[group] not in (429, 503) or r is None or "retry-after" not in r.headers:
+                        break
+                    await asyncio.sleep(min(float(r.headers["retry-after"]), 5.0))
 
         await asyncio.gather(*(one(g) for g in self.group_ids))
         failed = {g: s for g, s in statuses.items() if not 200 <= s < 300}

@@ -1,6 +1,6 @@
 """Overload (issue 17): measure the capacity of one `gpo serve`, then offer it `--factor` times that, open loop.
 
-    .venv/bin/python -m benchmarks.overload [--duration 60] [--factor 10] [--deadline 5] [--json F] [--out F]
+    .venv/bin/python -m benchmarks.overload [--duration 60] [--factor 10] [--deadline 15] [--json F] [--out F]
 
 One spawned `gpo serve` (the embedded defaults: SQLite, in-process worker with the bundled SmolLM2, the shipped
 checkpoint) with GPO_REQUEST_TIMEOUT_S=--deadline. Phase 1: closed loop, --clients clients for --capacity-s seconds:
@@ -57,7 +57,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--factor", type=float, default=10.0)
-    p.add_argument("--deadline", type=float, default=5.0, help="GPO_REQUEST_TIMEOUT_S of the server, s")
+    p.add_argument("--deadline", type=float, default=15.0, help="GPO_REQUEST_TIMEOUT_S of the server, s")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--capacity-s", type=float, default=20.0)
     p.add_argument("--max-in-flight", type=int, default=1000)
@@ -71,6 +71,8 @@ def main() -> int:
             url=target.url, api_key=target.api_key, clients=args.clients, duration_s=args.capacity_s, **common
         )
         capacity = load._run_on(capacity_cfg, target)
+        capacity["failures"] = load.failures(capacity)
+        capacity["passed"] = not capacity["failures"]
         print(load.format_report(capacity), flush=True)
         rate = max(1.0, args.factor * capacity["total"]["ok_rps"])
         overload_cfg = load.LoadConfig(

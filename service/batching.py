@@ -84,11 +84,11 @@ class MicroBatcher(Generic[T, R]):
         return len(self._pending)
 
     def estimated_wait_s(self) -> float:
-        """Seconds a call submitted now would wait before its batch ends: the batches ahead of it (the running one
-        and the queued ones) and its own, at the recent time of a batch (0 before any batch ran)."""
+        """Seconds a call submitted now would wait before its batch starts: the batches ahead of it (the running
+        one and the full batches of the queue), at the recent time of a batch (0 before any batch ran)."""
         if self.batch_seconds is None:
             return 0.0
-        ahead = -(-(len(self._pending) + 1) // self.max_batch) + int(self._running)
+        ahead = len(self._pending) // self.max_batch + int(self._running)
         return ahead * self.batch_seconds
 
     async def submit(self, item: T) -> R:

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     database_connect_timeout_s: int = Field(5, ge=1, description="seconds to wait for a Postgres connection")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of 503 answers (a dependency is down)")
     request_timeout_s: float = Field(
-        60.0,
+        120.0,
         gt=0,
         description="deadline of a request, body reading included: past it the work is dropped and the client gets "
         "503 with Retry-After (408 when its body had not arrived); queues refuse work they cannot start in time",

@@ -43,8 +43,10 @@ ForwardCall = tuple[str, "ContextState", "list[Item]"]
 
 
 async def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """Run blocking work (database, cache, torch) in a worker thread, off the event loop."""
-    return await anyio.to_thread.run_sync(fn, *args)
+    """Run blocking work (database, cache, torch) in a worker thread, off the event loop. A cancelled caller (its
+    request's deadline passed) returns at once: the thread finishes its work on its own, unanswered (a database
+    transaction commits or rolls back as it would have), instead of holding the answer until it is done."""
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
 
 class Services:
