@@ -74,15 +74,19 @@ def test_api_keeps_its_schema(fuzz_target: tuple[str, dict]) -> None:
     operations = [result.ok() for result in api.get_all_operations()]
     assert len(operations) >= 10, [op.label for op in operations]
     failures: list[str] = []
+    calls: dict[str, int] = {}  # requests sent per operation (shown with pytest -s)
     for operation in operations:
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case: schemathesis.Case) -> None:
+            label = case.operation.label
+            calls[label] = calls.get(label, 0) + 1
             case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
 
         try:
             fuzz()
         except Exception as exc:  # collect every operation's failure, then fail once with all of them
             failures.append(f"{operation.label}: {exc}")
+    print(f"\nschemathesis, up to {EXAMPLES} examples per operation; requests sent: {calls}")
     assert not failures, "\n\n".join(failures)
