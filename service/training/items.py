@@ -23,6 +23,9 @@ class ItemTable:
     # [Q, d] unit sentence vectors of the questions (service.gpo.matching.match_text), for the rewording-tolerant
     # prior bank; None: questions are matched by exact text only
     qvec: np.ndarray | None = None
+    # validation rewordings of the table's questions, for choosing the matcher's threshold
+    # (service.training.matching): (question index [m] int, unit sentence vectors [m, d]); None: none
+    qval: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.index = {q.qid: i for i, q in enumerate(self.questions)}

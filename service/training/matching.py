@@ -6,13 +6,24 @@ error against the question's own (deviation from uniform and loadings, per optio
 error of the question's out-of-fold text estimate. The threshold is the similarity above which borrowing costs less
 in total: only the training groups' answers (their full prior) and the training questions' texts decide it. Pairs
 of near-duplicate survey questions (one question in several waves, one template on several topics) are what the
-survey offers: a rewording of a known question is not used to choose it.
+survey offers.
+
+Those pairs alone set the threshold high (0.872 on OpinionQA), because a sibling question is often answered
+differently: it accepted half of the users' rewordings of known questions. So the choice also counts validation
+rewordings (service/data/reworded/opinionqa_reworded_validation.jsonl: 180 training questions in new words, disjoint
+from the 247 the reworded protocol reports): for each one whose original is in the bank, borrowing costs the error of
+the nearest bank question's prior against the original's own (zero when the nearest is the original); not borrowing
+costs the original's out-of-fold text estimate error (a proxy for the rewording's own text estimate, which reads
+unfamiliar words no better). Every training question and every validation rewording counts once. A data set without
+rewordings of its questions gets the threshold of its sibling pairs alone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +33,10 @@ from service.training.items import ItemTable
 from service.training.text_prior import prior_targets
 
 log = logging.getLogger(__name__)
+
+VALIDATION_REWORDINGS = (
+    Path(__file__).resolve().parent.parent / "data" / "reworded" / "opinionqa_reworded_validation.jsonl"
+)
 
 
 def nearest_other(vectors: np.ndarray, n_options: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,31 +67,71 @@ def fit_matcher(
     table: ItemTable, qvec: np.ndarray, prior: PopulationPrior, known: np.ndarray, oof_full: np.ndarray
 ) -> QuestionMatcher:
     """The matcher over the table's questions whose items all have a prior (`known` [I]), with its threshold chosen
-    as the module says; `qvec` [Q, d]: the table's question vectors, `oof_full` [I, 1 + k]: out-of-fold text
-    estimates of the prior's targets (service.training.text_prior.TextPriors.oof_full)."""
+    as the module says (on `table.qval`'s rewordings too); `qvec` [Q, d]: the table's question vectors, `oof_full`
+    [I, 1 + k]: out-of-fold text estimates of the prior's targets (service.training.text_prior.TextPriors.oof_full)."""
     q_known = np.array([known[table.rows([i])].all() for i in range(len(table.questions))])
     qs = np.flatnonzero(q_known)
-    nn, sim = nearest_other(qvec[qs], table.q_len[qs])
-    err_match, err_text, ok = np.zeros(len(qs)), np.zeros(len(qs)), np.zeros(len(qs), dtype=bool)
-    for j, q in enumerate(qs):
+
+    def err(a: int, b: int) -> float:  # squared error of question a's prior targets against question b's
+        return float(
+            ((prior_targets(table, prior, table.rows([a])) - prior_targets(table, prior, table.rows([b]))) ** 2).sum()
+        )
+
+    def err_text(q: int) -> float:
         rows = table.rows([q])
-        own, text = prior_targets(table, prior, rows), oof_full[rows]
-        if nn[j] < 0 or not np.isfinite(text).all():
-            continue
-        ok[j] = True
-        err_match[j] = float(((prior_targets(table, prior, table.rows([qs[nn[j]]])) - own) ** 2).sum())
-        err_text[j] = float(((text - own) ** 2).sum())
-    threshold = choose_threshold(sim[ok], err_match[ok], err_text[ok])
+        text = oof_full[rows]
+        return float(((text - prior_targets(table, prior, rows)) ** 2).sum()) if np.isfinite(text).all() else np.nan
+
+    nn, sim = nearest_other(qvec[qs], table.q_len[qs])
+    cases = []  # (similarity, error if borrowing, error if not)
+    for j, q in enumerate(qs):  # the survey's own sibling questions: each training question's nearest other one
+        if nn[j] >= 0 and np.isfinite(t := err_text(q)):
+            cases.append((sim[j], err(qs[nn[j]], q), t))
+    n_siblings = len(cases)
+    if table.qval is not None:  # validation rewordings of bank questions: the bank holds their original
+        for q, v in zip(*table.qval, strict=True):
+            if not q_known[q] or not np.isfinite(t := err_text(q)):
+                continue
+            s = np.where(table.q_len[qs] == table.q_len[q], qvec[qs] @ np.asarray(v, np.float64), -np.inf)
+            best = int(np.argmax(s))
+            cases.append((s[best], err(qs[best], q) if qs[best] != q else 0.0, t))
+    sims, e_match, e_text = np.array(cases, dtype=np.float64).reshape(-1, 3).T
+    threshold = choose_threshold(sims, e_match, e_text)
     log.info(
-        "matcher: threshold %.3f chosen on %d training questions (%d would borrow a prior)",
+        "matcher: threshold %.3f chosen on %d training questions (%d would borrow a prior) and %d validation "
+        "rewordings (%d would)",
         threshold,
-        int(ok.sum()),
-        int((sim[ok] >= threshold).sum()),
+        n_siblings,
+        int((sims[:n_siblings] >= threshold).sum()),
+        len(sims) - n_siblings,
+        int((sims[n_siblings:] >= threshold).sum()),
     )
     return QuestionMatcher(qvec[qs].astype(np.float32), table.q_start[qs], table.q_len[qs], threshold)
 
 
-def with_question_vectors(table: ItemTable, encoder) -> ItemTable:
-    """`table` with the question vectors of its questions from `encoder` (`.embed(texts)` -> unit vectors)."""
+def validation_rewordings(table: ItemTable, path: Path = VALIDATION_REWORDINGS) -> list[tuple[int, str]]:
+    """(question index, match text) of each rewording in the JSONL file `path` (keys qid, text, options) of a table
+    question with as many options; a file that does not exist holds none."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        q = table.index.get(row["qid"])
+        if q is not None and len(row["options"]) == table.q_len[q]:
+            out.append((q, match_text(row["text"], row["options"])))
+    return out
+
+
+def with_question_vectors(table: ItemTable, encoder, rewordings: Path | None = VALIDATION_REWORDINGS) -> ItemTable:
+    """`table` with the question vectors of its questions from `encoder` (`.embed(texts)` -> unit vectors), and
+    those of the validation rewordings in `rewordings` of its questions (None: none) for choosing the threshold."""
     texts = [match_text(q.text, q.options) for q in table.questions]
-    return replace(table, qvec=np.asarray(encoder.embed(texts), dtype=np.float32))
+    vectors = np.asarray(encoder.embed(texts), dtype=np.float32)
+    val = validation_rewordings(table, rewordings) if rewordings is not None else []
+    qval = None
+    if val:
+        qval = (np.array([q for q, _ in val], np.int64), np.asarray(encoder.embed([t for _, t in val]), np.float32))
+    return replace(table, qvec=vectors, qval=qval)

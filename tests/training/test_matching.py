@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -13,7 +14,7 @@ from service.training.datasets import PreferenceDataset
 from service.training.evaluate import score_reworded
 from service.training.fit import TrainConfig, train_gpo
 from service.training.items import build_item_table
-from service.training.matching import choose_threshold, nearest_other
+from service.training.matching import choose_threshold, nearest_other, validation_rewordings, with_question_vectors
 from service.training.reworded import SUFFIX, Rewordings
 from service.training.splits import make_split, scorable_question_ids, validation_groups
 
@@ -120,3 +121,46 @@ def test_a_rewording_near_its_original_borrows_its_prior_in_evaluation():
     # with the matcher, a rewording scores as its original does; without it, it is read through drifted text
     assert out["matcher"]["gpo", "reworded"] == pytest.approx(out["matcher"]["gpo", "original"], abs=2e-3)
     assert out["exact only"]["gpo", "reworded"] < out["matcher"]["gpo", "reworded"] - 0.01
+
+
+def test_validation_rewordings_of_bank_questions_lower_the_threshold_and_held_out_ones_are_skipped():
+    """Questions far apart, answered independently: borrowing never pays on the survey's own pairs. A validation
+    rewording sits near its own original (zero error when borrowed), so counting them lowers the threshold to take
+    them. A rewording of a held-out question (not in the bank) changes nothing."""
+    torch.set_num_threads(1)
+    ds, table = text_dataset(n_groups=14, n_questions=50)
+    table = replace(table, qvec=unit_rows(np.random.default_rng(1).normal(size=(len(ds.questions), 64))))
+    split = make_split(ds.groups, scorable_question_ids(ds), 0.6, 0, 10)
+    alone = train(ds, table, split).matcher.threshold
+    known = table.qindex(split_known(ds, split))
+    rng = np.random.default_rng(2)
+    q = known[::2]  # a rewording of every other bank question, at cosine ~0.7 from its original
+    near = unit_rows(table.qvec[q] + rng.normal(size=(len(q), table.qvec.shape[1])) * 0.12)
+    cos = (near * table.qvec[q]).sum(1)
+    lowered = train(ds, replace(table, qval=(q, near)), split).matcher.threshold
+    assert lowered < alone and lowered <= np.median(cos)
+    held = np.setdiff1d(np.arange(len(ds.questions)), known)
+    far = unit_rows(table.qvec[held] + rng.normal(size=(len(held), table.qvec.shape[1])) * 0.12)
+    assert train(ds, replace(table, qval=(held, far)), split).matcher.threshold == alone
+
+
+def test_validation_rewordings_are_read_by_qid_and_option_count(tmp_path):
+    ds, table = text_dataset(n_groups=4, n_questions=5)
+    q = ds.questions[1]
+    path = tmp_path / "v.jsonl"
+    rows = [
+        {"qid": q.qid, "text": "Said otherwise?", "options": [f"o{i}" for i in range(q.n_options)]},
+        {"qid": q.qid, "text": "Too few options", "options": ["a"]},
+        {"qid": "elsewhere", "text": "?", "options": ["a", "b"]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert validation_rewordings(table, path) == [(1, " / ".join(["Said otherwise?", *rows[0]["options"]]))]
+    assert validation_rewordings(table, tmp_path / "missing.jsonl") == []
+
+    class Encoder:
+        def embed(self, texts):
+            return unit_rows(np.random.default_rng(len(texts)).normal(size=(len(texts), 8)))
+
+    t = with_question_vectors(table, Encoder(), path)
+    assert t.qvec.shape == (len(ds.questions), 8) and t.qval[0].tolist() == [1] and t.qval[1].shape == (1, 8)
+    assert with_question_vectors(table, Encoder(), None).qval is None

@@ -14,6 +14,7 @@ from service.gpo.features import FeatureSpec
 from service.training.evaluate import score_reworded
 from service.training.fit import TrainConfig, train_gpo
 from service.training.items import build_item_table
+from service.training.matching import VALIDATION_REWORDINGS
 from service.training.reworded import SHIPPED_REWORDINGS, SUFFIX, Rewordings, load_rewordings
 from service.training.splits import make_split, scorable_question_ids, validation_groups
 
@@ -43,6 +44,15 @@ def test_the_shipped_rewordings_fit_the_shipped_opinionqa(opinionqa):
     for qid, q in pairs:
         original = opinionqa.question(qid)
         assert " ".join(q.text.lower().split()) != " ".join(original.text.lower().split())
+
+
+def test_the_validation_rewordings_are_disjoint_from_the_reported_ones_and_fit_opinionqa(opinionqa):
+    """The matcher's threshold is chosen on VALIDATION_REWORDINGS: none of their questions may be one the reworded
+    protocol reports, or the protocol would score a threshold fitted on its own questions."""
+    validation = load_rewordings(VALIDATION_REWORDINGS, opinionqa)
+    reported = {qid for qid, _ in load_rewordings(SHIPPED_REWORDINGS, opinionqa)}
+    assert len(validation) >= 150 and len({qid for qid, _ in validation}) == len(validation)
+    assert not {qid for qid, _ in validation} & reported
 
 
 @pytest.fixture(scope="module")
