@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestDeadline,
         timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
-        on_timeout=lambda stage: metrics.deadline_passed.labels(stage).inc(),
+        on_timeout=metrics.observe_deadline,
     )
     install_error_handlers(app)
     for router in (groups.router, predict.router, generate.router, health.router):

@@ -97,10 +97,20 @@ class Metrics(AppMetrics):
             ["stage"],
             registry=r,
         )
+        self.deadline_late_seconds = Histogram(
+            "gpo_request_deadline_late_seconds",
+            "how long after GPO_REQUEST_TIMEOUT_S a cut request was answered (its work unwinding, the event loop busy)",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+        )
         self.model = Info("gpo_model", "the served checkpoint and the embedder it runs with", registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.request_seconds.labels(route, method, str(status)).observe(seconds)
+
+    def observe_deadline(self, stage: str, late_s: float) -> None:
+        self.deadline_passed.labels(stage).inc()
+        self.deadline_late_seconds.observe(late_s)
 
 
 class WorkerMetrics(AppMetrics):

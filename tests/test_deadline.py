@@ -27,7 +27,7 @@ def run(app, timeout_s: float, receive: Callable[[], Awaitable[dict]], method: s
         sent.append(message)
 
     async def main() -> None:
-        await RequestDeadline(app, timeout_s, retry_after_s=7, on_timeout=seen.append)(
+        await RequestDeadline(app, timeout_s, retry_after_s=7, on_timeout=lambda stage, late_s: seen.append(stage))(
             scope(method, body), receive, send
         )
 

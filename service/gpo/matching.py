@@ -5,11 +5,17 @@ The prior bank matches a question by its exact text and options, so a user's rew
 question to it. The matcher compares a question-level sentence vector (the question and its options in one line,
 `match_text`, embedded by a sentence encoder such as all-MiniLM-L6-v2: unit vectors) with the bank's questions of the
 same number of options. When the nearest one's cosine similarity reaches `threshold`, the new question's options get
-that question's prior features, option by option in order (`borrowed_features`), flagged as estimates (TEXT_FLAG, as
+that question's prior features option by option (`borrowed_features`), flagged as estimates (TEXT_FLAG, as
 text-prior features are): a target reads them out as its own prior, and in a context they weigh what a text estimate
 weighs in the ridge fit. (With full weight in a context, borrowed priors cost the new-context protocol 0.955 -> 0.901
 on known targets: a sibling question's loadings paired with another question's answers mislead the group's
 factors.) Otherwise the question stays new (the text prior).
+
+Options are paired by meaning, not position: a user may list a known question's options in another order ("It can be
+different from the sex assigned at birth" first where the survey lists "determined by the sex assigned at birth"
+first). When the matcher stores option vectors (each bank option's text alone, by the same encoder), each new
+option takes the bank option of the assignment that maximises the summed cosine similarity (`QuestionMatcher.rows`);
+without them, options pair in order. Borrowing by position inverted that question's answer.
 
 The threshold is chosen on the training side (service.training.matching): the similarity above which a training
 question's nearest *other* training question gives better prior features than its out-of-fold text estimate. The
@@ -23,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from service.gpo.features import TEXT_FLAG
 from service.gpo.prior import PopulationPrior
@@ -42,18 +49,30 @@ def borrowed_features(prior: PopulationPrior, rows: np.ndarray) -> np.ndarray:
     return f
 
 
+def option_text(option: str) -> str:
+    """The line an option is paired by: its own text."""
+    return option.strip()
+
+
 @dataclass(frozen=True)
 class QuestionMatcher:
-    """The bank's question vectors, each question's first prior row and option count, and the threshold."""
+    """The bank's question vectors, each question's first prior row and option count, the threshold, and optionally
+    the vectors of every bank option (question by question in bank order, options in prior-row order)."""
 
     vectors: np.ndarray  # [Qb, d] unit vectors
     starts: np.ndarray  # [Qb] int: the question's first row in the prior (its options are the next n rows)
     n_options: np.ndarray  # [Qb] int
     threshold: float
+    option_vectors: np.ndarray | None = None  # [sum(n_options), d] unit vectors of option_text, or None
 
-    def match_many(self, vectors: np.ndarray, n_options: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """For each question (unit vector [m, d], its option count): the first prior row of its match (-1: none)
-        and the similarity of the nearest bank question with that many options (-inf when there is none)."""
+    def __post_init__(self) -> None:
+        if self.option_vectors is not None:
+            assert len(self.option_vectors) == int(np.sum(self.n_options)), "one vector per bank option"
+        object.__setattr__(self, "_offsets", np.concatenate([[0], np.cumsum(self.n_options)]).astype(np.int64))
+
+    def nearest_many(self, vectors: np.ndarray, n_options: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """For each question (unit vector [m, d], its option count): the bank index of its match (-1: none) and the
+        similarity of the nearest bank question with that many options (-inf when there is none)."""
         vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.vectors.shape[1])
         n = np.asarray(n_options, dtype=np.int64)
         if len(self.vectors) == 0:
@@ -61,31 +80,57 @@ class QuestionMatcher:
         sim = np.where(n[:, None] == self.n_options[None, :], vectors @ self.vectors.T, -np.inf)  # [m, Qb]
         best = np.argmax(sim, axis=1)
         top = sim[np.arange(len(n)), best]
-        starts = np.where(top >= self.threshold, self.starts[best], -1)
-        return starts.astype(np.int64), top.astype(np.float64)
+        return np.where(top >= self.threshold, best, -1).astype(np.int64), top.astype(np.float64)
 
-    def match(self, vector: np.ndarray, n_options: int) -> np.ndarray | None:
-        """The prior rows of the matched bank question's options, in order, or None."""
-        (start,), _ = self.match_many(np.asarray(vector)[None, :], [n_options])
-        return None if start < 0 else np.arange(start, start + n_options)
+    def match_many(self, vectors: np.ndarray, n_options: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """As `nearest_many`, with the first prior row of the match (-1: none) in place of its bank index."""
+        index, top = self.nearest_many(vectors, n_options)
+        starts = np.full(len(index), -1, dtype=np.int64)
+        starts[index >= 0] = self.starts[index[index >= 0]]
+        return starts, top
+
+    def rows(self, index: int, option_vectors: np.ndarray | None) -> np.ndarray:
+        """The prior rows bank question `index` lends to a question whose options have unit vectors
+        `option_vectors` [n, d] (option_text), one per option in the asker's order: the assignment of maximal summed
+        similarity, or the bank's order when either side has no option vectors."""
+        n = int(self.n_options[index])
+        start = int(self.starts[index])
+        if self.option_vectors is None or option_vectors is None:
+            return np.arange(start, start + n)
+        own = self.option_vectors[self._offsets[index] : self._offsets[index] + n]
+        sim = np.asarray(option_vectors, np.float64).reshape(n, -1) @ own.T.astype(np.float64)  # [asked, bank]
+        asked, bank = linear_sum_assignment(-sim)
+        out = np.empty(n, dtype=np.int64)
+        out[asked] = start + bank
+        return out
+
+    def match(self, vector: np.ndarray, n_options: int, option_vectors: np.ndarray | None = None) -> np.ndarray | None:
+        """The prior rows of the matched bank question's options, paired with the asker's options, or None."""
+        (index,), _ = self.nearest_many(np.asarray(vector)[None, :], [n_options])
+        return None if index < 0 else self.rows(int(index), option_vectors)
 
     def to_checkpoint(self) -> dict[str, np.ndarray]:
         """The arrays a checkpoint stores."""
-        return {
+        out = {
             "match_vectors": np.ascontiguousarray(self.vectors, dtype=np.float32),
             "match_starts": np.asarray(self.starts, dtype=np.int64),
             "match_n_options": np.asarray(self.n_options, dtype=np.int64),
             "match_threshold": np.array([self.threshold], dtype=np.float64),
         }
+        if self.option_vectors is not None:
+            out["match_option_vectors"] = np.ascontiguousarray(self.option_vectors, dtype=np.float32)
+        return out
 
     @classmethod
     def from_checkpoint(cls, extra: Mapping[str, np.ndarray]) -> QuestionMatcher | None:
-        """The matcher a checkpoint stores, or None when it stores none."""
+        """The matcher a checkpoint stores, or None when it stores none (option vectors: optional)."""
         if not {"match_vectors", "match_starts", "match_n_options", "match_threshold"} <= set(extra):
             return None
+        options = extra.get("match_option_vectors")
         return cls(
             np.asarray(extra["match_vectors"], np.float32),
             np.asarray(extra["match_starts"], np.int64),
             np.asarray(extra["match_n_options"], np.int64),
             float(np.asarray(extra["match_threshold"]).reshape(-1)[0]),
+            None if options is None else np.asarray(options, np.float32),
         )

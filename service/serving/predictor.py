@@ -20,7 +20,7 @@ from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_resp
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel, TextPrior
-from service.gpo.matching import QuestionMatcher, borrowed_features, match_text
+from service.gpo.matching import QuestionMatcher, borrowed_features, match_text, option_text
 from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
 
@@ -86,7 +86,7 @@ class Predictor:
         # stores a matcher and a question encoder is attached (`use_question_encoder`); otherwise exact matches only.
         self.matcher = QuestionMatcher.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
         self.question_encoder: Callable[[str], np.ndarray] | None = None
-        self._match_start = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._first_matched_row)
+        self._match_rows = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._matched_rows)
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
 
     @classmethod
@@ -205,21 +205,27 @@ class Predictor:
         """Match questions outside the bank with `encode` (a `match_text` line -> its unit vector; the encoder the
         checkpoint's matcher was fitted with, `meta["matcher"]`)."""
         self.question_encoder = encode
-        self._match_start.cache_clear()
+        self._match_rows.cache_clear()
 
     def matched_rows(self, question: str, options: Sequence[str]) -> np.ndarray | None:
-        """The bank rows of the known question this one borrows its prior from (service.gpo.matching), or None."""
+        """The bank rows of the known question this one borrows its prior from, one per option in the asker's order
+        (service.gpo.matching), or None."""
         if self.matcher is None or self.question_encoder is None:
             return None
-        start = self._match_start(match_text(question, options), len(options))
-        return None if start < 0 else np.arange(start, start + len(options))
+        rows = self._match_rows(match_text(question, options), tuple(options))
+        return None if rows is None else np.asarray(rows, dtype=np.int64)
 
-    def _first_matched_row(self, text: str, n_options: int) -> int:
-        """The first bank row of the question `text` (a `match_text` line) borrows from, -1 for none (cached in
-        `_match_start`: a question asked again costs a dictionary lookup, not an encoder call and a bank scan)."""
+    def _matched_rows(self, text: str, options: tuple[str, ...]) -> tuple[int, ...] | None:
+        """The borrowed rows of the question `text` (a `match_text` line) with these options (cached in
+        `_match_rows`: a question asked again costs a dictionary lookup, not encoder calls and a bank scan)."""
         assert self.matcher is not None and self.question_encoder is not None
-        (start,), _ = self.matcher.match_many(self.question_encoder(text)[None, :], [n_options])
-        return int(start)
+        (index,), _ = self.matcher.nearest_many(self.question_encoder(text)[None, :], [len(options)])
+        if index < 0:
+            return None
+        option_vectors = None
+        if self.matcher.option_vectors is not None:
+            option_vectors = np.stack([self.question_encoder(option_text(o)) for o in options])
+        return tuple(int(r) for r in self.matcher.rows(int(index), option_vectors))
 
     def is_known(self, question: str, options: Sequence[str]) -> bool:
         """Whether the question (with exactly these options) is in the checkpoint's prior bank."""

@@ -85,12 +85,12 @@ def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDa
     if result.matcher is not None and table.qvec is not None and result.prior is not None:
         # a new question near enough a known one borrows its prior, as at serving (service.gpo.matching)
         new_q = np.unique(table.item_q[~known])
-        starts, _ = result.matcher.match_many(table.qvec[new_q], table.q_len[new_q])
-        for q, start in zip(new_q, starts, strict=True):
-            if start >= 0:
-                rows = torch.from_numpy(table.rows([q]))
-                borrowed = borrowed_features(result.prior, np.arange(start, start + table.q_len[q]))
-                x[rows, spec.prior_slice] = torch.from_numpy(borrowed)
+        index, _ = result.matcher.nearest_many(table.qvec[new_q], table.q_len[new_q])
+        for q, j in zip(new_q, index, strict=True):
+            if j >= 0:
+                rows = table.rows([q])
+                lent = result.matcher.rows(int(j), None if table.ovec is None else table.ovec[rows])
+                x[torch.from_numpy(rows), spec.prior_slice] = torch.from_numpy(borrowed_features(result.prior, lent))
     episodes, targets = [], []
     for g in split.test_groups:
         ctx, tgt = table.qindex(split.context_of(g)), table.qindex(split.targets_of(g))

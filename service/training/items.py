@@ -24,13 +24,18 @@ class ItemTable:
     # prior bank; None: questions are matched by exact text only
     qvec: np.ndarray | None = None
     # validation rewordings of the table's questions, for choosing the matcher's threshold
-    # (service.training.matching): (question index [m] int, unit sentence vectors [m, d]); None: none
-    qval: tuple[np.ndarray, np.ndarray] | None = None
+    # (service.training.matching): (question index [m] int, unit sentence vectors [m, d], the unit vectors of their
+    # options [sum of the m questions' option counts, d], question by question); None: none
+    qval: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # [I, d] unit sentence vectors of each option's own text (service.gpo.matching.option_text): the matcher pairs a
+    # borrowed question's options by them; None: in order
+    ovec: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.index = {q.qid: i for i, q in enumerate(self.questions)}
         assert self.emb.shape[0] == self.item_q.shape[0], "one embedding per item"
         assert self.qvec is None or self.qvec.shape[0] == len(self.questions), "one question vector per question"
+        assert self.ovec is None or self.ovec.shape[0] == self.n_items, "one option vector per item"
 
     @property
     def n_items(self) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.gpo.matching import QuestionMatcher, match_text
+from service.gpo.matching import QuestionMatcher, match_text, option_text
 from service.gpo.prior import PopulationPrior
 from service.training.items import ItemTable
 from service.training.text_prior import prior_targets
@@ -67,34 +67,42 @@ def fit_matcher(
     table: ItemTable, qvec: np.ndarray, prior: PopulationPrior, known: np.ndarray, oof_full: np.ndarray
 ) -> QuestionMatcher:
     """The matcher over the table's questions whose items all have a prior (`known` [I]), with its threshold chosen
-    as the module says (on `table.qval`'s rewordings too); `qvec` [Q, d]: the table's question vectors, `oof_full`
-    [I, 1 + k]: out-of-fold text estimates of the prior's targets (service.training.text_prior.TextPriors.oof_full)."""
+    as the module says (on `table.qval`'s rewordings too) and the table's option vectors (`table.ovec`) when it has
+    them; `qvec` [Q, d]: the table's question vectors, `oof_full` [I, 1 + k]: out-of-fold text estimates of the
+    prior's targets (service.training.text_prior.TextPriors.oof_full)."""
     q_known = np.array([known[table.rows([i])].all() for i in range(len(table.questions))])
     qs = np.flatnonzero(q_known)
+    options = None if table.ovec is None else table.ovec[table.rows(qs)].astype(np.float32)
+    bank = QuestionMatcher(qvec[qs].astype(np.float32), table.q_start[qs], table.q_len[qs], -np.inf, options)
 
-    def err(a: int, b: int) -> float:  # squared error of question a's prior targets against question b's
-        return float(
-            ((prior_targets(table, prior, table.rows([a])) - prior_targets(table, prior, table.rows([b]))) ** 2).sum()
-        )
+    def err_borrow(j: int, q: int, option_vectors: np.ndarray | None) -> float:
+        """Squared error of bank question j's prior targets, paired with question q's options, against q's own."""
+        lent = prior_targets(table, prior, bank.rows(j, option_vectors))
+        return float(((lent - prior_targets(table, prior, table.rows([q]))) ** 2).sum())
 
     def err_text(q: int) -> float:
         rows = table.rows([q])
         text = oof_full[rows]
         return float(((text - prior_targets(table, prior, rows)) ** 2).sum()) if np.isfinite(text).all() else np.nan
 
+    def own_options(q: int) -> np.ndarray | None:
+        return None if table.ovec is None else table.ovec[table.rows([q])]
+
     nn, sim = nearest_other(qvec[qs], table.q_len[qs])
     cases = []  # (similarity, error if borrowing, error if not)
     for j, q in enumerate(qs):  # the survey's own sibling questions: each training question's nearest other one
         if nn[j] >= 0 and np.isfinite(t := err_text(q)):
-            cases.append((sim[j], err(qs[nn[j]], q), t))
+            cases.append((sim[j], err_borrow(int(nn[j]), q, own_options(q)), t))
     n_siblings = len(cases)
     if table.qval is not None:  # validation rewordings of bank questions: the bank holds their original
-        for q, v in zip(*table.qval, strict=True):
+        q_index, vectors, option_vectors = table.qval
+        ends = np.cumsum(table.q_len[q_index])
+        for q, v, end in zip(q_index, vectors, ends, strict=True):
             if not q_known[q] or not np.isfinite(t := err_text(q)):
                 continue
-            s = np.where(table.q_len[qs] == table.q_len[q], qvec[qs] @ np.asarray(v, np.float64), -np.inf)
-            best = int(np.argmax(s))
-            cases.append((s[best], err(qs[best], q) if qs[best] != q else 0.0, t))
+            (j,), (s,) = bank.nearest_many(v[None, :], [table.q_len[q]])
+            if j >= 0:
+                cases.append((s, err_borrow(int(j), q, option_vectors[end - table.q_len[q] : end]), t))
     sims, e_match, e_text = np.array(cases, dtype=np.float64).reshape(-1, 3).T
     threshold = choose_threshold(sims, e_match, e_text)
     log.info(
@@ -106,12 +114,12 @@ def fit_matcher(
         len(sims) - n_siblings,
         int((sims[n_siblings:] >= threshold).sum()),
     )
-    return QuestionMatcher(qvec[qs].astype(np.float32), table.q_start[qs], table.q_len[qs], threshold)
+    return replace(bank, threshold=threshold)
 
 
-def validation_rewordings(table: ItemTable, path: Path = VALIDATION_REWORDINGS) -> list[tuple[int, str]]:
-    """(question index, match text) of each rewording in the JSONL file `path` (keys qid, text, options) of a table
-    question with as many options; a file that does not exist holds none."""
+def validation_rewordings(table: ItemTable, path: Path = VALIDATION_REWORDINGS) -> list[tuple[int, str, list[str]]]:
+    """(question index, match text, option texts) of each rewording in the JSONL file `path` (keys qid, text,
+    options) of a table question with as many options; a file that does not exist holds none."""
     if not path.exists():
         return []
     out = []
@@ -121,17 +129,23 @@ def validation_rewordings(table: ItemTable, path: Path = VALIDATION_REWORDINGS) 
         row = json.loads(line)
         q = table.index.get(row["qid"])
         if q is not None and len(row["options"]) == table.q_len[q]:
-            out.append((q, match_text(row["text"], row["options"])))
+            out.append((q, match_text(row["text"], row["options"]), [option_text(o) for o in row["options"]]))
     return out
 
 
 def with_question_vectors(table: ItemTable, encoder, rewordings: Path | None = VALIDATION_REWORDINGS) -> ItemTable:
-    """`table` with the question vectors of its questions from `encoder` (`.embed(texts)` -> unit vectors), and
-    those of the validation rewordings in `rewordings` of its questions (None: none) for choosing the threshold."""
+    """`table` with the sentence vectors from `encoder` (`.embed(texts)` -> unit vectors) of its questions and of
+    its options, and those of the validation rewordings in `rewordings` of its questions (None: none) for choosing
+    the threshold."""
     texts = [match_text(q.text, q.options) for q in table.questions]
     vectors = np.asarray(encoder.embed(texts), dtype=np.float32)
+    options = np.asarray(encoder.embed([option_text(o) for q in table.questions for o in q.options]), np.float32)
     val = validation_rewordings(table, rewordings) if rewordings is not None else []
     qval = None
     if val:
-        qval = (np.array([q for q, _ in val], np.int64), np.asarray(encoder.embed([t for _, t in val]), np.float32))
-    return replace(table, qvec=vectors, qval=qval)
+        qval = (
+            np.array([q for q, _, _ in val], np.int64),
+            np.asarray(encoder.embed([t for _, t, _ in val]), np.float32),
+            np.asarray(encoder.embed([o for _, _, opts in val for o in opts]), np.float32),
+        )
+    return replace(table, qvec=vectors, qval=qval, ovec=options.reshape(-1, vectors.shape[1]))

@@ -56,3 +56,24 @@ def test_checkpoint_arrays_round_trip():
     np.testing.assert_array_equal(back.starts, m.starts)
     np.testing.assert_array_equal(back.n_options, m.n_options)
     assert QuestionMatcher.from_checkpoint({"match_vectors": m.vectors}) is None
+
+
+def test_options_pair_by_meaning_when_the_matcher_has_option_vectors():
+    """Options listed in another order take the bank option they mean (maximal summed similarity); without option
+    vectors on either side they pair in order. A reversed two-option question was inverted by pairing in order."""
+    opts = np.stack([unit(1, 0, 0), unit(0, 1, 0), unit(0, 0, 1), unit(1, 1, 0), unit(0, 1, 1)])  # bank q0: 3, q1: 2
+    m = QuestionMatcher(
+        np.stack([unit(1, 0, 0), unit(0, 1, 0)]), np.array([10, 20]), np.array([3, 2]), 0.9, option_vectors=opts
+    )
+    np.testing.assert_array_equal(m.rows(1, np.stack([unit(0, 1, 1), unit(1, 1, 0)])), [21, 20])  # reversed
+    asked = np.stack([unit(0, 0.2, 1), unit(1, 0.1, 0), unit(0.1, 1, 0)])  # bank options 2, 0, 1
+    np.testing.assert_array_equal(m.rows(0, asked), [12, 10, 11])
+    np.testing.assert_array_equal(m.match(unit(1, 0, 0), 3, asked), [12, 10, 11])
+    np.testing.assert_array_equal(m.rows(0, None), [10, 11, 12])  # the asker's options unknown: in order
+    plain = QuestionMatcher(m.vectors, m.starts, m.n_options, 0.9)
+    np.testing.assert_array_equal(plain.rows(0, asked), [10, 11, 12])  # the bank's unknown: in order
+    back = QuestionMatcher.from_checkpoint(m.to_checkpoint())
+    assert back is not None
+    np.testing.assert_array_equal(back.option_vectors, opts)
+    np.testing.assert_array_equal(back.rows(0, asked), [12, 10, 11])
+    assert QuestionMatcher.from_checkpoint(plain.to_checkpoint()).option_vectors is None

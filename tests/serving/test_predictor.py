@@ -174,6 +174,29 @@ def test_a_new_question_gets_its_text_prior_when_the_checkpoint_stores_one(tmp_p
     assert preds[0].distribution.sum() == pytest.approx(1.0)
 
 
+def test_a_rewording_with_its_options_in_another_order_borrows_each_options_own_prior(tmp_path):
+    """The checkpoint's matcher stores option vectors: a known question asked with its options reversed gets, for
+    each option, the prior of the bank option it means, not of the one at its position."""
+    from service.gpo.matching import QuestionMatcher, match_text, option_text
+
+    spec = FeatureSpec(emb_dim=EMB, use_embedding=True, use_prior=True, prior_rank=RANK)
+    cfg = GPOConfig(dim_x=spec.dim_x, d_model=16, n_layers=1, n_heads=2, d_ff=16, prior_feature=EMB, prior_rank=RANK)
+    prior = PopulationPrior(np.array([0.6, 0.3, 0.1], np.float32), np.random.rand(3, RANK).astype(np.float32))
+    bank = PriorBank(prior, {question_key(KNOWN_Q, KNOWN_OPTS): (0, 3)})
+    option_vectors = np.eye(3, dtype=np.float32)  # the bank's options, in its order
+    matcher = QuestionMatcher(np.array([[1.0, 0.0]], np.float32), np.array([0]), np.array([3]), 0.9, option_vectors)
+    meta = {"features": spec.to_dict(), "embedder": {"key_prefix": "lm@r|mean|gpo-mc-v1", "dim": EMB}}
+    save_checkpoint(Checkpoint(GPO(cfg), meta, bank, extra=matcher.to_checkpoint()), tmp_path, "ordered")
+    served = Predictor.from_store(tmp_path, "ordered")
+    item = _item(np.random.default_rng(6), "Is the sky blue, would you say?", ["Unsure", "Nope", "Yes indeed"])
+    vectors = {match_text(item.question, item.options): np.array([1.0, 0.0], np.float32)}
+    vectors |= {option_text(o): option_vectors[j] for o, j in zip(item.options, [2, 1, 0], strict=True)}
+    served.use_question_encoder(lambda text: vectors[text])
+    np.testing.assert_array_equal(served.matched_rows(item.question, item.options), [2, 1, 0])
+    f = served.features(item)
+    np.testing.assert_allclose(f[:, EMB + 1 :], prior.features(np.array([2, 1, 0]))[:, 1:], rtol=1e-6)
+
+
 def test_a_rewording_borrows_its_known_questions_prior_when_a_matcher_and_encoder_are_there(tmp_path):
     """A checkpoint with a matcher: with a question encoder attached, a question outside the bank whose vector is
     near a known one (as many options) gets that question's prior features (flagged TEXT_FLAG), option by option;

@@ -123,6 +123,11 @@ def test_a_rewording_near_its_original_borrows_its_prior_in_evaluation():
     assert out["exact only"]["gpo", "reworded"] < out["matcher"]["gpo", "reworded"] - 0.01
 
 
+def no_options(table, q: np.ndarray) -> np.ndarray:
+    """Option vectors for rewordings of questions `q` (unused: a table without option vectors pairs in order)."""
+    return np.zeros((int(table.q_len[q].sum()), 4), np.float32)
+
+
 def test_validation_rewordings_of_bank_questions_lower_the_threshold_and_held_out_ones_are_skipped():
     """Questions far apart, answered independently: borrowing never pays on the survey's own pairs. A validation
     rewording sits near its own original (zero error when borrowed), so counting them lowers the threshold to take
@@ -137,11 +142,11 @@ def test_validation_rewordings_of_bank_questions_lower_the_threshold_and_held_ou
     q = known[::2]  # a rewording of every other bank question, at cosine ~0.7 from its original
     near = unit_rows(table.qvec[q] + rng.normal(size=(len(q), table.qvec.shape[1])) * 0.12)
     cos = (near * table.qvec[q]).sum(1)
-    lowered = train(ds, replace(table, qval=(q, near)), split).matcher.threshold
+    lowered = train(ds, replace(table, qval=(q, near, no_options(table, q))), split).matcher.threshold
     assert lowered < alone and lowered <= np.median(cos)
     held = np.setdiff1d(np.arange(len(ds.questions)), known)
     far = unit_rows(table.qvec[held] + rng.normal(size=(len(held), table.qvec.shape[1])) * 0.12)
-    assert train(ds, replace(table, qval=(held, far)), split).matcher.threshold == alone
+    assert train(ds, replace(table, qval=(held, far, no_options(table, held))), split).matcher.threshold == alone
 
 
 def test_validation_rewordings_are_read_by_qid_and_option_count(tmp_path):
@@ -154,7 +159,9 @@ def test_validation_rewordings_are_read_by_qid_and_option_count(tmp_path):
         {"qid": "elsewhere", "text": "?", "options": ["a", "b"]},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert validation_rewordings(table, path) == [(1, " / ".join(["Said otherwise?", *rows[0]["options"]]))]
+    assert validation_rewordings(table, path) == [
+        (1, " / ".join(["Said otherwise?", *rows[0]["options"]]), rows[0]["options"])
+    ]
     assert validation_rewordings(table, tmp_path / "missing.jsonl") == []
 
     class Encoder:
@@ -163,4 +170,5 @@ def test_validation_rewordings_are_read_by_qid_and_option_count(tmp_path):
 
     t = with_question_vectors(table, Encoder(), path)
     assert t.qvec.shape == (len(ds.questions), 8) and t.qval[0].tolist() == [1] and t.qval[1].shape == (1, 8)
+    assert t.qval[2].shape == (q.n_options, 8) and t.ovec.shape == (table.n_items, 8)
     assert with_question_vectors(table, Encoder(), None).qval is None
