@@ -400,6 +400,8 @@ class Runner:
         self.writes = WriteLog()
         self.arrivals = 0  # open loop: requests due, and those not sent (max_in_flight open)
         self.not_sent = 0
+        self.lag_max_s = 0.0  # open loop: the longest this process's event loop was late, and how often by > 0.5 s
+        self.lags_over_half_s = 0
         connections = (config.max_in_flight if config.rate > 0 else config.clients) + 4
         headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
         self.client = httpx.AsyncClient(
@@ -564,6 +566,14 @@ class Runner:
         if in_flight:
             await asyncio.gather(*in_flight)
 
+    async def _loop_lag(self, tick_s: float = 0.05) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(tick_s)
+            late = time.perf_counter() - t0 - tick_s
+            self.lag_max_s = max(self.lag_max_s, late)
+            self.lags_over_half_s += late > 0.5
+
     async def _back_off(self, r: httpx.Response | None, deadline: float) -> None:
         try:
             wait = float(r.headers.get("Retry-After", 1)) if r is not None else 1.0
@@ -619,8 +629,18 @@ class Runner:
             start = time.perf_counter()
             deadline = start + cfg.duration_s
             if cfg.rate > 0:
+                lag = asyncio.create_task(self._loop_lag())
                 await self.open_loop(deadline)
-                report["open_loop"] = {"offered_rps": cfg.rate, "arrivals": self.arrivals, "not_sent": self.not_sent}
+                lag.cancel()
+                report["open_loop"] = {
+                    "offered_rps": cfg.rate,
+                    "arrivals": self.arrivals,
+                    "not_sent": self.not_sent,
+                    # this load generator's own event loop: how late a 50 ms timer fired (a late timer delays
+                    # every answer it measures, whatever the server did)
+                    "client_loop_lag_max_ms": round(self.lag_max_s * 1000, 1),
+                    "client_loop_lags_over_500ms": self.lags_over_half_s,
+                }
             else:
                 await asyncio.gather(*(self.client_loop(i, deadline) for i in range(cfg.clients)))
             wall = time.perf_counter() - start

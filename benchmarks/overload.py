@@ -17,13 +17,33 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from benchmarks import load
 
 MIX = {"register": 0.1, "predict": 0.75, "generate": 0.05, "read": 0.1}
 
 
+def server_deadline(target: load.Target) -> dict:
+    """From the server's /metrics: the requests it cut at its deadline, and how late it answered them (the histogram
+    gpo_request_deadline_late_seconds: the seconds from the deadline to the answer, measured inside the server)."""
+    text = httpx.get(f"{target.url}/metrics", timeout=30).text
+    buckets: dict[str, float] = {}
+    count = 0.0
+    for line in text.splitlines():
+        if line.startswith("gpo_request_deadline_late_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gpo_request_deadline_late_seconds_count"):
+            count = float(line.rsplit(" ", 1)[1])
+    within_1s = buckets.get("1.0", 0.0)
+    slowest = next((le for le, n in sorted(buckets.items(), key=lambda kv: float(kv[0])) if n >= count), "+Inf")
+    return {"cut": int(count), "answered_over_1s_late": int(count - within_1s), "late_at_most_s": slowest}
+
+
 def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
     c, o, ol = capacity["total"], overload["total"], overload["open_loop"]
+    sd = overload["server_deadline"]
     mix = ",".join(f"{k}={v:g}" for k, v in MIX.items())
     verdict = "PASS" if overload["passed"] else "FAIL: " + "; ".join(overload["failures"])
     return "\n".join(
@@ -45,6 +65,20 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
             f"| overload: open loop, {args.duration:g} s | {ol['offered_rps']:.1f}/s ({ol['arrivals']} requests, "
             f"{ol['not_sent']} not sent) | {o['ok_rps']} | {o['throttled_429']} | {o['refused_503']} | "
             f"{o['server_errors']} | {o['p50_ms']} / {o['p99_ms']} | {o['slowest_answer_ms']} |",
+            "",
+            "| operation (overload) | requests | 2xx | 429 | 503 (Retry-After) | over the bound | slowest (ms) |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {op} | {v['count']} | {v['ok']} | {v['throttled_429']} | {v['refused_503']} | "
+                f"{v['over_answer_bound']} | {v['slowest_answer_ms']} |"
+                for op, v in overload["operations"].items()
+            ),
+            "",
+            f"Inside the server: {sd['cut']} requests cut at the deadline, {sd['answered_over_1s_late']} of them "
+            f"answered more than 1 s after it (all within {sd['late_at_most_s']} s; gpo_request_deadline_late_seconds)."
+            f" The load generator's own event loop was up to {ol['client_loop_lag_max_ms']} ms late "
+            f"({ol['client_loop_lags_over_500ms']} times by more than 0.5 s): such a delay adds to every answer it "
+            "times.",
             "",
             f"Overload verdict (zero 5xx, refusals with Retry-After, every answer within {args.deadline + 1:g} s, "
             f"no acknowledged write lost: {overload['verification']['acknowledged_writes']} checked): **{verdict}**.",
@@ -86,6 +120,7 @@ def main() -> int:
             **common,
         )
         overload = load._run_on(overload_cfg, target)
+        overload["server_deadline"] = server_deadline(target)
     overload["failures"] = load.failures(overload)
     overload["passed"] = not overload["failures"]
     print(load.format_report(overload), flush=True)

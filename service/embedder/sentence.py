@@ -6,6 +6,7 @@ import). Used to compare embedders on the held-out-question protocols; weights n
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,7 +72,10 @@ class CachedSentenceEncoder:
 
     def __init__(self, encoder: SentenceEncoder, max_items: int = 20_000):
         self.encoder = encoder
+        self.max_items = max_items
         self._one = functools.lru_cache(maxsize=max_items)(self._encode)
+        self._fresh: dict[str, np.ndarray] = {}  # what `many` embedded, oldest first
+        self._lock = threading.Lock()
 
     def _encode(self, text: str) -> np.ndarray:
         vec = self.encoder.embed([text])[0]
@@ -80,6 +84,22 @@ class CachedSentenceEncoder:
 
     def __call__(self, text: str) -> np.ndarray:
         return self._one(text)
+
+    def many(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), dim] unit vectors: the texts not remembered are embedded in one batch (one forward for a
+        question's options instead of one each), then remembered."""
+        with self._lock:
+            known = {t: self._fresh[t] for t in texts if t in self._fresh}
+        missing = [t for t in dict.fromkeys(texts) if t not in known]
+        if missing:
+            vectors = self.encoder.embed(missing)
+            vectors.flags.writeable = False
+            known |= dict(zip(missing, vectors, strict=True))
+            with self._lock:
+                self._fresh |= {t: known[t] for t in missing}
+                while len(self._fresh) > self.max_items:
+                    self._fresh.pop(next(iter(self._fresh)))
+        return np.stack([known[t] for t in texts])
 
 
 def question_encoder(model_id: str, device: str = "cpu") -> CachedSentenceEncoder:

@@ -25,11 +25,12 @@ no rewording does.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from service.gpo.features import TEXT_FLAG
 from service.gpo.prior import PopulationPrior
@@ -47,6 +48,31 @@ def borrowed_features(prior: PopulationPrior, rows: np.ndarray) -> np.ndarray:
     f = prior.features(rows)
     f[:, 0] = TEXT_FLAG
     return f
+
+
+EXACT_UP_TO = 7  # options: the best assignment is found among all permutations up to here (7! = 5,040), greedily beyond
+
+
+@cache
+def _permutations(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int64).reshape(-1, n)
+
+
+def best_assignment(sim: np.ndarray) -> np.ndarray:
+    """For a square similarity matrix [asked, bank]: the bank index of each asked option in the one-to-one pairing of
+    maximal summed similarity (exact up to EXACT_UP_TO options; beyond, the most similar pair first, repeatedly).
+    Ties go to the order given (the identity first)."""
+    n = sim.shape[0]
+    if n <= EXACT_UP_TO:
+        perms = _permutations(n)
+        return perms[int(np.argmax(sim[np.arange(n), perms].sum(axis=1)))].copy()
+    out = np.full(n, -1, dtype=np.int64)
+    free = sim.astype(np.float64).copy()
+    for _ in range(n):
+        i, j = np.unravel_index(int(np.argmax(free)), free.shape)
+        out[i] = j
+        free[i, :], free[:, j] = -np.inf, -np.inf
+    return out
 
 
 def option_text(option: str) -> str:
@@ -99,10 +125,7 @@ class QuestionMatcher:
             return np.arange(start, start + n)
         own = self.option_vectors[self._offsets[index] : self._offsets[index] + n]
         sim = np.asarray(option_vectors, np.float64).reshape(n, -1) @ own.T.astype(np.float64)  # [asked, bank]
-        asked, bank = linear_sum_assignment(-sim)
-        out = np.empty(n, dtype=np.int64)
-        out[asked] = start + bank
-        return out
+        return start + best_assignment(sim)
 
     def match(self, vector: np.ndarray, n_options: int, option_vectors: np.ndarray | None = None) -> np.ndarray | None:
         """The prior rows of the matched bank question's options, paired with the asker's options, or None."""

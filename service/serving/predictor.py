@@ -223,8 +223,10 @@ class Predictor:
         if index < 0:
             return None
         option_vectors = None
-        if self.matcher.option_vectors is not None:
-            option_vectors = np.stack([self.question_encoder(option_text(o)) for o in options])
+        if self.matcher.option_vectors is not None:  # one batch when the encoder embeds many texts at once
+            texts = [option_text(o) for o in options]
+            many = getattr(self.question_encoder, "many", None)
+            option_vectors = many(texts) if many is not None else np.stack([self.question_encoder(t) for t in texts])
         return tuple(int(r) for r in self.matcher.rows(int(index), option_vectors))
 
     def is_known(self, question: str, options: Sequence[str]) -> bool:

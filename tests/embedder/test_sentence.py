@@ -59,3 +59,22 @@ def test_the_cached_encoder_remembers_texts_and_names_only_the_bundled_model(tin
     with pytest.raises(ValueError, match="not available here"):
         question_encoder("someone/else")
     assert MINILM_ID.endswith("all-MiniLM-L6-v2")
+
+
+def test_the_cached_encoder_embeds_many_texts_in_one_batch_and_remembers_them(tiny_bert: Path):
+    from service.embedder.sentence import CachedSentenceEncoder
+
+    enc = SentenceEncoder(tiny_bert)
+    calls = []
+    real = enc.embed
+    enc.embed = lambda texts: calls.append(list(texts)) or real(texts)
+    cached = CachedSentenceEncoder(enc, max_items=2)
+    v = cached.many(["yes", "no", "yes"])
+    assert calls == [["yes", "no"]] and v.shape[0] == 3  # a copy: the remembered vectors stay read-only
+    np.testing.assert_allclose(v[0], v[2])
+    np.testing.assert_allclose(v[:2], real(["yes", "no"]), atol=1e-5)
+    cached.many(["no", "yes"])
+    assert len(calls) == 1  # remembered
+    cached.many(["maybe"])  # a third text: the oldest ("yes") is forgotten
+    cached.many(["yes"])
+    assert calls[1:] == [["maybe"], ["yes"]]

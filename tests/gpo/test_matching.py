@@ -77,3 +77,20 @@ def test_options_pair_by_meaning_when_the_matcher_has_option_vectors():
     np.testing.assert_array_equal(back.option_vectors, opts)
     np.testing.assert_array_equal(back.rows(0, asked), [12, 10, 11])
     assert QuestionMatcher.from_checkpoint(plain.to_checkpoint()).option_vectors is None
+
+
+def test_best_assignment_is_exact_up_to_seven_options_and_greedy_beyond():
+    from service.gpo.matching import best_assignment
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 5, 7):
+        perm = rng.permutation(n)
+        sim = rng.uniform(0, 0.5, size=(n, n))
+        sim[np.arange(n), perm] += 0.6  # each asked option is near one bank option
+        np.testing.assert_array_equal(best_assignment(sim), perm)
+    # a greedy-first trap the exact search avoids: the single best pair is not in the best pairing
+    np.testing.assert_array_equal(best_assignment(np.array([[0.9, 0.8], [0.8, 0.0]])), [1, 0])
+    np.testing.assert_array_equal(best_assignment(np.zeros((3, 3))), [0, 1, 2])  # ties: the order given
+    perm = rng.permutation(9)
+    sim = np.eye(9)[perm] + rng.uniform(0, 0.1, size=(9, 9))
+    np.testing.assert_array_equal(best_assignment(sim), perm)

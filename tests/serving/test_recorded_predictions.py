@@ -2,7 +2,9 @@
 reorganised: /predict for each kind (choice, rating, comparison) and an inline-context /predict, on the real
 SmolLM2, compared to the last bit with values recorded at commit 7938b5c (before the move), re-recorded when the
 shipped OpinionQA checkpoint v0002 (with its text prior: new questions answered per group) replaced v0001, and when
-v0003 (v0002 with a matcher for reworded questions; these predictions did not change) replaced v0002.
+v0003 (v0002 with a matcher for reworded questions; these predictions did not change) replaced v0002, and when v0004
+(retrained: the matcher's threshold chosen with validation rewordings, options paired by meaning; its weights differ
+from v0003's, validation alignment 0.9032 for both) replaced v0003.
 
 Re-record (only when a change is *meant* to alter predictions, and say so in the commit):
     GPO_RECORD_PREDICTIONS=1 .venv/bin/python -m pytest tests/serving/test_recorded_predictions.py
