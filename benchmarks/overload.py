@@ -52,9 +52,10 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
             "",
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
             "`.venv/bin/python -m benchmarks.overload "
-            f"--duration {args.duration:g} --factor {args.factor:g} --deadline {args.deadline:g}`: one `gpo serve` on "
-            f"the embedded defaults (SQLite, in-process SmolLM2, the shipped checkpoint), GPO_REQUEST_TIMEOUT_S="
-            f"{args.deadline:g}, mix {mix}, the load generator on the same cores.",
+            f"--duration {args.duration:g} --factor {args.factor:g} --deadline {args.deadline:g} --server-nice "
+            f"{args.server_nice}`: one `gpo serve` on the embedded defaults (SQLite, in-process SmolLM2, the shipped "
+            f"checkpoint), GPO_REQUEST_TIMEOUT_S={args.deadline:g}, mix {mix}, the load generator on the same cores "
+            f"(the server at nice {args.server_nice}, so that the generator's clock is not starved by it).",
             "",
             "| phase | offered | answered 2xx/s | 429 | 503 (Retry-After) | 5xx | p50 / p99 of 2xx (ms) "
             "| slowest answer (ms) |",
@@ -92,6 +93,12 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--factor", type=float, default=10.0)
     p.add_argument("--deadline", type=float, default=15.0, help="GPO_REQUEST_TIMEOUT_S of the server, s")
+    p.add_argument(
+        "--server-nice",
+        type=int,
+        default=10,
+        help="run the server at this nice level: on shared cores a starved load generator times its own delays",
+    )
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--capacity-s", type=float, default=20.0)
     p.add_argument("--max-in-flight", type=int, default=1000)
@@ -100,7 +107,7 @@ def main() -> int:
     args = p.parse_args()
     env = {"GPO_REQUEST_TIMEOUT_S": str(args.deadline), "GPO_TORCH_THREADS": "1"}
     common = dict(groups=20, mix=dict(MIX), timeout_s=args.deadline + 30, generate_timeout_s=args.deadline + 30)
-    with load.spawned_server(env) as target:
+    with load.spawned_server(env, nice=args.server_nice) as target:
         capacity_cfg = load.LoadConfig(
             url=target.url, api_key=target.api_key, clients=args.clients, duration_s=args.capacity_s, **common
         )

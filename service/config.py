@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     migrate_on_start: bool = Field(True, description="migrate the database to the newest schema when the API starts")
     database_connect_timeout_s: int = Field(5, ge=1, description="seconds to wait for a Postgres connection")
     retry_after_s: int = Field(5, ge=1, description="Retry-After of 503 answers (a dependency is down)")
+    keep_alive_s: float = Field(
+        30.0,
+        gt=0,
+        description="an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive). Longer than "
+        "Retry-After: a client that waits as told and reuses its connection must not race the server closing it "
+        "(uvicorn's 5 s default equalled Retry-After, and a retried write then met a closed connection)",
+    )
     request_timeout_s: float = Field(
         120.0,
         gt=0,

@@ -48,6 +48,7 @@ def worker(
         port=port or settings.worker_port,
         log_config=None,
         access_log=settings.access_log,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 
@@ -71,6 +72,7 @@ def serve(
         log_config=None,
         lifespan="on",
         access_log=settings.access_log,
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

@@ -217,16 +217,23 @@ class Predictor:
 
     def _matched_rows(self, text: str, options: tuple[str, ...]) -> tuple[int, ...] | None:
         """The borrowed rows of the question `text` (a `match_text` line) with these options (cached in
-        `_match_rows`: a question asked again costs a dictionary lookup, not encoder calls and a bank scan)."""
+        `_match_rows`: a question asked again costs a dictionary lookup, not encoder calls and a bank scan). An
+        encoder that embeds many texts at once (`.many`) gets the question and its options in one batch: on a CPU a
+        batch of a few short texts costs what one does."""
         assert self.matcher is not None and self.question_encoder is not None
-        (index,), _ = self.matcher.nearest_many(self.question_encoder(text)[None, :], [len(options)])
+        wants_options = self.matcher.option_vectors is not None
+        option_texts = [option_text(o) for o in options]
+        many = getattr(self.question_encoder, "many", None)
+        if many is not None and wants_options:
+            vectors = many([text, *option_texts])
+            question, option_vectors = vectors[0], vectors[1:]
+        else:
+            question, option_vectors = self.question_encoder(text), None
+        (index,), _ = self.matcher.nearest_many(question[None, :], [len(options)])
         if index < 0:
             return None
-        option_vectors = None
-        if self.matcher.option_vectors is not None:  # one batch when the encoder embeds many texts at once
-            texts = [option_text(o) for o in options]
-            many = getattr(self.question_encoder, "many", None)
-            option_vectors = many(texts) if many is not None else np.stack([self.question_encoder(t) for t in texts])
+        if wants_options and option_vectors is None:
+            option_vectors = np.stack([self.question_encoder(t) for t in option_texts])
         return tuple(int(r) for r in self.matcher.rows(int(index), option_vectors))
 
     def is_known(self, question: str, options: Sequence[str]) -> bool:
