@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import sys
 import time
 from pathlib import Path
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     variants = [("reference", False)] + ([("8-bit", True)] if device.type == "cuda" else [])
     report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "torch": torch.__version__,
         "model": settings.embedder,
         "checkpoint": predictor.model_version,

@@ -128,6 +128,13 @@ def main() -> int:
         )
         overload = load._run_on(overload_cfg, target)
         overload["server_deadline"] = server_deadline(target)
+        # the server's own account of any 5xx: its ERROR lines and tracebacks (the log goes with its temporary dir)
+        log = target.log_tail(2_000_000).splitlines()
+        overload["server_errors_logged"] = [
+            "\n".join(log[i : i + 40])
+            for i, line in enumerate(log)
+            if " ERROR " in line or line.startswith("Traceback")
+        ][:5]
     overload["failures"] = load.failures(overload)
     overload["passed"] = not overload["failures"]
     print(load.format_report(overload), flush=True)
