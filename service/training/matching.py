@@ -3,10 +3,10 @@
 For every training question with a prior, its nearest *other* training question with as many options (by the
 matcher's sentence vectors) is a candidate match. Borrowing that question's prior features costs their squared
 error against the question's own (deviation from uniform and loadings, per option, paired as the matcher pairs
-them); not borrowing costs the error of the question's out-of-fold text estimate. The threshold is the similarity above which borrowing costs less
-in total: only the training groups' answers (their full prior) and the training questions' texts decide it. Pairs
-of near-duplicate survey questions (one question in several waves, one template on several topics) are what the
-survey offers.
+them); not borrowing costs the error of the question's out-of-fold text estimate. The threshold is the
+similarity above which borrowing costs less in total: only the training groups' answers (their full prior) and the
+training questions' texts decide it. Pairs of near-duplicate survey questions (one question in several waves, one
+template on several topics) are what the survey offers.
 
 Those pairs alone set the threshold high (0.872 on OpinionQA), because a sibling question is often answered
 differently: it accepted half of the users' rewordings of known questions. So the choice also counts validation
