@@ -137,12 +137,60 @@ def test_verification_catches_a_lost_acknowledged_write() -> None:
 
     config = load.LoadConfig(url="http://127.0.0.1:9", clients=2, duration_s=0.3, groups=2, seed_items=1)
     runner = load.Runner(config, load.Target(config.url, "k"))
-    asyncio.run(runner.client.aclose())
-    runner.client = httpx.AsyncClient(base_url=config.url, transport=httpx.MockTransport(handler))
+    for client in runner.clients:
+        asyncio.run(client.aclose())
+    runner.clients = [httpx.AsyncClient(base_url=config.url, transport=httpx.MockTransport(handler))]
+    runner.busy = [0]
     report = asyncio.run(runner.run())
     assert report["operations"]["register"]["ok"] >= 3
     assert report["verification"]["lost_acknowledged_writes"] == 1
     assert load.failures(report) == ["1 acknowledged writes lost"]
+
+
+def test_open_loop_spreads_requests_over_small_clients() -> None:
+    """Hundreds of requests in flight on one httpx client stall the generator's own loop; the open loop's connections
+    are split over clients of at most CONNECTIONS_PER_CLIENT, and each request goes to the least busy one."""
+    import asyncio
+
+    import httpx
+
+    config = load.LoadConfig(url="http://127.0.0.1:9", rate=50.0, max_in_flight=1000, duration_s=1, groups=1)
+    runner = load.Runner(config, load.Target(config.url, "k"))
+    try:
+        assert len(runner.clients) == -(-1004 // load.CONNECTIONS_PER_CLIENT)
+        for client in runner.clients:
+            assert client._transport._pool._max_connections <= load.CONNECTIONS_PER_CLIENT
+    finally:
+        for client in runner.clients:
+            asyncio.run(client.aclose())
+
+    seen: list[int] = []
+
+    async def spread() -> None:
+        gate = asyncio.Event()
+
+        def handler_for(i: int):
+            async def handler(request: httpx.Request) -> httpx.Response:
+                seen.append(i)
+                await gate.wait()
+                return httpx.Response(200, json={})
+
+            return handler
+
+        runner.clients = [
+            httpx.AsyncClient(base_url=config.url, transport=httpx.MockTransport(handler_for(i))) for i in range(4)
+        ]
+        runner.busy = [0] * 4
+        tasks = [asyncio.create_task(runner.request("GET", "/x", None, 5)) for _ in range(8)]
+        while len(seen) < 8:
+            await asyncio.sleep(0.01)
+        assert runner.busy == [2, 2, 2, 2]
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert runner.busy == [0, 0, 0, 0]
+
+    asyncio.run(spread())
+    assert sorted(seen) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 def test_open_loop_overload_mode(model_store, tiny_lm_path, tmp_path, monkeypatch) -> None:
@@ -160,3 +208,28 @@ def test_open_loop_overload_mode(model_store, tiny_lm_path, tmp_path, monkeypatc
     assert total["slowest_answer_ms"] <= 3000 and total["refused_without_retry_after"] == 0
     assert report["verification"]["lost_acknowledged_writes"] == 0
     assert "open loop: 60 requests/s offered" in load.format_report(report)
+
+
+def test_overload_keeps_each_server_traceback_whole() -> None:
+    """The overload benchmark explains a 5xx by the server's own log: a chained traceback is kept to its last line
+    (the exception that made the 500), not cut at a fixed number of lines."""
+    from benchmarks.overload import logged_errors
+
+    log = [
+        "INFO started",
+        "2026 ERROR service.api.errors: unhandled error on POST /generate",
+        "Traceback (most recent call last):",
+        '  File "batching.py", line 112, in submit',
+        "    return await call.future",
+        "asyncio.exceptions.CancelledError",
+        "",
+        "During handling of the above exception, another exception occurred:",
+        "",
+        "Traceback (most recent call last):",
+        *[f'  File "frame{i}.py", line {i}, in f' for i in range(60)],
+        "ValueError: The truth value of an array with more than one element is ambiguous.",
+        "INFO next request",
+    ]
+    (error,) = logged_errors(log)
+    assert error.startswith("2026 ERROR") and error.endswith("is ambiguous.") and "frame59" in error
+    assert logged_errors(["INFO a", "INFO b"]) == []
