@@ -34,7 +34,7 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
-@dataclass
+@dataclass(eq=False)  # a call is itself: equal items (or items whose == raises, like arrays) are other calls
 class _Call(Generic[T, R]):
     item: T
     future: asyncio.Future[R] = field(repr=False)

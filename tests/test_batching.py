@@ -172,6 +172,35 @@ def test_a_cancelled_caller_leaves_the_queue_at_once() -> None:
     asyncio.run(main())
 
 
+def test_a_cancelled_caller_leaves_the_queue_whatever_its_items_compare_like() -> None:
+    """Items are arrays in the service (contexts, vectors), whose == is elementwise: a cancelled caller must find
+    its own place in the queue by identity. (It compared items once: a /generate cut at its deadline while queued
+    behind another of the same group answered 500, "truth value of an array is ambiguous".)"""
+    import numpy as np
+
+    gate = threading.Event()
+
+    def slow(items: list[np.ndarray]) -> list[float]:
+        gate.wait(5)
+        return [float(x.sum()) for x in items]
+
+    async def main() -> None:
+        batcher = MicroBatcher(slow, name="t", max_batch=1, max_queue=8, max_wait_s=0)
+        running = asyncio.create_task(batcher.submit(np.zeros(3)))
+        await asyncio.sleep(0.01)
+        same = np.ones(3)
+        queued = [asyncio.create_task(batcher.submit(x)) for x in (np.ones(3), same, same, np.full(3, 2.0))]
+        await asyncio.sleep(0.01)
+        queued[2].cancel()  # equal to the one before it, and elementwise == with the others
+        await asyncio.sleep(0.01)
+        assert queued[2].cancelled() and batcher.waiting == 3
+        gate.set()
+        assert [await running, *[await queued[i] for i in (0, 1, 3)]] == [0.0, 3.0, 3.0, 6.0]
+        await batcher.aclose()
+
+    asyncio.run(main())
+
+
 def test_work_that_could_not_start_in_time_is_refused() -> None:
     """With max_wait_estimate_s, a call whose estimated wait before its batch starts (batches ahead x recent batch
     time) passes the bound is refused at once, though the queue has room."""
