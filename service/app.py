@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from service.api import generate, groups, health, predict
-from service.api.body_limit import BodySizeLimit
+from service.api.body_limit import BodySizeLimit, HeaderLimit
 from service.api.errors import install_error_handlers
 from service.api.openapi import install_limited_openapi
 from service.cache import build_vector_cache
@@ -134,12 +134,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit, max_bytes=settings.max_header_bytes, max_headers=settings.max_headers)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(  # last added: outermost, so the deadline covers everything below it
         RequestDeadline,
         timeout_s=settings.request_timeout_s,
         retry_after_s=settings.retry_after_s,
         on_timeout=metrics.observe_deadline,
+        on_disconnect=metrics.observe_disconnect,
     )
     install_error_handlers(app)
     for router in (groups.router, predict.router, generate.router, health.router):

@@ -98,3 +98,113 @@ def test_an_answer_already_begun_is_not_answered_twice():
 
     sent, _, seen = run(stalls_mid_answer, 0.2, whole_body)
     assert [m["type"] for m in sent] == ["http.response.start"] and seen == ["work"]
+
+
+def test_a_client_that_goes_away_has_its_work_cancelled_and_nothing_answered():
+    cancelled: list[bool] = []
+    gone: list[bool] = []
+    reads = iter([{"type": "http.request", "body": b"{}", "more_body": False}])
+
+    async def server_receive() -> dict:  # the body, then (as a server does) nothing until the connection drops
+        try:
+            return next(reads)
+        except StopIteration:
+            await asyncio.sleep(0.2)
+            return {"type": "http.disconnect"}
+
+    async def slow(scope, receive, send) -> None:
+        await receive()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        deadline = RequestDeadline(slow, 30, retry_after_s=7, on_disconnect=lambda: gone.append(True))
+        await deadline(scope(), server_receive, send)
+
+    t0 = time.monotonic()
+    asyncio.run(main())
+    assert time.monotonic() - t0 < 5 and cancelled == [True] and gone == [True] and sent == []
+
+
+def test_the_answer_completing_is_not_taken_for_a_disconnect():
+    gone: list[bool] = []
+    done = asyncio.Event
+
+    async def main() -> list[dict]:
+        finished = done()
+        reads = iter([{"type": "http.request", "body": b"{}", "more_body": False}])
+        sent: list[dict] = []
+
+        async def server_receive() -> dict:  # after the body: http.disconnect once the answer is complete
+            try:
+                return next(reads)
+            except StopIteration:
+                await finished.wait()
+                return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished.set()
+
+        app = RequestDeadline(answer(200), 30, retry_after_s=7, on_disconnect=lambda: gone.append(True))
+        await app(scope(), server_receive, send)
+        await asyncio.sleep(0.05)
+        return sent
+
+    sent = asyncio.run(main())
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"] and gone == []
+
+
+def test_a_real_server_cancels_the_work_of_a_client_that_hung_up():
+    """Through uvicorn: a client sends its whole request and closes the socket; the handler is cancelled at once
+    (uvicorn alone would let it run to its end for nobody)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    started, cancelled = threading.Event(), threading.Event()
+    gone: list[bool] = []
+
+    async def slow(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    app = RequestDeadline(slow, 60, retry_after_s=7, on_disconnect=lambda: gone.append(True))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(
+                b"POST /x HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+            )
+            assert started.wait(10)
+        assert cancelled.wait(10), "the handler kept running after its client hung up"
+        assert gone == [True]
+    finally:
+        server.should_exit = True
+        thread.join(10)

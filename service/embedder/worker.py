@@ -150,7 +150,7 @@ def create_worker_app(
 ) -> FastAPI:
     """The worker's FastAPI app. With `warm`, the lifespan loads the model in the background: /healthz
     answers at once, /readyz turns 200 when the model is loaded, requests before that wait for it. With
-    `request_timeout_s`, every request has that deadline (service.api.deadline), as the API's have.
+    `request_timeout_s`, every request has that deadline (service.deadline), as the API's have.
     """
 
     @asynccontextmanager
@@ -167,7 +167,12 @@ def create_worker_app(
     app.state.metrics = WorkerMetrics()  # per app: two apps in one process (tests) never share counters
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if request_timeout_s is not None:
-        app.add_middleware(RequestDeadline, timeout_s=request_timeout_s, retry_after_s=retry_after_s)
+        app.add_middleware(
+            RequestDeadline,
+            timeout_s=request_timeout_s,
+            retry_after_s=retry_after_s,
+            on_disconnect=app.state.metrics.observe_disconnect,
+        )
     app.add_exception_handler(EngineUnavailable, _error(503, "model unavailable"))
     app.add_exception_handler(InputTooLong, _error(422, "input too long"))
     app.add_exception_handler(ModelNotServed, _error(404, "model not served"))
