@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         5.0, ge=0, description="seconds a key lookup is cached per process (a revoked key works at most this long)"
     )
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body; past it: 413")
+    max_header_bytes: int = Field(
+        32 * 1024, ge=4096, description="request headers, names and values together, at most; past it: 431"
+    )
+    max_headers: int = Field(100, ge=16, description="request headers at most; past it: 431")
 
     # --- fast path: encoded group contexts kept between requests, requests merged into one GPO forward ---
     context_cache_mb: float = Field(

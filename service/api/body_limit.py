@@ -1,4 +1,5 @@
-"""A bound on request bodies (413), checked before the body is read: on Content-Length, then on the bytes."""
+"""Bounds on a request's size: its body (413), checked before the body is read (on Content-Length, then on the bytes),
+and its headers (431: uvicorn's default httptools parser takes any number of headers of any size)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,37 @@ import json
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class HeaderLimit:
+    """Pure ASGI middleware: more than `max_headers` request headers, or more than `max_bytes` of them (names and
+    values), is refused with 431 before anything else reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_headers: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_headers = max_headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope.get("headers") or []
+            size = sum(len(name) + len(value) for name, value in headers)
+            if len(headers) > self.max_headers or size > self.max_bytes:
+                await _refuse(
+                    send,
+                    431,
+                    f"request headers too large: {len(headers)} headers, {size} bytes; at most {self.max_headers} "
+                    f"headers (GPO_MAX_HEADERS) and {self.max_bytes} bytes (GPO_MAX_HEADER_BYTES)",
+                )
+                return
+        await self.app(scope, receive, send)
 
 
 class BodySizeLimit:
@@ -33,16 +65,7 @@ class BodySizeLimit:
             except ValueError:
                 too_large = False  # the server refuses a malformed Content-Length itself
             if too_large:
-                body = json.dumps({"detail": self._detail()}).encode()
-                headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 413,
-                        "headers": headers,
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await _refuse(send, 413, self._detail())
                 return
         seen = 0
 

@@ -33,7 +33,8 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missing, unknown or revoked API key"}
 }
 TOO_LARGE: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "the request body is larger than GPO_MAX_BODY_BYTES"}
+    413: {"model": ErrorResponse, "description": "the request body is larger than GPO_MAX_BODY_BYTES"},
+    431: {"model": ErrorResponse, "description": "more request headers than GPO_MAX_HEADERS or GPO_MAX_HEADER_BYTES"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "unknown group or item"}}
 CONFLICT: dict[int | str, dict[str, Any]] = {
@@ -76,21 +77,45 @@ def _validation_error(loc: list[str | int], msg: str, kind: str) -> list[dict[st
     return [{"type": kind, "loc": loc, "msg": msg}]
 
 
-def _json_safe(value: Any) -> Any:
+class _TooBig(Exception):
+    """An echoed input past MAX_ECHO_DEPTH or MAX_ECHO_NODES: it is left out of the answer."""
+
+
+MAX_ECHOED_INPUT_CHARS = 200
+MAX_ECHO_DEPTH = 16  # nesting echoed back at most (a body nested 900 deep once overflowed the stack here: a 500)
+MAX_ECHO_NODES = 200  # values visited at most: a huge input is never walked whole to be dropped afterwards
+
+
+def _json_safe(value: Any, _depth: int = 0, _seen: list[int] | None = None) -> Any:
     """What the caller sent, made encodable: non-finite floats (a NaN) as strings, since JSON has no NaN; lone
-    surrogates in strings (and keys) as backslash escapes, since UTF-8 cannot encode them. The answer is JSON."""
+    surrogates in strings (and keys) as backslash escapes, since UTF-8 cannot encode them; anything that is not a
+    JSON type as its str. The answer is JSON. Raises _TooBig past MAX_ECHO_DEPTH levels or MAX_ECHO_NODES values."""
+    seen = [0] if _seen is None else _seen
+    seen[0] += 1
+    if _depth > MAX_ECHO_DEPTH or seen[0] > MAX_ECHO_NODES:
+        raise _TooBig
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, _depth + 1, seen) for v in value]
     if isinstance(value, dict):
-        return {_json_safe(k) if isinstance(k, str) else k: _json_safe(v) for k, v in value.items()}
-    return value
+        return {
+            _json_safe(k, _depth + 1, seen) if isinstance(k, str) else str(k): _json_safe(v, _depth + 1, seen)
+            for k, v in value.items()
+        }
+    return _json_safe(str(value), _depth + 1, seen)
 
 
-MAX_ECHOED_INPUT_CHARS = 200
+def _echo(value: Any) -> Any:
+    """The input of a validation error as it may be echoed, or _TooBig when it is too deep or too large to."""
+    echoed = _json_safe(value)
+    if len(repr(echoed)) > MAX_ECHOED_INPUT_CHARS:  # never a whole large body back
+        raise _TooBig
+    return echoed
 
 
 async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
@@ -100,11 +125,15 @@ async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
     for error in exc.errors():
         out = {"type": error["type"], "loc": _json_safe(list(error["loc"])), "msg": _json_safe(error["msg"])}
         if "input" in error:
-            echoed = _json_safe(jsonable_encoder(error["input"], custom_encoder={float: lambda f: f}))
-            if len(repr(echoed)) <= MAX_ECHOED_INPUT_CHARS:  # never a whole large body back
-                out["input"] = echoed
+            try:
+                out["input"] = _echo(error["input"])
+            except _TooBig:
+                pass
         if "ctx" in error:
-            out["ctx"] = _json_safe(jsonable_encoder(error["ctx"], custom_encoder={Exception: str}))
+            try:
+                out["ctx"] = _json_safe(jsonable_encoder(error["ctx"], custom_encoder={Exception: str}))
+            except _TooBig:
+                out["ctx"] = {"error": "(too large to echo)"}
         errors.append(out)
     return _answer(422, errors)
 

@@ -1,4 +1,5 @@
-"""Request bodies read as RFC 8259 JSON, strictly: UTF-8 only, and no object with a repeated key.
+"""Request bodies read as RFC 8259 JSON, strictly: UTF-8 only, no object with a repeated key, and a body the parser
+cannot take (nested past its stack, a number of thousands of digits) refused like any other invalid JSON.
 
 FastAPI reads a JSON body with `json.loads`, which lets the last of two equal keys win silently and answers a body
 that is not UTF-8 with an undocumented 400. Routes of `StrictJSONRoute` read it through `StrictJSONRequest.json`,
@@ -37,7 +38,14 @@ def loads_strict(body: bytes) -> Any:
             out[key] = value
         return out
 
-    return json.loads(text, object_pairs_hook=unique)
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except RecursionError:  # nested deeper than the parser's stack: FastAPI would answer an undocumented 400
+        raise json.JSONDecodeError("the body is nested too deeply", text, 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as e:  # a number past Python's digit limit (sys.get_int_max_str_digits)
+        raise json.JSONDecodeError(f"a number in the body cannot be read: {e}", text, 0) from None
 
 
 class StrictJSONRequest(Request):
