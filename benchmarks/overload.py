@@ -1,12 +1,14 @@
 """Overload (issue 17): measure the capacity of one `gpo serve`, then offer it `--factor` times that, open loop.
 
-    .venv/bin/python -m benchmarks.overload [--duration 60] [--factor 10] [--deadline 15] [--json F] [--out F]
+    .venv/bin/python -m benchmarks.overload [--duration 60] [--factor 10] [--deadline 15] [--warmup-s 20]
+                                            [--json F] [--out F]
 
 One spawned `gpo serve` (the embedded defaults: SQLite, in-process worker with the bundled SmolLM2, the shipped
-checkpoint) with GPO_REQUEST_TIMEOUT_S=--deadline. Phase 1: closed loop, --clients clients for --capacity-s seconds:
-the capacity is the rate of successful answers. Phase 2: open loop at --factor x capacity for --duration seconds
-(benchmarks.load --rate). Pass: zero server errors (a 503 with Retry-After is a refusal), every refusal with
-Retry-After, every answer within the deadline + 1 s, no acknowledged write lost. Figures only; never a test.
+checkpoint) with GPO_REQUEST_TIMEOUT_S=--deadline. A closed-loop warm-up (not measured), then phase 1: closed loop,
+--clients clients for --capacity-s seconds: the capacity is the rate of successful answers. Phase 2: open loop at
+--factor x capacity for --duration seconds (benchmarks.load --rate). Pass: zero server errors (a 503 with
+Retry-After is a refusal), every refusal with Retry-After, every answer within the deadline + 1 s, no acknowledged
+write lost. Figures only; never a test.
 """
 
 from __future__ import annotations
@@ -41,6 +43,33 @@ def server_deadline(target: load.Target) -> dict:
     return {"cut": int(count), "answered_over_1s_late": int(count - within_1s), "late_at_most_s": slowest}
 
 
+def logged_errors(log: list[str]) -> list[str]:
+    """Each ERROR line or traceback of the server's log, whole: chained tracebacks included, up to the final
+    exception line."""
+    chained = ("Traceback", "During handling", "The above exception")
+    found, i = [], 0
+    while i < len(log):
+        if not (" ERROR " in log[i] or log[i].startswith("Traceback")):
+            i += 1
+            continue
+        j = i + 1
+        while j < len(log):
+            if log[j].startswith((" ", "\t", *chained)) or not log[j]:
+                j += 1
+                continue
+            # an exception line: the traceback ends here unless another one is chained to it
+            k = j + 1
+            while k < len(log) and not log[k]:
+                k += 1
+            if k < len(log) and log[k].startswith(chained[1:]):
+                j = k
+                continue
+            break
+        found.append("\n".join(log[i : j + 1]).rstrip())
+        i = j + 1
+    return found
+
+
 def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
     c, o, ol = capacity["total"], overload["total"], overload["open_loop"]
     sd = overload["server_deadline"]
@@ -56,6 +85,8 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
             f"{args.server_nice}`: one `gpo serve` on the embedded defaults (SQLite, in-process SmolLM2, the shipped "
             f"checkpoint), GPO_REQUEST_TIMEOUT_S={args.deadline:g}, mix {mix}, the load generator on the same cores "
             f"(the server at nice {args.server_nice}, so that the generator's clock is not starved by it).",
+            "",
+            f"A closed-loop warm-up of {args.warmup_s:g} s came first, not measured.",
             "",
             "| phase | offered | answered 2xx/s | 429 | 503 (Retry-After) | 5xx | p50 / p99 of 2xx (ms) "
             "| slowest answer (ms) |",
@@ -101,6 +132,13 @@ def main() -> int:
     )
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--capacity-s", type=float, default=20.0)
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=20.0,
+        help="closed loop before the capacity phase, not measured: a cold server (first contexts encoded, first "
+        "generations) would make the capacity, and so the offered load, too low",
+    )
     p.add_argument("--max-in-flight", type=int, default=1000)
     p.add_argument("--json", type=Path, default=Path("benchmarks/overload.json"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/overload.md"))
@@ -108,6 +146,14 @@ def main() -> int:
     env = {"GPO_REQUEST_TIMEOUT_S": str(args.deadline), "GPO_TORCH_THREADS": "1"}
     common = dict(groups=20, mix=dict(MIX), timeout_s=args.deadline + 30, generate_timeout_s=args.deadline + 30)
     with load.spawned_server(env, nice=args.server_nice) as target:
+        if args.warmup_s > 0:
+            warmup_cfg = load.LoadConfig(
+                url=target.url, api_key=target.api_key, clients=args.clients, duration_s=args.warmup_s, **common
+            )
+            warmup = load._run_on(warmup_cfg, target)
+            print(
+                f"warm-up ({args.warmup_s:g} s, not measured): {warmup['total']['ok_rps']} answered 2xx/s", flush=True
+            )
         capacity_cfg = load.LoadConfig(
             url=target.url, api_key=target.api_key, clients=args.clients, duration_s=args.capacity_s, **common
         )
@@ -130,11 +176,7 @@ def main() -> int:
         overload["server_deadline"] = server_deadline(target)
         # the server's own account of any 5xx: its ERROR lines and tracebacks (the log goes with its temporary dir)
         log = target.log_tail(2_000_000).splitlines()
-        overload["server_errors_logged"] = [
-            "\n".join(log[i : i + 40])
-            for i, line in enumerate(log)
-            if " ERROR " in line or line.startswith("Traceback")
-        ][:5]
+        overload["server_errors_logged"] = logged_errors(log)[:5]
     overload["failures"] = load.failures(overload)
     overload["passed"] = not overload["failures"]
     print(load.format_report(overload), flush=True)
