@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -61,6 +63,15 @@ def _load_predictor(settings: Settings, kind: Kind) -> Predictor:
             ) from e
         log.info("%s: questions outside the prior bank are matched to known ones", predictor.model_version)
     return predictor
+
+
+async def _watch_loop_lag(metrics: Metrics, tick_s: float = 0.1) -> None:
+    """Sample how late the event loop runs a timer (gpo_event_loop_lag_seconds): time before a request reaches the
+    app, which no deadline of the app can count."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(tick_s)
+        metrics.loop_lag_seconds.observe(max(0.0, time.perf_counter() - t0 - tick_s))
 
 
 @asynccontextmanager
@@ -122,9 +133,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Few threads for blocking work: each one running Python holds the GIL from the event loop in turn
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         async with open_services(settings, metrics) as services:
             app.state.services = services
-            yield
+            watcher = asyncio.get_running_loop().create_task(_watch_loop_lag(metrics), name="loop-lag")
+            try:
+                yield
+            finally:
+                watcher.cancel()
         del app.state.services
 
     app = FastAPI(

@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     load_in_8bit: bool | None = Field(None, description="8-bit bitsandbytes; default: on for CUDA, off for CPU")
     embed_batch_size: int = Field(16, ge=1)
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    threads: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="threads of the API process for blocking work (database, caches, GPO forwards); more of them "
+        "contend for the GIL with the event loop that reads and answers requests (anyio's default is 40)",
+    )
 
     cache_dir: Path = Field(PROJECT_ROOT / ".cache", description="embedding cache and converted model weights")
     model_store: Path = Field(PROJECT_ROOT / "model_store", description="root of versioned GPO checkpoints")

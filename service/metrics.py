@@ -112,6 +112,12 @@ class Metrics(AppMetrics):
             registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
         )
+        self.loop_lag_seconds = Histogram(
+            "gpo_event_loop_lag_seconds",
+            "how late a 0.1 s timer of the API's event loop fired: while it is late, no request is read or answered",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
         self.model = Info("gpo_model", "the served checkpoint and the embedder it runs with", registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:

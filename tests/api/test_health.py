@@ -81,3 +81,20 @@ def test_metrics(client: TestClient) -> None:
     assert "gpo_context_version_last 1.0" in text
     assert 'gpo_embedding_cache_lookups_total{backend="lru",result="miss"}' in text
     assert "secret" not in text  # route templates only: no group id (tenant data) in labels
+
+
+def test_blocking_work_gets_few_threads_and_the_event_loop_is_watched(
+    make_settings: SettingsFactory, sqlite_url: str
+) -> None:
+    """GPO_THREADS bounds the threads of blocking work (anyio's default, 40, starved the event loop of the GIL under
+    overload: requests waited seconds before the app saw them), and gpo_event_loop_lag_seconds shows such waits."""
+    import time
+
+    import anyio.to_thread
+
+    with authed_client(make_settings(sqlite_url, threads=3)) as client:
+        assert client.portal.call(lambda: anyio.to_thread.current_default_thread_limiter().total_tokens) == 3
+        time.sleep(0.35)
+        lines = client.get("/metrics").text.splitlines()
+    (count,) = [line for line in lines if line.startswith("gpo_event_loop_lag_seconds_count")]
+    assert float(count.rsplit(" ", 1)[1]) >= 2
