@@ -38,9 +38,24 @@ def server_deadline(target: load.Target) -> dict:
             buckets[le] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("gpo_request_deadline_late_seconds_count"):
             count = float(line.rsplit(" ", 1)[1])
+    lag: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("gpo_event_loop_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            lag[le] = float(line.rsplit(" ", 1)[1])
+    lag_total = lag.get("+Inf", 0.0)
+    lag_max = next((le for le, n in sorted(lag.items(), key=lambda kv: float(kv[0])) if n >= lag_total), "+Inf")
     within_1s = buckets.get("1.0", 0.0)
     slowest = next((le for le, n in sorted(buckets.items(), key=lambda kv: float(kv[0])) if n >= count), "+Inf")
-    return {"cut": int(count), "answered_over_1s_late": int(count - within_1s), "late_at_most_s": slowest}
+    return {
+        "cut": int(count),
+        "answered_over_1s_late": int(count - within_1s),
+        "late_at_most_s": slowest,
+        # the server's event loop (gpo_event_loop_lag_seconds): while it is late no request is read or answered, and
+        # that time comes before any deadline of the app starts
+        "loop_lag_at_most_s": lag_max,
+        "loop_lags_over_1s": int(lag_total - lag.get("1.0", 0.0)),
+    }
 
 
 def logged_errors(log: list[str]) -> list[str]:
@@ -95,7 +110,8 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
             f"{c['throttled_429']} | {c['refused_503']} | {c['server_errors']} | {c['p50_ms']} / {c['p99_ms']} | "
             f"{c['slowest_answer_ms']} |",
             f"| overload: open loop, {args.duration:g} s | {ol['offered_rps']:.1f}/s ({ol['arrivals']} requests, "
-            f"{ol['not_sent']} not sent) | {o['ok_rps']} | {o['throttled_429']} | {o['refused_503']} | "
+            f"{ol['not_sent']} not sent: {(ol['arrivals'] - ol['not_sent']) / args.duration:.1f}/s sent) "
+            f"| {o['ok_rps']} | {o['throttled_429']} | {o['refused_503']} | "
             f"{o['server_errors']} | {o['p50_ms']} / {o['p99_ms']} | {o['slowest_answer_ms']} |",
             "",
             "| operation (overload) | requests | 2xx | 429 | 503 (Retry-After) | over the bound | slowest (ms) |",
@@ -108,6 +124,8 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
             "",
             f"Inside the server: {sd['cut']} requests cut at the deadline, {sd['answered_over_1s_late']} of them "
             f"answered more than 1 s after it (all within {sd['late_at_most_s']} s; gpo_request_deadline_late_seconds)."
+            f" The server's event loop was up to {sd['loop_lag_at_most_s']} s late ({sd['loop_lags_over_1s']} times by"
+            " more than 1 s; gpo_event_loop_lag_seconds): time before a request reaches the app's deadline."
             f" The load generator's own event loop was up to {ol['client_loop_lag_max_ms']} ms late "
             f"({ol['client_loop_lags_over_500ms']} times by more than 0.5 s): such a delay adds to every answer it "
             "times.",
@@ -139,7 +157,7 @@ def main() -> int:
         help="closed loop before the capacity phase, not measured: a cold server (first contexts encoded, first "
         "generations) would make the capacity, and so the offered load, too low",
     )
-    p.add_argument("--max-in-flight", type=int, default=1000)
+    p.add_argument("--max-in-flight", type=int, default=2000, help="open requests at most (arrivals past it: not sent)")
     p.add_argument("--json", type=Path, default=Path("benchmarks/overload.json"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/overload.md"))
     args = p.parse_args()
