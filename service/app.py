@@ -21,7 +21,7 @@ from service.config import Settings, get_settings
 from service.db.migrate import upgrade_database
 from service.db.session import make_engine, make_sessionmaker, normalize_url
 from service.deadline import RequestDeadline
-from service.embedder.client import LocalWorker, WorkerUnavailable, build_worker
+from service.embedder.client import LocalWorker, WorkerUnavailable, build_generator, build_worker
 from service.gpo.checkpoint import CheckpointError
 from service.limits import Limits
 from service.metrics import Metrics, MetricsMiddleware
@@ -87,6 +87,9 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
         stack.callback(cache.close)
         worker = build_worker(settings)
         stack.push_async_callback(worker.aclose)
+        generator = build_generator(settings, worker)
+        if generator is not worker:
+            stack.push_async_callback(generator.aclose)
         models: dict[str, Predictor] = {}
         for kind in KINDS.values():
             if kind is not CHOICE and not kind.checkpoint_name(settings):
@@ -103,7 +106,9 @@ async def open_services(settings: Settings, metrics: Metrics) -> AsyncIterator[S
                 raise
             log.info("%s checkpoint %s loaded", kind.name, models[kind.name].model_version)
         predictor = models["choice"]
-        services = Services(settings, engine, make_sessionmaker(engine), cache, worker, models, metrics)
+        services = Services(
+            settings, engine, make_sessionmaker(engine), cache, worker, models, metrics, generator=generator
+        )
         stack.push_async_callback(services.aclose)
 
         if isinstance(worker, LocalWorker):

@@ -59,6 +59,22 @@ class Settings(BaseSettings):
     cache_max_items: int = Field(200_000, ge=1, description="in-process LRU size (vectors)")
     worker_url: str | None = Field(None, description="embedding worker base URL; unset: the LLM runs in-process")
     worker_timeout_s: float = Field(120.0, gt=0, description="timeout of one call to the worker")
+    embed_url: str | None = Field(
+        None,
+        description="OpenAI-compatible embeddings server (POST /v1/embeddings) for item vectors; unset: "
+        "GPO_WORKER_URL, or in process",
+    )
+    generate_url: str | None = Field(
+        None,
+        description="OpenAI-compatible completions server (POST /v1/completions: n, seed, temperature, max_tokens) "
+        "for /generate, sent plain text (the API applies the chat template); unset: GPO_WORKER_URL, or in process",
+    )
+    generate_vectors: bool | None = Field(
+        None,
+        description="ask the completions server for each sample's vector, pooled while sampling (gpo-serve's "
+        "return_embeddings extension); false: /generate embeds the samples through the embeddings server in one "
+        "batched call. Unset: on unless GPO_GENERATE_URL names another server",
+    )
     host: str = Field("127.0.0.1", description="bind address of `gpo serve` / `gpo worker`")
     port: int = Field(8000, ge=1, le=65535, description="port of `gpo serve`")
     worker_port: int = Field(8001, ge=1, le=65535, description="port of `gpo worker`")
@@ -121,6 +137,23 @@ class Settings(BaseSettings):
     generate_sampling_rounds: int = Field(
         3, ge=1, le=10, description="sampling calls /generate makes at most to collect n distinct responses"
     )
+
+    @property
+    def embeddings_url(self) -> str | None:
+        """Where item vectors come from: GPO_EMBED_URL, else GPO_WORKER_URL; None: in process."""
+        return self.embed_url or self.worker_url
+
+    @property
+    def completions_url(self) -> str | None:
+        """Where /generate samples: GPO_GENERATE_URL, else GPO_WORKER_URL; None: in process."""
+        return self.generate_url or self.worker_url
+
+    @property
+    def sampling_returns_vectors(self) -> bool:
+        """Whether /generate asks the completions server for the samples' vectors (see GPO_GENERATE_VECTORS)."""
+        if self.generate_vectors is not None:
+            return self.generate_vectors
+        return self.generate_url is None or self.generate_url == self.embeddings_url
 
     @model_validator(mode="after")
     def _auth_off_only_embedded(self) -> Settings:

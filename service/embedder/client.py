@@ -135,8 +135,10 @@ class WorkerClient:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerClient:
-        assert settings.worker_url, "WorkerClient needs settings.worker_url"
-        return cls(settings.worker_url, timeout_s=settings.worker_timeout_s)
+        """A client of the embeddings server (GPO_EMBED_URL, else GPO_WORKER_URL)."""
+        url = settings.embeddings_url
+        assert url, "WorkerClient needs GPO_EMBED_URL or GPO_WORKER_URL"
+        return cls(url, timeout_s=settings.worker_timeout_s)
 
     async def _request(self, method: str, path: str, json: dict[str, Any] | None = None) -> Any:
         try:
@@ -313,9 +315,20 @@ class LocalWorker:
 
 
 def build_worker(settings: Settings) -> WorkerClient | LocalWorker:
-    """An HTTP client of `settings.worker_url` when set, else the LLM in this process (loaded lazily)."""
-    if settings.worker_url:
-        log.info("embedding worker: %s", settings.worker_url)
+    """Where item vectors come from: an HTTP client of GPO_EMBED_URL (else GPO_WORKER_URL) when set, else the LLM in
+    this process (loaded lazily)."""
+    if settings.embeddings_url:
+        log.info("embeddings: %s", settings.embeddings_url)
         return WorkerClient.from_settings(settings)
     log.info("embedding worker: in process (%s)", settings.embedder)
     return LocalWorker.from_settings(settings)
+
+
+def build_generator(settings: Settings, worker: WorkerClient | LocalWorker) -> WorkerClient | LocalWorker:
+    """Where /generate samples: `worker` itself when GPO_GENERATE_URL is unset or names the same server, else an HTTP
+    client of that OpenAI-compatible completions server (only its /v1/completions is used)."""
+    url = settings.completions_url
+    if url is None or url == settings.embeddings_url:
+        return worker
+    log.info("completions: %s (vectors of the samples: %s)", url, settings.sampling_returns_vectors)
+    return WorkerClient(url, timeout_s=settings.worker_timeout_s)

@@ -15,7 +15,7 @@ import numpy as np
 
 from service.batching import MicroBatcher
 from service.embedder.embed import Embedder, build_embedder, make_key_prefix
-from service.embedder.generate import chat_prompt_ids, is_greedy, sample_responses, sample_responses_many
+from service.embedder.generate import is_greedy, sample_responses, sample_responses_many, text_ids
 from service.embedder.loading import BaseLM, LMIdentity
 from service.embedder.prompts import TEMPLATE_VERSION
 from service.embedder.protocol import FinishReason, SamplingParams
@@ -175,6 +175,10 @@ class WorkerEngine:
 
     # -- model calls (blocking; thread-safe) ----------------------------------------------------------
 
+    def tokenizer(self):  # noqa: ANN201 - a transformers tokenizer (imported lazily)
+        """The LM's tokenizer (loads the LM when it is not loaded yet: it runs in this process anyway)."""
+        return self._lm().tokenizer
+
     def _lm(self) -> BaseLM:
         try:
             lm = self._embedder.lm
@@ -225,8 +229,8 @@ class WorkerEngine:
         max_tokens = params.max_new_tokens
         with self._lock:
             lm = self._lm()
-            # The same ids sample_responses builds (chat template when the tokenizer has one).
-            prompt_tokens = int(chat_prompt_ids(lm, params.prompt, None).shape[1])
+            # Plain text, read as it is (the API applied the chat template): the ids sample_responses builds
+            prompt_tokens = int(text_ids(lm, params.prompt).shape[1])
             limit = self._max_positions(lm)
             if limit is not None and prompt_tokens + max_tokens > limit:
                 raise InputTooLong(
@@ -240,6 +244,7 @@ class WorkerEngine:
                 temperature=params.temperature,
                 seed=params.seed,
                 top_p=params.top_p,
+                use_chat_template=False,
                 pooling=self.pooling if vectors else None,
             )
             texts, pooled = out if isinstance(out, tuple) else (out, None)
@@ -337,7 +342,7 @@ class WorkerEngine:
                 with self._lock:
                     lm = self._lm()
                     prompts = [calls[i].params.prompt for i in idx]
-                    prompt_tokens = [int(chat_prompt_ids(lm, prompt, None).shape[1]) for prompt in prompts]
+                    prompt_tokens = [int(text_ids(lm, prompt).shape[1]) for prompt in prompts]
                     limit = self._max_positions(lm)
                     if limit is not None and max(prompt_tokens) + max_tokens > limit:
                         continue  # each runs alone below and the long one gets its own error
@@ -348,6 +353,7 @@ class WorkerEngine:
                         max_new_tokens=max_tokens,
                         temperature=temperature,
                         top_p=top_p,
+                        use_chat_template=False,
                         pooling=self.pooling if want_vectors else None,
                     )
                     for i, pt, got in zip(idx, prompt_tokens, many, strict=True):

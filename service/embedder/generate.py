@@ -12,19 +12,30 @@ from service.embedder.loading import BaseLM
 from service.embedder.prompts import LETTERS
 
 
-def chat_prompt_ids(lm: BaseLM, prompt: str, use_chat_template: bool | None) -> torch.Tensor:
-    """Prompt token ids [1, T]: through the chat template when the tokenizer has one (and it is wanted)."""
+def chat_text(tokenizer, prompt: str, use_chat_template: bool | None = None) -> str:
+    """The text a chat model reads for a user `prompt`: through the tokenizer's chat template when it has one (and it
+    is wanted), else the prompt itself. The API applies it (`service.serving.generate`) so that any completions
+    engine, ours or a standard one, is sent plain text."""
+    templated = bool(tokenizer.chat_template) if use_chat_template is None else use_chat_template
+    if not templated:
+        return prompt
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+
+
+def text_ids(lm: BaseLM, text: str) -> torch.Tensor:
+    """Token ids [1, T] of a plain-text prompt as a completions engine reads it: the tokenizer's special tokens are
+    added unless the text already begins with its BOS (a chat template holds them; adding them again would double
+    the BOS)."""
     tok = lm.tokenizer
-    templated = bool(tok.chat_template) if use_chat_template is None else use_chat_template
-    if templated:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        # The template already holds the special tokens; adding them again would double the BOS.
-        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    else:
-        ids = tok(prompt, add_special_tokens=True, return_tensors="pt")["input_ids"]
-    return ids.to(lm.device)
+    has_bos = bool(tok.bos_token) and text.startswith(tok.bos_token)
+    return tok(text, add_special_tokens=not has_bos, return_tensors="pt")["input_ids"].to(lm.device)
+
+
+def chat_prompt_ids(lm: BaseLM, prompt: str, use_chat_template: bool | None) -> torch.Tensor:
+    """Prompt token ids [1, T] of a user prompt: `text_ids` of its `chat_text`."""
+    return text_ids(lm, chat_text(lm.tokenizer, prompt, use_chat_template))
 
 
 RESPONSE_POOLED_TEMPLATE_VERSION = "gpo-resp-gen-v1"

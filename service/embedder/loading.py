@@ -250,6 +250,33 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
     tokenizer.padding_side = "right"
 
 
+def load_tokenizer(name_or_path: str, *, revision: str | None = None, cache_dir: Path) -> PreTrainedTokenizerBase:
+    """The base LLM's tokenizer alone, offline: what the API needs to apply the chat template when another process
+    (our worker, or any OpenAI-compatible engine) runs the model. The bundled model's is read from its converted
+    folder when there is one, else from the GGUF file itself."""
+    from transformers import AutoTokenizer
+
+    ident = identify_base_lm(name_or_path, revision=revision)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if name_or_path == BUNDLED_NAME:
+        folder = _converted_dir(cache_dir, ident)
+        if (folder / IDENTITY_FILE).is_file():
+            source = str(folder)
+        else:
+            gguf = bundled_gguf_path()
+            source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
+    elif Path(name_or_path).expanduser().is_dir():
+        source = str(Path(name_or_path).expanduser())
+    else:
+        source = str(_hub_snapshot(name_or_path, revision))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise BaseLMNotFoundError(f"cannot load the tokenizer of {name_or_path!r} from {source}: {exc}") from exc
+    _prepare_tokenizer(tokenizer)
+    return tokenizer
+
+
 def load_base_lm(
     name_or_path: str,
     *,

@@ -73,7 +73,9 @@ class EmbeddingsRequest(BaseModel):
 
 
 class CompletionsRequest(BaseModel):
-    """OpenAI `POST /v1/completions` body (one text prompt; sampling parameters bounded)."""
+    """OpenAI `POST /v1/completions` body (one text prompt; sampling parameters bounded). The prompt is plain text,
+    read as it is, as any completions engine reads it: a chat model's template is the caller's to apply (the API
+    does, see `generate.chat_text`)."""
 
     model_config = ConfigDict(extra="forbid")
 

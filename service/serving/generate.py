@@ -34,14 +34,15 @@ async def sample_distinct(
     """
     distinct: dict[str, tuple[str, np.ndarray | None]] = {}  # stripped -> the first sample with that text
     sampled = 0
+    prompt_text = await services.chat_prompt(body.prompt)  # the engine is sent plain text
     for round_ in range(services.settings.generate_sampling_rounds):
         want = body.n - len(distinct)
         seed = None if body.seed is None else (body.seed + round_) % (MAX_SEED + 1)
-        params = SamplingParams(body.prompt, want, body.max_new_tokens, body.temperature, seed)
+        params = SamplingParams(prompt_text, want, body.max_new_tokens, body.temperature, seed)
         if with_vectors:
-            texts, vectors = await services.worker.complete_with_vectors(params)
+            texts, vectors = await services.generator.complete_with_vectors(params)
         else:
-            texts, vectors = await services.worker.complete(params), None
+            texts, vectors = await services.generator.complete(params), None
         sampled += len(texts)
         for i, t in enumerate(texts):
             t = without_unprintable(t)  # a sampled control character (a NUL) would make the answer unusable as input
@@ -64,13 +65,17 @@ async def _generate_choice(
     services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float]
 ) -> tuple[list[str], list[float], int, int]:
     """The responses scored as the options of one question given the group's context. Their vectors come from the
-    sampling pass itself (the worker pools the hidden states it computed while sampling): one GPO forward, no
-    second LLM pass."""
+    sampling pass itself (our worker pools the hidden states it computed while sampling): one GPO forward, no
+    second LLM pass. A completions server that returns no vectors (GPO_GENERATE_VECTORS=false): the samples are
+    embedded through the embeddings server in one batched call, pooled over the same text."""
     t0 = time.perf_counter()
     group = await group_state(services, tenant, body.group_id, "choice")  # 404 before any sampling
     t1 = time.perf_counter()
     uses_embedding = services.kinds["choice"].predictor.uses_embedding
-    responses, embeddings, n_sampled = await sample_distinct(services, body, with_vectors=uses_embedding)
+    in_pass = uses_embedding and services.settings.sampling_returns_vectors
+    responses, embeddings, n_sampled = await sample_distinct(services, body, with_vectors=in_pass)
+    if uses_embedding and embeddings is None:
+        embeddings = await services.sample_vectors(await services.chat_prompt(body.prompt), responses)
     t2 = time.perf_counter()
     (prediction,) = await services.forward("choice", group.state, [Item(body.prompt, responses, embeddings)])
     timings.update(context=t1 - t0, sample=t2 - t1, score=time.perf_counter() - t2)

@@ -16,8 +16,10 @@ import numpy as np
 from service.auth import KeyResolver
 from service.batching import MicroBatcher
 from service.db.session import session_scope
-from service.embedder.client import WorkerModelChanged, WorkerUnavailable
-from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION
+from service.embedder.client import LocalWorker, WorkerModelChanged, WorkerUnavailable
+from service.embedder.engine import EngineUnavailable
+from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION, chat_text
+from service.embedder.loading import load_tokenizer
 from service.limits import Limits
 from service.serving.context_cache import build_context_cache
 from service.serving.embeddings import ItemEmbeddings
@@ -61,14 +63,18 @@ class Services:
         worker: Worker,
         models: Mapping[str, Predictor],
         metrics: Metrics,
+        *,
+        generator: Worker | None = None,
     ) -> None:
         assert "choice" in models, "a deployment always serves multiple-choice groups"
         self.settings = settings
         self.engine = engine
         self.sessions = sessions
         self.cache = cache
-        self.worker = worker
+        self.worker = worker  # item vectors (/v1/embeddings)
+        self.generator = worker if generator is None else generator  # samples of /generate (/v1/completions)
         self.metrics = metrics
+        self._tokenizer: Any = None  # the base LLM's, for its chat template (see chat_prompt)
         self.kinds: dict[str, KindModel] = {name: KindModel(KINDS[name], p) for name, p in models.items()}
         self.limits = Limits.from_settings(settings)
         self.keys = KeyResolver(sessions, ttl_s=settings.auth_cache_s)
@@ -148,6 +154,28 @@ class Services:
         key = (await self.embedder_keys())[kind].embedder_key
         assert key is not None, "set by embedder_keys"
         return key
+
+    async def chat_prompt(self, prompt: str) -> str:
+        """The plain text the completions server is sent for a user prompt: the base LLM's chat template applied here,
+        on the API side, so that any OpenAI-compatible engine samples exactly what our worker would."""
+        if self._tokenizer is None:
+            self._tokenizer = await in_thread(self._load_tokenizer)
+        return chat_text(self._tokenizer, prompt)
+
+    def _load_tokenizer(self) -> Any:
+        if isinstance(self.generator, LocalWorker):  # the LLM runs here anyway: its own tokenizer
+            try:
+                return self.generator.engine.tokenizer()
+            except EngineUnavailable as exc:
+                raise WorkerUnavailable(str(exc)) from exc
+        s = self.settings
+        return load_tokenizer(s.embedder, revision=s.embedder_revision, cache_dir=s.cache_dir)
+
+    async def sample_vectors(self, prompt_text: str, responses: Sequence[str]) -> np.ndarray:
+        """[n, D] vectors of sampled responses from the embeddings server, one batched call: each pooled over the
+        chat-templated prompt and the response, as the sampling pass pools them (RESPONSE_POOLED_TEMPLATE_VERSION)
+        when the completions server cannot return them."""
+        return await self.worker.embed([prompt_text + r for r in responses])
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

@@ -121,7 +121,9 @@ def test_completions_seeded_and_batched(client: TestClient, tiny_lm: BaseLM) -> 
     texts = [c["text"] for c in body["choices"]]
     assert len(set(texts)) >= 3  # n distinct samples, not one sample repeated
     # One batched generate call, exactly as sample_responses makes it: same seed, same texts.
-    assert texts == sample_responses(tiny_lm, PROMPT, n=4, max_new_tokens=12, temperature=1.0, seed=7)
+    assert texts == sample_responses(
+        tiny_lm, PROMPT, n=4, max_new_tokens=12, temperature=1.0, seed=7, use_chat_template=False
+    )
     again = client.post("/v1/completions", json=req).json()
     assert [c["text"] for c in again["choices"]] == texts
     other = client.post("/v1/completions", json={**req, "seed": 8}).json()
@@ -219,7 +221,9 @@ async def test_concurrent_requests_are_serialised_and_correct(engine: WorkerEngi
     for i, r in enumerate(results[: len(TEXTS)]):
         np.testing.assert_allclose(vectors(r.json()), ref[i:], atol=1e-6)
     for seed, r in zip((1, 2), results[len(TEXTS) :], strict=True):
-        want = sample_responses(tiny_lm, PROMPT, n=2, max_new_tokens=8, temperature=1.0, seed=seed)
+        want = sample_responses(
+            tiny_lm, PROMPT, n=2, max_new_tokens=8, temperature=1.0, seed=seed, use_chat_template=False
+        )
         assert [c["text"] for c in r.json()["choices"]] == want
 
 
@@ -306,7 +310,9 @@ async def test_concurrent_unseeded_completions_share_one_generate_call(tiny_lm: 
     out = await asyncio.gather(first, *shared, seeded)
     assert [len(r.texts) for r in out[1:4]] == [2, 3, 4]
     assert all(len(r.completion_tokens) == len(r.texts) for r in out)
-    assert out[4].texts == sample_responses(tiny_lm, PROMPT, n=2, max_new_tokens=6, temperature=0.8, seed=11)
+    assert out[4].texts == sample_responses(
+        tiny_lm, PROMPT, n=2, max_new_tokens=6, temperature=0.8, seed=11, use_chat_template=False
+    )
     assert engine.complete_batches[:2] == [1, 4], engine.complete_batches
     await engine.aclose()
 
@@ -320,7 +326,7 @@ def test_completions_can_return_vectors_pooled_while_sampling(client: TestClient
     assert [c["text"] for c in choices] == [c["text"] for c in plain["choices"]]  # the same draw
     assert all(c["embedding"] is None for c in plain["choices"])
     got = np.stack([decode_base64(c["embedding"]) for c in choices])
-    _, want = sample_responses(tiny_lm, PROMPT, 3, 6, 1.0, 4, pooling="mean")
+    _, want = sample_responses(tiny_lm, PROMPT, 3, 6, 1.0, 4, pooling="mean", use_chat_template=False)
     np.testing.assert_allclose(got, want, atol=1e-6)
     card = client.get("/v1/models").json()["data"][0]
     assert card["key_prefixes"]["gpo-resp-gen-v1"].endswith("|mean|gpo-resp-gen-v1")
