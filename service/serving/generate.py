@@ -75,7 +75,8 @@ async def _generate_choice(
     in_pass = uses_embedding and services.settings.sampling_returns_vectors
     responses, embeddings, n_sampled = await sample_distinct(services, body, with_vectors=in_pass)
     if uses_embedding and embeddings is None:
-        embeddings = await services.sample_vectors(await services.chat_prompt(body.prompt), responses)
+        prompt_text = await services.chat_prompt(body.prompt)
+        embeddings = await services.sample_vectors(prompt_text, responses, body.max_new_tokens)
     t2 = time.perf_counter()
     (prediction,) = await services.forward("choice", group.state, [Item(body.prompt, responses, embeddings)])
     timings.update(context=t1 - t0, sample=t2 - t1, score=time.perf_counter() - t2)

@@ -171,11 +171,21 @@ class Services:
         s = self.settings
         return load_tokenizer(s.embedder, revision=s.embedder_revision, cache_dir=s.cache_dir)
 
-    async def sample_vectors(self, prompt_text: str, responses: Sequence[str]) -> np.ndarray:
-        """[n, D] vectors of sampled responses from the embeddings server, one batched call: each pooled over the
-        chat-templated prompt and the response, as the sampling pass pools them (RESPONSE_POOLED_TEMPLATE_VERSION)
-        when the completions server cannot return them."""
-        return await self.worker.embed([prompt_text + r for r in responses])
+    async def sample_vectors(self, prompt_text: str, responses: Sequence[str], max_new_tokens: int) -> np.ndarray:
+        """[n, D] vectors of sampled responses from the embeddings server, one batched call, when the completions
+        server cannot return them: each pooled over the chat-templated prompt and the response, the tokens the
+        sampling pass reads (RESPONSE_POOLED_TEMPLATE_VERSION). A response cut at `max_new_tokens` loses its last
+        token, which the sampling pass samples but never reads; then both paths pool the same tokens (equal vectors,
+        tested on SmolLM2)."""
+        if self._tokenizer is None:
+            self._tokenizer = await in_thread(self._load_tokenizer)
+        tok = self._tokenizer
+
+        def as_read(response: str) -> str:
+            ids = tok(response, add_special_tokens=False)["input_ids"]
+            return tok.decode(ids[:-1]) if len(ids) >= max_new_tokens else response
+
+        return await self.worker.embed([prompt_text + as_read(r) for r in responses])
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

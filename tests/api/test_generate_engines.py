@@ -39,16 +39,40 @@ def _generate(settings: Settings, seeds: range) -> list[dict]:
     return out
 
 
-def test_without_vectors_from_the_engine_the_ranking_is_the_fast_paths(
-    make_settings: SettingsFactory, sqlite_url: str
-) -> None:
-    fast = _generate(make_settings(sqlite_url), range(5))
-    plain = _generate(make_settings(sqlite_url, generate_vectors=False), range(5))
-    for a, b in zip(fast, plain, strict=True):
-        assert [r["text"] for r in a["responses"]] == [r["text"] for r in b["responses"]]  # same samples, same order
-        np.testing.assert_allclose(
-            [r["score"] for r in a["responses"]], [r["score"] for r in b["responses"]], atol=1e-3
+@pytest.mark.slow
+def test_without_vectors_from_the_engine_the_ranking_is_the_fast_paths(tmp_path: Path) -> None:
+    """The embedded default (bundled SmolLM2, the shipped checkpoint), a group registered with Democrats' answers to
+    20 OpinionQA questions: /generate with and without vectors from the completions engine (GPO_GENERATE_VECTORS)
+    gives the same samples in the same order, the scores within 1e-4 (the same tokens pooled). The tiny test LM
+    cannot show this: it samples byte fragments whose text does not tokenize back to the sampled ids."""
+    from benchmarks.partisan import context_ids
+    from service.training.opinionqa import load_opinionqa
+
+    oqa = load_opinionqa()
+    items = []
+    for qid in context_ids(oqa):
+        q = oqa.question(qid)
+        items.append(
+            {"question": q.text, "options": list(q.options), "distribution": oqa.dist("Democrat", qid).tolist()}
         )
+    base = dict(cache_dir=tmp_path / "cache", redis_url=None, worker_url=None, device="cpu", torch_threads=1)
+    runs = []
+    for vectors in (True, False):
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path}/gpo-{vectors}.sqlite3", generate_vectors=vectors, **base
+        )
+        with authed_client(settings) as client:
+            assert client.post("/groups/dem/context", json={"items": items}).status_code == 200
+            out = []
+            for seed in range(3):
+                body = {"group_id": "dem", "prompt": "Should the government do more to reduce gun violence?"}
+                answer = client.post("/generate", json={**body, "n": 4, "max_new_tokens": 24, "seed": seed})
+                assert answer.status_code == 200, answer.text
+                out.append(answer.json()["responses"])
+            runs.append(out)
+    for fast, plain in zip(*runs, strict=True):
+        assert [r["text"] for r in fast] == [r["text"] for r in plain]  # same samples, ranked alike
+        np.testing.assert_allclose([r["score"] for r in fast], [r["score"] for r in plain], atol=1e-4)
 
 
 class _Recorder:
@@ -103,11 +127,11 @@ def test_a_separate_completions_server_is_sent_plain_text(
     make_settings: SettingsFactory, sqlite_url: str, tiny_lm: BaseLM, tiny_lm_path: Path
 ) -> None:
     """GPO_GENERATE_URL: our worker over HTTP stands for any OpenAI-compatible engine (no return_embeddings asked),
-    embeddings stay in process. Same seeds, same samples and scores as the embedded default."""
+    embeddings stay in process. Same seeds, same samples and scores as in process without vectors from the engine."""
     recorder = _Recorder(create_worker_app(WorkerEngine.from_lm(tiny_lm), warm=False))
     with _serve(recorder) as url:
         remote = _generate(make_settings(sqlite_url, generate_url=url), range(2))
-    local = _generate(make_settings(sqlite_url), range(2))
+    local = _generate(make_settings(sqlite_url, generate_vectors=False), range(2))
     assert [[r["text"] for r in a["responses"]] for a in remote] == [[r["text"] for r in a["responses"]] for a in local]
     for a, b in zip(remote, local, strict=True):
         np.testing.assert_allclose(

@@ -169,7 +169,7 @@ def test_invalid_requests_are_422(client: TestClient, route: str, payload: dict[
 def test_too_long_and_unknown_model(client: TestClient) -> None:
     r = client.post("/v1/embeddings", json={"input": ["hi", "x" * 3000]})  # > 512 positions of the tiny LM
     assert r.status_code == 422 and r.json()["detail"].startswith("input 1 has")
-    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 500})
+    r = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 512})  # 512 + the prompt > 512 positions
     assert r.status_code == 422 and "exceeds" in r.json()["detail"]
     r = client.post("/v1/embeddings", json={"input": "hi", "model": "gpt-4"})
     assert r.status_code == 404 and "not served" in r.json()["detail"]
