@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         description="OpenAI-compatible completions server (POST /v1/completions: n, seed, temperature, max_tokens) "
         "for /generate, sent plain text (the API applies the chat template); unset: GPO_WORKER_URL, or in process",
     )
+    generate_model: str | None = Field(
+        None,
+        description="`model` sent to GPO_GENERATE_URL's /v1/completions (OpenAI-style servers that require it, such as "
+        "a vLLM serving several models); unset: not sent",
+    )
     generate_vectors: bool | None = Field(
         None,
         description="ask the completions server for each sample's vector, pooled while sampling (gpo-serve's "

@@ -123,6 +123,7 @@ class WorkerClient:
         timeout_s: float = 120.0,
         chunk_size: int = DEFAULT_CHUNK,
         transport: httpx.AsyncBaseTransport | None = None,
+        completions_model: str | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -132,6 +133,7 @@ class WorkerClient:
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0))
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
         self._info: WorkerInfo | None = None
+        self.completions_model = completions_model  # sent as `model` to /v1/completions (servers that require it)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerClient:
@@ -216,7 +218,10 @@ class WorkerClient:
         return texts, vectors
 
     async def _complete(self, params: SamplingParams, vectors: bool) -> tuple[list[str], np.ndarray | None]:
-        body = await self._request("POST", "/v1/completions", params.completions_body(return_embeddings=vectors))
+        body = params.completions_body(return_embeddings=vectors)
+        if self.completions_model is not None:
+            body["model"] = self.completions_model
+        body = await self._request("POST", "/v1/completions", body)
         try:
             choices = sorted(body["choices"], key=lambda c: c["index"])
             texts = [c["text"] for c in choices]
@@ -331,4 +336,4 @@ def build_generator(settings: Settings, worker: WorkerClient | LocalWorker) -> W
     if url is None or url == settings.embeddings_url:
         return worker
     log.info("completions: %s (vectors of the samples: %s)", url, settings.sampling_returns_vectors)
-    return WorkerClient(url, timeout_s=settings.worker_timeout_s)
+    return WorkerClient(url, timeout_s=settings.worker_timeout_s, completions_model=settings.generate_model)

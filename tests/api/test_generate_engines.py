@@ -130,7 +130,7 @@ def test_a_separate_completions_server_is_sent_plain_text(
     embeddings stay in process. Same seeds, same samples and scores as in process without vectors from the engine."""
     recorder = _Recorder(create_worker_app(WorkerEngine.from_lm(tiny_lm), warm=False))
     with _serve(recorder) as url:
-        remote = _generate(make_settings(sqlite_url, generate_url=url), range(2))
+        remote = _generate(make_settings(sqlite_url, generate_url=url, generate_model=tiny_lm.model_id), range(2))
     local = _generate(make_settings(sqlite_url, generate_vectors=False), range(2))
     assert [[r["text"] for r in a["responses"]] for a in remote] == [[r["text"] for r in a["responses"]] for a in local]
     for a, b in zip(remote, local, strict=True):
@@ -140,6 +140,7 @@ def test_a_separate_completions_server_is_sent_plain_text(
     assert recorder.bodies and all("return_embeddings" not in b for b in recorder.bodies)
     templated = chat_text(tiny_lm.tokenizer, PROMPT)
     assert templated != PROMPT and all(b["prompt"] == templated for b in recorder.bodies)
+    assert all(b["model"] == tiny_lm.model_id for b in recorder.bodies)  # GPO_GENERATE_MODEL
 
 
 def test_the_api_reads_the_tokenizer_alone(tiny_lm_path: Path, tmp_path: Path, tiny_lm: BaseLM) -> None:
