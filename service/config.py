@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,16 @@ class Settings(BaseSettings):
         description="OpenAI-compatible embeddings server (POST /v1/embeddings) for item vectors; unset: "
         "GPO_WORKER_URL, or in process",
     )
+    embed_api: Literal["gpo", "openai"] = Field(
+        "gpo",
+        description="what GPO_EMBED_URL speaks: 'gpo' (a `gpo worker`, which names its weights, pooling and "
+        "template in /v1/models) or 'openai' (any OpenAI-compatible embeddings server, e.g. Infinity, TEI or vLLM: "
+        "it cannot say what it serves, so the embedder key is declared by GPO_EMBEDDER, GPO_EMBEDDER_REVISION and "
+        "GPO_POOLING, and `gpo embed` / `gpo train` embed through the same server)",
+    )
+    embed_model: str | None = Field(
+        None, description="`model` sent to an 'openai' embeddings server (GPO_EMBED_API); unset: GPO_EMBEDDER"
+    )
     generate_url: str | None = Field(
         None,
         description="OpenAI-compatible completions server (POST /v1/completions: n, seed, temperature, max_tokens) "
@@ -73,6 +84,11 @@ class Settings(BaseSettings):
         None,
         description="`model` sent to GPO_GENERATE_URL's /v1/completions (OpenAI-style servers that require it, such as "
         "a vLLM serving several models); unset: not sent",
+    )
+    generate_tokenizer: str | None = Field(
+        None,
+        description="the LLM whose chat template the API applies to /generate prompts (a path or id available "
+        "offline, as GPO_EMBEDDER); unset: GPO_EMBEDDER, the LLM that also embeds",
     )
     generate_vectors: bool | None = Field(
         None,
@@ -159,6 +175,24 @@ class Settings(BaseSettings):
         if self.generate_vectors is not None:
             return self.generate_vectors
         return self.generate_url is None or self.generate_url == self.embeddings_url
+
+    @property
+    def embeddings_model(self) -> str:
+        """The `model` name sent to an 'openai' embeddings server."""
+        return self.embed_model or self.embedder
+
+    @model_validator(mode="after")
+    def _declared_embedder(self) -> Settings:
+        if self.embed_api == "openai":
+            if not self.embed_url:
+                raise ValueError("GPO_EMBED_API=openai needs GPO_EMBED_URL: the embeddings server to use")
+            if not self.embedder_revision:
+                raise ValueError(
+                    "GPO_EMBED_API=openai needs GPO_EMBEDDER_REVISION: an OpenAI-compatible server does not say which "
+                    "weights it serves, so the revision you declare names the vectors (cache keys, the checkpoint's "
+                    "embedder check)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _auth_off_only_embedded(self) -> Settings:

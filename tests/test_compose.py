@@ -232,8 +232,23 @@ _SUBCOMMANDS = {
 }
 
 
+def _merged_services(args: list[str], compose: dict) -> dict:
+    """The services of the files a command names with -f / --file (each file's services merged over the previous
+    ones, key by key), or of docker-compose.yml when it names none."""
+    files = [args[i + 1] for i in range(len(args) - 1) if args[i] in {"-f", "--file"}]
+    if not files:
+        return compose["services"]
+    merged: dict = {}
+    for name in files:
+        path = ROOT / name
+        assert path.exists(), f"docker compose -f {name}: no such file"
+        for service, spec in (yaml.load(path.read_text(), Loader=_ComposeLoader)["services"] or {}).items():  # noqa: S506
+            merged[service] = {**merged.get(service, {}), **(spec or {})}
+    return merged
+
+
 def _check_compose_command(args: list[str], compose: dict) -> None:
-    services, where = compose["services"], "docker compose " + shlex.join(args)
+    services, where = _merged_services(args, compose), "docker compose " + shlex.join(args)
     known_profiles = {p for s in services.values() for p in s.get("profiles", [])}
     profiles, i = set(), 0
     while i < len(args) and args[i].startswith("-"):
@@ -552,3 +567,64 @@ def test_docker_compose_config_validates() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- the vLLM override (docker/compose.vllm.yml) ------------------------------------------------------------
+
+VLLM_FILE = ROOT / "docker" / "compose.vllm.yml"
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags (!override, !reset): read as the plain value they carry."""
+
+
+_ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_mapping(node, deep=True))
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+@pytest.fixture(scope="module")
+def vllm_override() -> dict:
+    return yaml.load(VLLM_FILE.read_text(), Loader=_ComposeLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def test_vllm_override_replaces_the_worker_by_two_vllm_servers(compose: dict, vllm_override: dict) -> None:
+    services = vllm_override["services"]
+    assert services["worker"]["profiles"] == ["gpo-worker"], "the own worker no longer starts"
+    assert {n for n, s in services.items() if s.get("profiles") == ["vllm"]} == {"vllm-embed", "vllm-generate"}
+    assert set(services["api"]["depends_on"]) == {"migrate", "postgres", "redis", "vllm-embed", "vllm-generate"}
+    assert set(services) - {"vllm-embed", "vllm-generate"} <= set(compose["services"]), "overrides name real services"
+    embed = _argv(services["vllm-embed"]["command"])
+    pooler = json.loads(embed[embed.index("--pooler-config") + 1])
+    assert pooler == {"pooling_type": "MEAN", "normalize": False}, "mean pooling, unnormalised, as our worker pools"
+    assert embed[embed.index("--runner") + 1] == "pooling" and embed[embed.index("--convert") + 1] == "embed"
+    generate = _argv(services["vllm-generate"]["command"])
+    assert "--runner" not in generate, "the generation server samples"
+    for argv in (embed, generate):  # both serve the weights the embedder key declares
+        assert argv[argv.index("--model") + 1] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert argv[argv.index("--revision") + 1] == "${SMOLLM2_REVISION:-main}"
+
+
+@pytest.mark.parametrize("name", ["api", "trainer"])
+def test_vllm_override_settings_parse_and_point_at_the_servers(
+    compose: dict, vllm_override: dict, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {**_environment(compose["services"][name]), **_environment(vllm_override["services"][name])}
+    env = {k: _interpolate(v) for k, v in env.items() if k.startswith("GPO_")}
+    unknown = [k for k in env if k.removeprefix("GPO_").lower() not in Settings.model_fields]
+    assert not unknown, f"{name}: {unknown} are not fields of service.config.Settings"
+    for key in [k for k in os.environ if k.startswith("GPO_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.embed_api == "openai" and settings.embeddings_url == "http://vllm-embed:8000"
+    assert settings.embedder_revision == "main" and settings.pooling == "mean"
+    if name == "api":
+        assert settings.completions_url == "http://vllm-generate:8000"
+        assert settings.sampling_returns_vectors is False, "vLLM returns no hidden states: /generate embeds samples"
+
+
+def test_readme_gives_the_vllm_commands() -> None:
+    readme = README.read_text()
+    assert "docker compose -f docker-compose.yml -f docker/compose.vllm.yml --profile vllm up -d" in readme
+    assert "--pooler-config" in readme

@@ -19,7 +19,7 @@ from starlette.routing import Match
 from service.auth import Unauthorized
 from service.batching import QueueFull
 from service.db.repository import GroupKindMismatch, GroupNotFound, ItemNotFound, VersionConflict
-from service.embedder.client import WorkerRequestError, WorkerUnavailable
+from service.embedder.client import GenerationNotConfigured, WorkerRequestError, WorkerUnavailable
 from service.limits import RequestLimitError
 from service.schemas import ErrorResponse
 from service.serving.contexts import EmptyContext
@@ -167,6 +167,11 @@ async def _worker_refused(request: Request, exc: Exception) -> JSONResponse:
     return _answer(400, msg)
 
 
+async def _generation_not_configured(request: Request, exc: Exception) -> JSONResponse:
+    # A configuration gap: retrying does not help, so no Retry-After.
+    return _answer(503, str(exc))
+
+
 async def _embedder_mismatch(request: Request, exc: Exception) -> JSONResponse:
     # The worker changed under a running API: nothing heals until an operator acts, so no Retry-After.
     log.error("%s", exc)
@@ -223,6 +228,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(KindNotServed, _kind_not_served)
     app.add_exception_handler(EmptyContext, _empty_context)
     app.add_exception_handler(RequestLimitError, _limit)
+    app.add_exception_handler(GenerationNotConfigured, _generation_not_configured)
     app.add_exception_handler(WorkerUnavailable, _worker_unavailable)
     app.add_exception_handler(WorkerRequestError, _worker_refused)
     app.add_exception_handler(EmbedderMismatch, _embedder_mismatch)

@@ -44,6 +44,11 @@ class WorkerModelChanged(WorkerUnavailable):
     """The worker now serves other weights than the ones `info()` reported: vectors would get stale keys."""
 
 
+class GenerationNotConfigured(WorkerError):
+    """No completions server is configured (an OpenAI-compatible embeddings server cannot sample): /generate needs
+    GPO_GENERATE_URL. Nothing heals it but the operator."""
+
+
 class WorkerRequestError(WorkerError):
     """The worker refused the request (4xx); `detail` is its reason (FastAPI's `detail`)."""
 
@@ -109,11 +114,13 @@ def _validated(model: type[EmbeddingsRequest] | type[CompletionsRequest], **fiel
 
 
 class WorkerClient:
-    """Async HTTP client of the embedding worker (`gpo worker`, or any server with the same wire API).
+    """Async HTTP client of the embedding worker (`gpo worker`, or any server with the same wire API), or of any
+    OpenAI-compatible embeddings server when `declared` says what it serves (GPO_EMBED_API=openai).
 
     Embeddings travel as base64 float32 and large inputs are sent in chunks of `chunk_size` texts.
     Connection errors, timeouts and 5xx raise `WorkerUnavailable`; 4xx raise `WorkerRequestError`.
-    After `info()`, each embeddings answer is checked against the model and revision it reported.
+    After `info()`, each embeddings answer is checked against the model and revision it reported (a declared
+    server: against the model name it is sent).
     """
 
     def __init__(
@@ -124,6 +131,8 @@ class WorkerClient:
         chunk_size: int = DEFAULT_CHUNK,
         transport: httpx.AsyncBaseTransport | None = None,
         completions_model: str | None = None,
+        declared: WorkerInfo | None = None,
+        embed_model: str | None = None,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -134,12 +143,25 @@ class WorkerClient:
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
         self._info: WorkerInfo | None = None
         self.completions_model = completions_model  # sent as `model` to /v1/completions (servers that require it)
+        # An OpenAI-compatible embeddings server: what it serves is declared (settings), `embed_model` is the `model`
+        # sent with each request; its vector size is read from one probe embedding.
+        if declared is not None and not embed_model:
+            raise ValueError("a declared embeddings server needs the model name to send (embed_model)")
+        self.declared = declared
+        self.embed_model = embed_model
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WorkerClient:
         """A client of the embeddings server (GPO_EMBED_URL, else GPO_WORKER_URL)."""
         url = settings.embeddings_url
         assert url, "WorkerClient needs GPO_EMBED_URL or GPO_WORKER_URL"
+        if settings.embed_api == "openai":
+            declared = WorkerInfo(
+                settings.embedder, settings.embedder_revision or "", None, None, settings.pooling, loaded=True
+            )
+            return cls(
+                url, timeout_s=settings.worker_timeout_s, declared=declared, embed_model=settings.embeddings_model
+            )
         return cls(url, timeout_s=settings.worker_timeout_s)
 
     async def _request(self, method: str, path: str, json: dict[str, Any] | None = None) -> Any:
@@ -159,8 +181,11 @@ class WorkerClient:
             raise WorkerUnavailable(f"worker at {self.base_url} answered {path} with invalid JSON") from exc
 
     async def info(self) -> WorkerInfo:
-        """The worker's model (GET /v1/models); later embeddings are checked against it."""
+        """The worker's model (GET /v1/models); later embeddings are checked against it. A declared server: the
+        declared key, once /v1/models lists the model sent and one probe text gave the vector size."""
         body = await self._request("GET", "/v1/models")
+        if self.declared is not None:
+            return await self._declared_info(body)
         try:
             card = ModelCard.model_validate(body["data"][0])
         except (KeyError, IndexError, TypeError, ValidationError) as exc:
@@ -171,13 +196,40 @@ class WorkerClient:
         self._info = WorkerInfo.from_card(card)
         return self._info
 
-    async def ready(self) -> bool:
-        """Whether the worker answers and has its model loaded; never raises."""
+    async def _declared_info(self, models: Any) -> WorkerInfo:
+        assert self.declared is not None
         try:
-            response = await self._http.get("/readyz")
-        except httpx.HTTPError:
+            served = [str(m["id"]) for m in models["data"]]
+        except (KeyError, TypeError) as exc:
+            raise WorkerUnavailable(f"embeddings server at {self.base_url} sent a malformed /v1/models") from exc
+        if self.embed_model not in served:
+            raise WorkerUnavailable(
+                f"embeddings server at {self.base_url} serves {served}, not {self.embed_model!r} (GPO_EMBED_MODEL)"
+            )
+        if self._info is None:
+            body = await self._request("POST", "/v1/embeddings", self._embeddings_body(["dimension probe"]))
+            dim = int(self._parse_embeddings(body, 1).shape[1])
+            self._info = WorkerInfo(
+                self.declared.model_id, self.declared.revision, None, dim, self.declared.pooling, loaded=True
+            )
+        return self._info
+
+    def _embeddings_body(self, texts: list[str]) -> dict[str, Any]:
+        body: dict[str, Any] = {"input": texts, "encoding_format": "base64"}
+        if self.embed_model is not None:
+            body["model"] = self.embed_model
+        return body
+
+    async def ready(self) -> bool:
+        """Whether the worker answers and has its model loaded (a declared server: lists its models); never
+        raises."""
+        try:
+            response = await self._http.get("/readyz" if self.declared is None else "/v1/models")
+            if self.declared is None or response.status_code != 200:
+                return response.status_code == 200
+            return self.embed_model in {str(m.get("id")) for m in response.json()["data"]}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return False
-        return response.status_code == 200
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """[N, D] float32 pooled vectors of raw `texts`, in order."""
@@ -188,7 +240,7 @@ class WorkerClient:
         parts: list[np.ndarray] = []
         for start in range(0, len(texts), self.chunk_size):
             chunk = texts[start : start + self.chunk_size]
-            body = await self._request("POST", "/v1/embeddings", {"input": chunk, "encoding_format": "base64"})
+            body = await self._request("POST", "/v1/embeddings", self._embeddings_body(chunk))
             parts.append(self._parse_embeddings(body, len(chunk)))
         return np.concatenate(parts, axis=0)
 
@@ -201,6 +253,17 @@ class WorkerClient:
             raise WorkerUnavailable(f"worker at {self.base_url} sent a malformed embeddings answer") from exc
         if vectors.shape[0] != n:
             raise WorkerUnavailable(f"worker at {self.base_url} sent {vectors.shape[0]} vectors for {n} texts")
+        if self.declared is not None:
+            if model != self.embed_model:
+                raise WorkerModelChanged(
+                    f"embeddings server at {self.base_url} answered with {model!r}, not {self.embed_model!r}"
+                )
+            if self._info is not None and self._info.dim is not None and vectors.shape[1] != self._info.dim:
+                raise WorkerModelChanged(
+                    f"embeddings server at {self.base_url} now sends {vectors.shape[1]}-dim vectors, not "
+                    f"{self._info.dim}: it serves other weights than declared"
+                )
+            return vectors
         if self._info is not None and (model, revision) != (self._info.model_id, self._info.revision):
             raise WorkerModelChanged(
                 f"worker at {self.base_url} now serves {model}@{revision}, not {self._info.model_id}@"
@@ -329,10 +392,32 @@ def build_worker(settings: Settings) -> WorkerClient | LocalWorker:
     return LocalWorker.from_settings(settings)
 
 
-def build_generator(settings: Settings, worker: WorkerClient | LocalWorker) -> WorkerClient | LocalWorker:
+class NoGenerator:
+    """The generator when none is configured: every sampling call raises GenerationNotConfigured."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def complete(self, params: SamplingParams) -> list[str]:
+        raise GenerationNotConfigured(self.reason)
+
+    async def complete_with_vectors(self, params: SamplingParams) -> tuple[list[str], np.ndarray]:
+        raise GenerationNotConfigured(self.reason)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def build_generator(settings: Settings, worker: WorkerClient | LocalWorker) -> WorkerClient | LocalWorker | NoGenerator:
     """Where /generate samples: `worker` itself when GPO_GENERATE_URL is unset or names the same server, else an HTTP
-    client of that OpenAI-compatible completions server (only its /v1/completions is used)."""
+    client of that OpenAI-compatible completions server (only its /v1/completions is used). An OpenAI-compatible
+    embeddings server (GPO_EMBED_API=openai) does not sample: without another completions server, none."""
     url = settings.completions_url
+    if settings.embed_api == "openai" and (url is None or url == settings.embeddings_url):
+        return NoGenerator(
+            "/generate needs a completions server: GPO_EMBED_URL is an embeddings-only server (GPO_EMBED_API=openai); "
+            "set GPO_GENERATE_URL (and GPO_GENERATE_TOKENIZER when its LLM is not GPO_EMBEDDER)"
+        )
     if url is None or url == settings.embeddings_url:
         return worker
     log.info("completions: %s (vectors of the samples: %s)", url, settings.sampling_returns_vectors)

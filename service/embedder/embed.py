@@ -253,7 +253,12 @@ def build_embedder(
     template_version: str = TEMPLATE_VERSION,
     use_cache: bool = True,
 ) -> Embedder:
-    """An Embedder for `settings` that loads the base LLM only on its first cache miss."""
+    """An Embedder for `settings` that loads the base LLM only on its first cache miss; with GPO_EMBED_API=openai, one
+    that embeds through GPO_EMBED_URL under the declared key (service.embedder.remote)."""
+    if settings.embed_api == "openai":
+        from service.embedder.remote import build_remote_embedder
+
+        return build_remote_embedder(settings, template_version=template_version, use_cache=use_cache)
     identity = identify_base_lm(settings.embedder, revision=settings.embedder_revision, cache_dir=settings.cache_dir)
 
     def load() -> BaseLM:

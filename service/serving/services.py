@@ -16,7 +16,13 @@ import numpy as np
 from service.auth import KeyResolver
 from service.batching import MicroBatcher
 from service.db.session import session_scope
-from service.embedder.client import LocalWorker, WorkerModelChanged, WorkerUnavailable
+from service.embedder.client import (
+    GenerationNotConfigured,
+    LocalWorker,
+    NoGenerator,
+    WorkerModelChanged,
+    WorkerUnavailable,
+)
 from service.embedder.engine import EngineUnavailable
 from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION, chat_text
 from service.embedder.loading import load_tokenizer
@@ -64,7 +70,7 @@ class Services:
         models: Mapping[str, Predictor],
         metrics: Metrics,
         *,
-        generator: Worker | None = None,
+        generator: Worker | NoGenerator | None = None,
     ) -> None:
         assert "choice" in models, "a deployment always serves multiple-choice groups"
         self.settings = settings
@@ -158,6 +164,8 @@ class Services:
     async def chat_prompt(self, prompt: str) -> str:
         """The plain text the completions server is sent for a user prompt: the base LLM's chat template applied here,
         on the API side, so that any OpenAI-compatible engine samples exactly what our worker would."""
+        if isinstance(self.generator, NoGenerator):
+            raise GenerationNotConfigured(self.generator.reason)
         if self._tokenizer is None:
             self._tokenizer = await in_thread(self._load_tokenizer)
         return chat_text(self._tokenizer, prompt)
@@ -169,6 +177,8 @@ class Services:
             except EngineUnavailable as exc:
                 raise WorkerUnavailable(str(exc)) from exc
         s = self.settings
+        if s.generate_tokenizer is not None:
+            return load_tokenizer(s.generate_tokenizer, cache_dir=s.cache_dir)
         return load_tokenizer(s.embedder, revision=s.embedder_revision, cache_dir=s.cache_dir)
 
     async def sample_vectors(self, prompt_text: str, responses: Sequence[str], max_new_tokens: int) -> np.ndarray:
