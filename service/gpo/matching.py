@@ -81,6 +81,36 @@ def option_text(option: str) -> str:
 
 
 @dataclass(frozen=True)
+class BlendRule:
+    """How much a new question's prior leans on its `k` nearest bank questions (same option count): weights
+    softmax(beta * similarity) over them, and a share lam * clip((s1 - floor) / span, 0, 1) of the result beside the
+    text estimate, s1 the nearest one's similarity. Chosen on training questions (service.training.matching)."""
+
+    k: int
+    beta: float
+    lam: float
+    floor: float = 0.5
+    span: float = 0.4
+
+    def share(self, top: float) -> float:
+        return float(self.lam * np.clip((top - self.floor) / self.span, 0.0, 1.0))
+
+    def weights(self, sims: np.ndarray) -> np.ndarray:
+        w = np.exp(self.beta * (np.asarray(sims, np.float64) - np.max(sims)))
+        return w / w.sum()
+
+
+def blend_targets(text: np.ndarray, lent: Sequence[np.ndarray], sims: np.ndarray, rule: BlendRule) -> np.ndarray:
+    """[n, m] the blended estimate of one question's prior columns: (1 - share) * `text` [n, m] + share * the
+    weighted mean of the neighbours' `lent` [n, m] each, nearest first with similarities `sims`."""
+    if not len(lent):
+        return np.asarray(text, np.float64)
+    share = rule.share(float(sims[0]))
+    near = np.tensordot(rule.weights(sims), np.stack(lent).astype(np.float64), axes=1)
+    return (1.0 - share) * np.asarray(text, np.float64) + share * near
+
+
+@dataclass(frozen=True)
 class QuestionMatcher:
     """The bank's question vectors, each question's first prior row and option count, the threshold, and optionally
     the vectors of every bank option (question by question in bank order, options in prior-row order)."""
@@ -90,6 +120,9 @@ class QuestionMatcher:
     n_options: np.ndarray  # [Qb] int
     threshold: float
     option_vectors: np.ndarray | None = None  # [sum(n_options), d] unit vectors of option_text, or None
+    # Soft borrowing below the threshold (BlendRule): a question no bank question matches takes a similarity-weighted
+    # share of its nearest bank questions' priors beside its text estimate; None: the text estimate alone.
+    blend: BlendRule | None = None
 
     def __post_init__(self) -> None:
         if self.option_vectors is not None:
@@ -114,6 +147,29 @@ class QuestionMatcher:
         starts = np.full(len(index), -1, dtype=np.int64)
         starts[index >= 0] = self.starts[index[index >= 0]]
         return starts, top
+
+    def neighbours(self, vector: np.ndarray, n_options: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The bank indices of the `k` bank questions with `n_options` options nearest `vector` (nearest first) and
+        their similarities."""
+        same = np.flatnonzero(self.n_options == n_options)
+        if len(same) == 0 or k < 1:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        sims = self.vectors[same] @ np.asarray(vector, np.float32).reshape(-1)
+        order = np.argsort(-sims, kind="stable")[:k]
+        return same[order].astype(np.int64), sims[order].astype(np.float64)
+
+    def blended_features(
+        self, prior: PopulationPrior, text: np.ndarray, vector: np.ndarray, option_vectors: np.ndarray | None
+    ) -> np.ndarray:
+        """[n, 2 + k] a new question's prior features: its text features `text` [n, 2 + k] (flag, mean, loadings)
+        blended with its nearest bank questions' (BlendRule; flag kept TEXT_FLAG). Without a rule: `text`."""
+        if self.blend is None:
+            return text
+        index, sims = self.neighbours(vector, len(text), self.blend.k)
+        lent = [prior.features(self.rows(int(j), option_vectors))[:, 1:] for j in index]
+        out = np.array(text, dtype=np.float32, copy=True)
+        out[:, 1:] = blend_targets(text[:, 1:], lent, sims, self.blend)
+        return out
 
     def rows(self, index: int, option_vectors: np.ndarray | None) -> np.ndarray:
         """The prior rows bank question `index` lends to a question whose options have unit vectors
@@ -142,6 +198,9 @@ class QuestionMatcher:
         }
         if self.option_vectors is not None:
             out["match_option_vectors"] = np.ascontiguousarray(self.option_vectors, dtype=np.float32)
+        if self.blend is not None:
+            b = self.blend
+            out["match_blend"] = np.array([b.k, b.beta, b.lam, b.floor, b.span], dtype=np.float64)
         return out
 
     @classmethod
@@ -150,10 +209,15 @@ class QuestionMatcher:
         if not {"match_vectors", "match_starts", "match_n_options", "match_threshold"} <= set(extra):
             return None
         options = extra.get("match_option_vectors")
+        blend = None
+        if "match_blend" in extra:
+            k, beta, lam, floor, span = (float(v) for v in np.asarray(extra["match_blend"]).reshape(-1)[:5])
+            blend = BlendRule(int(k), beta, lam, floor, span)
         return cls(
             np.asarray(extra["match_vectors"], np.float32),
             np.asarray(extra["match_starts"], np.int64),
             np.asarray(extra["match_n_options"], np.int64),
             float(np.asarray(extra["match_threshold"]).reshape(-1)[0]),
             None if options is None else np.asarray(options, np.float32),
+            blend,
         )

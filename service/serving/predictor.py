@@ -85,6 +85,11 @@ class Predictor:
         # Choice models: a question outside the bank borrows its nearest known question's prior when the checkpoint
         # stores a matcher and a question encoder is attached (`use_question_encoder`); otherwise exact matches only.
         self.matcher = QuestionMatcher.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
+        if self.matcher is not None and self.matcher.blend is not None:
+            # soft borrowing is measured offline only (benchmarks/experiments/text_prior.py --variants blend)
+            raise CheckpointError(
+                f"{ckpt.version}: its matcher borrows softly (BlendRule), which serving does not implement yet"
+            )
         self.question_encoder: Callable[[str], np.ndarray] | None = None
         self._match_rows = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._matched_rows)
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))

@@ -87,10 +87,15 @@ def gpo_predictions(result: TrainResult, table: ItemTable, dataset: PreferenceDa
         new_q = np.unique(table.item_q[~known])
         index, _ = result.matcher.nearest_many(table.qvec[new_q], table.q_len[new_q])
         for q, j in zip(new_q, index, strict=True):
+            rows = table.rows([q])
+            options = None if table.ovec is None else table.ovec[rows]
             if j >= 0:
-                rows = table.rows([q])
-                lent = result.matcher.rows(int(j), None if table.ovec is None else table.ovec[rows])
+                lent = result.matcher.rows(int(j), options)
                 x[torch.from_numpy(rows), spec.prior_slice] = torch.from_numpy(borrowed_features(result.prior, lent))
+            elif result.matcher.blend is not None and result.text_prior is not None:
+                text = x[torch.from_numpy(rows), spec.prior_slice].numpy()
+                blended = result.matcher.blended_features(result.prior, text, table.qvec[q], options)
+                x[torch.from_numpy(rows), spec.prior_slice] = torch.from_numpy(blended)
     episodes, targets = [], []
     for g in split.test_groups:
         ctx, tgt = table.qindex(split.context_of(g)), table.qindex(split.targets_of(g))

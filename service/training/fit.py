@@ -58,6 +58,9 @@ class TrainConfig:
     # Items without an own prior (new, hidden, validation questions) show prior features read from their options'
     # text (out of fold in training; service.training.text_prior). Choice items, with the embedding and prior only.
     text_prior: bool = True
+    # soft borrowing (service.gpo.matching.BlendRule): a new question the matcher does not match leans on its nearest
+    # known questions' priors beside its text estimate, by a rule chosen on training questions
+    neighbour_blend: bool = False
     # Weight of new questions (targets without prior features) in the validation score that picks the
     # checkpoint; the rest is known questions. Serving meets both: OpinionQA questions and users' own.
     val_new_question_weight: float = 0.5
@@ -308,7 +311,7 @@ def train_gpo(
         texts = fit_text_priors(table, priors, source, known_q, cfg.seed)
     matcher = None
     if texts is not None and table.qvec is not None and texts.oof_full is not None:
-        matcher = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full)
+        matcher = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend=cfg.neighbour_blend)
     ys = {g: np.nan_to_num(table.group_y(dataset, g)) for g in source}
     feats = GroupFeatures(spec, table, loo, ys, known, texts.oof if texts is not None else None)
     text_blocks = feats.text if texts is not None else None

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.gpo.matching import QuestionMatcher, match_text, option_text
+from service.gpo.matching import BlendRule, QuestionMatcher, blend_targets, match_text, option_text
 from service.gpo.prior import PopulationPrior
 from service.training.items import ItemTable
 from service.training.text_prior import prior_targets
@@ -63,8 +63,34 @@ def choose_threshold(sim: np.ndarray, err_match: np.ndarray, err_text: np.ndarra
     return float(s[ends[int(np.argmax(total[ends]))]])
 
 
+BLEND_GRID = {"k": (1, 3, 5, 10), "beta": (10.0, 20.0, 40.0), "lam": (0.0, 0.3, 0.5, 0.7, 1.0)}
+
+
+def choose_blend(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> BlendRule | None:
+    """The BlendRule of BLEND_GRID with the least total squared error over `cases` (own targets [n, m], text
+    estimate [n, m], nearest neighbours' similarities [K], their targets paired with the question's options
+    [K, n, m]); None when no blending (lam 0) does best."""
+    best, best_err = None, np.inf
+    for k in BLEND_GRID["k"]:
+        for beta in BLEND_GRID["beta"]:
+            for lam in BLEND_GRID["lam"]:
+                rule = BlendRule(k, beta, lam)
+                err = sum(
+                    float(((blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2).sum())
+                    for own, text, sims, lent in cases
+                )
+                if err < best_err - 1e-12:
+                    best, best_err = rule, err
+    return None if best is None or best.lam == 0.0 else best
+
+
 def fit_matcher(
-    table: ItemTable, qvec: np.ndarray, prior: PopulationPrior, known: np.ndarray, oof_full: np.ndarray
+    table: ItemTable,
+    qvec: np.ndarray,
+    prior: PopulationPrior,
+    known: np.ndarray,
+    oof_full: np.ndarray,
+    blend: bool = False,
 ) -> QuestionMatcher:
     """The matcher over the table's questions whose items all have a prior (`known` [I]), with its threshold chosen
     as the module says (on `table.qval`'s rewordings too) and the table's option vectors (`table.ovec`) when it has
@@ -105,6 +131,29 @@ def fit_matcher(
                 cases.append((s, err_borrow(int(j), q, option_vectors[end - table.q_len[q] : end]), t))
     sims, e_match, e_text = np.array(cases, dtype=np.float64).reshape(-1, 3).T
     threshold = choose_threshold(sims, e_match, e_text)
+    rule = None
+    if blend:  # soft borrowing for what the threshold leaves new: chosen on training questions below it
+        k_max = max(BLEND_GRID["k"])
+        blend_cases = []
+        for j, q in enumerate(qs):
+            rows = table.rows([q])
+            text = oof_full[rows]
+            if not np.isfinite(text).all():
+                continue
+            others = np.flatnonzero((bank.n_options == bank.n_options[j]) & (np.arange(len(qs)) != j))
+            if len(others) == 0:
+                continue
+            near = bank.vectors[others] @ bank.vectors[j]
+            order = np.argsort(-near, kind="stable")[:k_max]
+            if near[order[0]] >= threshold:
+                continue  # a match: borrowed outright
+            lent = np.stack([prior_targets(table, prior, bank.rows(int(others[o]), own_options(q))) for o in order])
+            blend_cases.append((prior_targets(table, prior, rows), text, near[order].astype(np.float64), lent))
+        rule = choose_blend(blend_cases)
+        log.info(
+            "matcher: soft borrowing %s, chosen on %d training questions below the threshold", rule, len(blend_cases)
+        )
+    return replace(bank, threshold=threshold, blend=rule)
     log.info(
         "matcher: threshold %.3f chosen on %d training questions (%d would borrow a prior) and %d validation "
         "rewordings (%d would)",
@@ -114,7 +163,6 @@ def fit_matcher(
         len(sims) - n_siblings,
         int((sims[n_siblings:] >= threshold).sum()),
     )
-    return replace(bank, threshold=threshold)
 
 
 def validation_rewordings(table: ItemTable, path: Path = VALIDATION_REWORDINGS) -> list[tuple[int, str, list[str]]]:

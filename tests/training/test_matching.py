@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from service.gpo.features import FeatureSpec
+from service.gpo.matching import BlendRule, QuestionMatcher, blend_targets
 from service.training.datasets import PreferenceDataset
 from service.training.evaluate import score_reworded
 from service.training.fit import TrainConfig, train_gpo
 from service.training.items import build_item_table
-from service.training.matching import choose_threshold, nearest_other, validation_rewordings, with_question_vectors
+from service.training.matching import (
+    choose_blend,
+    choose_threshold,
+    nearest_other,
+    validation_rewordings,
+    with_question_vectors,
+)
 from service.training.reworded import SUFFIX, Rewordings
 from service.training.splits import make_split, scorable_question_ids, validation_groups
 
@@ -55,10 +62,12 @@ def with_twins(ds: PreferenceDataset, table, seed: int = 0):
     return replace(table, qvec=unit_rows(q))
 
 
-def train(ds, table, split, seed=0):
+def train(ds, table, split, seed=0, blend=False):
     fit, val = validation_groups(split.train_groups, seed)
     spec = FeatureSpec(emb_dim=table.emb.shape[1], prior_rank=2)
-    cfg = TrainConfig(max_steps=0, batch_size=4, eval_every=3, progress=False, time_budget_s=None, val_draws=1)
+    cfg = TrainConfig(
+        max_steps=0, batch_size=4, eval_every=3, progress=False, time_budget_s=None, val_draws=1, neighbour_blend=blend
+    )
     return train_gpo(table, ds, fit, val, table.qindex(split_known(ds, split)), spec, cfg, TINY)
 
 
@@ -172,3 +181,56 @@ def test_validation_rewordings_are_read_by_qid_and_option_count(tmp_path):
     assert t.qvec.shape == (len(ds.questions), 8) and t.qval[0].tolist() == [1] and t.qval[1].shape == (1, 8)
     assert t.qval[2].shape == (q.n_options, 8) and t.ovec.shape == (table.n_items, 8)
     assert with_question_vectors(table, Encoder(), None).qval is None
+
+
+def test_blend_leans_on_near_neighbours_only():
+    rule = BlendRule(k=2, beta=10.0, lam=0.8)
+    assert rule.share(0.5) == 0.0 and rule.share(0.9) == pytest.approx(0.8) and rule.share(0.7) == pytest.approx(0.4)
+    w = rule.weights(np.array([0.9, 0.8]))
+    assert w.sum() == pytest.approx(1.0) and w[0] / w[1] == pytest.approx(np.exp(1.0))
+    text, a, b = np.zeros((3, 2)), np.ones((3, 2)), -np.ones((3, 2))
+    out = blend_targets(text, [a, b], np.array([0.7, 0.7]), rule)  # equal weights cancel; share 0.4
+    np.testing.assert_allclose(out, 0.0, atol=1e-12)
+    np.testing.assert_allclose(blend_targets(text, [a], np.array([0.9]), rule), 0.8)
+    np.testing.assert_allclose(blend_targets(text, [], np.zeros(0), rule), text)
+
+
+def test_choose_blend_borrows_only_when_neighbours_carry_the_answer():
+    rng = np.random.default_rng(0)
+    informative, opposite = [], []
+    for _ in range(40):
+        own = rng.normal(size=(3, 2))
+        text = own + 0.3 * rng.normal(size=(3, 2))  # a fair text estimate
+        sims = np.sort(rng.uniform(0.85, 0.95, size=10))[::-1]
+        informative.append((own, text, sims, own[None] + 0.1 * rng.normal(size=(10, 3, 2))))
+        opposite.append((own, text, sims, -own[None] + 0.1 * rng.normal(size=(10, 3, 2))))  # they answer the opposite
+    chosen = choose_blend(informative)
+    assert chosen is not None and chosen.lam >= 0.7
+    assert choose_blend(opposite) is None
+
+
+def test_the_blend_rule_is_kept_in_a_checkpoint():
+    m = QuestionMatcher(
+        unit_rows(np.eye(2)), np.array([0, 2]), np.array([2, 2]), 0.9, None, BlendRule(5, 20.0, 0.5, 0.4, 0.5)
+    )
+    again = QuestionMatcher.from_checkpoint(m.to_checkpoint())
+    assert again is not None and again.blend == m.blend
+    assert QuestionMatcher.from_checkpoint(replace(m, blend=None).to_checkpoint()).blend is None
+
+
+def test_the_blend_rule_is_chosen_without_any_held_out_answer():
+    torch.set_num_threads(1)
+    ds, table = text_dataset(n_groups=14, n_questions=50)
+    table = with_twins(ds, table)
+    split = make_split(ds.groups, scorable_question_ids(ds), 0.6, 0, 10)
+    first = train(ds, table, split, blend=True).matcher
+    rng = np.random.default_rng(3)
+    held = [q for q in scorable_question_ids(ds) if q not in set(split_known(ds, split))]
+    dists = {g: dict(d) for g, d in ds.dists.items()}
+    for g in ds.groups:
+        for q in dists[g]:
+            if g in split.test_groups or q in held:
+                dists[g][q] = rng.dirichlet(np.ones(len(dists[g][q])))
+    again = train(PreferenceDataset(questions=ds.questions, groups=ds.groups, dists=dists), table, split, blend=True)
+    assert first is not None and again.matcher is not None
+    assert again.matcher.blend == first.blend and again.matcher.threshold == first.threshold
