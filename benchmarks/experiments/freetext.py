@@ -4,6 +4,7 @@ group's most chosen answer differs from the population's: is the top pick the gr
 another? (service.training.freetext)
 
     .venv/bin/python benchmarks/experiments/freetext.py [--seeds 0,1,2] [--max-steps 0] [--json FILE]
+        [--matcher] [--blend off|below|all]
 
 Three ways of showing a held-out question to the same model, with the same contexts:
   survey_options:   the survey's own options in the multiple-choice template (what /predict sees for a new question)
@@ -22,12 +23,14 @@ import numpy as np
 import torch
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
+from service.embedder.sentence import SentenceEncoder
 from service.gpo.features import FeatureSpec
 from service.training.evaluate import gpo_predictions, padded_result
 from service.training.fit import TrainConfig, train_gpo
 from service.training.freetext import SHIPPED_FIRST_PERSON, generate_vectors, load_first_person, pick_summary, top_picks
 from service.training.held_out import new_question_split
 from service.training.items import build_item_table
+from service.training.matching import with_question_vectors
 from service.training.reworded import Rewordings
 from service.training.splits import Split, answered_sets, make_split, scorable_question_ids, validation_groups
 
@@ -47,6 +50,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=600.0)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--matcher", action="store_true", help="match new questions to known ones, as served")
+    parser.add_argument(
+        "--blend", default="off", choices=["off", "below", "all"], help="soft borrowing (TrainConfig.neighbour_blend)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
@@ -61,6 +68,10 @@ def main() -> None:
             pairs, build_item_table([*table.questions, *questions], np.concatenate([table.emb, gen]))
         ),
     }
+    if args.matcher:  # every table carries question vectors: training fits a matcher, scoring uses it
+        encoder = SentenceEncoder()
+        table = with_question_vectors(table, encoder)
+        versions = {k: Rewordings(v.pairs, with_question_vectors(v.table, encoder)) for k, v in versions.items()}
     spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=True, use_prior=True, prior_rank=8)
     qids = scorable_question_ids(ds)
     rows, summaries = [], []
@@ -68,7 +79,13 @@ def main() -> None:
         base = make_split(ds.groups, qids, 0.6, seed, 20, answered_sets(ds))
         known, split = new_question_split(ds, base, 0.2, seed, 20)
         fit, val = validation_groups(split.train_groups, seed)
-        cfg = TrainConfig(max_steps=args.max_steps, time_budget_s=args.time_budget_s, progress=False, seed=seed)
+        cfg = TrainConfig(
+            max_steps=args.max_steps,
+            time_budget_s=args.time_budget_s,
+            progress=False,
+            seed=seed,
+            neighbour_blend=args.blend,
+        )
         result = train_gpo(table, ds, fit, val, table.qindex(known), spec, cfg)
         held = {orig: q.qid for orig, q in pairs if orig in set(split.target_qids)}
         test = [g for g in split.test_groups if any(q in held for q in split.targets_of(g))]

@@ -27,6 +27,9 @@ from service.training.splits import answered_sets, make_split, scorable_question
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--blend", default="off", choices=["off", "below", "all"], help="soft borrowing (TrainConfig.neighbour_blend)"
+    )
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=600.0)
     parser.add_argument(
@@ -48,7 +51,13 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         split = make_split(ds.groups, qids, 0.6, seed, 20, answered_sets(ds))
         fit, val = validation_groups(split.train_groups, seed)
-        cfg = TrainConfig(max_steps=args.max_steps, time_budget_s=args.time_budget_s, progress=False, seed=seed)
+        cfg = TrainConfig(
+            max_steps=args.max_steps,
+            time_budget_s=args.time_budget_s,
+            progress=False,
+            seed=seed,
+            neighbour_blend=args.blend,
+        )
         result = train_gpo(table, ds, fit, val, table.qindex(qids), spec, cfg)
         for r in score_reworded(ds, rewordings, split, result, qids):
             r.update(protocol="reworded", seed=seed)

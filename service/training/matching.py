@@ -20,6 +20,7 @@ rewordings of its questions gets the threshold of its sibling pairs alone.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import replace
@@ -63,7 +64,13 @@ def choose_threshold(sim: np.ndarray, err_match: np.ndarray, err_text: np.ndarra
     return float(s[ends[int(np.argmax(total[ends]))]])
 
 
-BLEND_GRID = {"k": (1, 3, 5, 10), "beta": (10.0, 20.0, 40.0), "lam": (0.0, 0.3, 0.5, 0.7, 1.0)}
+BLEND_GRID = {
+    "k": (1, 3, 5, 10),
+    "beta": (10.0, 20.0, 40.0, 80.0),
+    "lam": (0.0, 0.3, 0.5, 0.7, 1.0),
+    "floor": (0.3, 0.5, 0.7),
+    "span": (0.2, 0.4),
+}
 
 
 def choose_blend(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> BlendRule | None:
@@ -71,16 +78,19 @@ def choose_blend(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     estimate [n, m], nearest neighbours' similarities [K], their targets paired with the question's options
     [K, n, m]); None when no blending (lam 0) does best."""
     best, best_err = None, np.inf
-    for k in BLEND_GRID["k"]:
-        for beta in BLEND_GRID["beta"]:
-            for lam in BLEND_GRID["lam"]:
-                rule = BlendRule(k, beta, lam)
-                err = sum(
-                    float(((blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2).sum())
-                    for own, text, sims, lent in cases
-                )
-                if err < best_err - 1e-12:
-                    best, best_err = rule, err
+    grid = BLEND_GRID
+    for k, beta, lam, floor, span in itertools.product(
+        grid["k"], grid["beta"], grid["lam"], grid["floor"], grid["span"]
+    ):
+        if lam == 0.0 and (k, beta, floor, span) != (grid["k"][0], grid["beta"][0], grid["floor"][0], grid["span"][0]):
+            continue  # no blending is one rule, whatever its other parameters
+        rule = BlendRule(k, beta, lam, floor, span)
+        err = sum(
+            float(((blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2).sum())
+            for own, text, sims, lent in cases
+        )
+        if err < best_err - 1e-12:
+            best, best_err = rule, err
     return None if best is None or best.lam == 0.0 else best
 
 
@@ -90,7 +100,7 @@ def fit_matcher(
     prior: PopulationPrior,
     known: np.ndarray,
     oof_full: np.ndarray,
-    blend: bool = False,
+    blend: str = "off",
 ) -> QuestionMatcher:
     """The matcher over the table's questions whose items all have a prior (`known` [I]), with its threshold chosen
     as the module says (on `table.qval`'s rewordings too) and the table's option vectors (`table.ovec`) when it has
@@ -132,27 +142,41 @@ def fit_matcher(
     sims, e_match, e_text = np.array(cases, dtype=np.float64).reshape(-1, 3).T
     threshold = choose_threshold(sims, e_match, e_text)
     rule = None
-    if blend:  # soft borrowing for what the threshold leaves new: chosen on training questions below it
+    if blend not in {"off", "below", "all"}:
+        raise ValueError(f"blend must be off, below or all, not {blend!r}")
+    if blend != "off":
+        # soft borrowing, chosen on training questions: "below" for those the threshold leaves new, "all" in place of
+        # the threshold (every training question, and the validation rewordings, whose original is in the bank)
         k_max = max(BLEND_GRID["k"])
         blend_cases = []
-        for j, q in enumerate(qs):
+
+        def case(q: int, vector: np.ndarray, options: np.ndarray | None, exclude: int) -> None:
             rows = table.rows([q])
             text = oof_full[rows]
             if not np.isfinite(text).all():
-                continue
-            others = np.flatnonzero((bank.n_options == bank.n_options[j]) & (np.arange(len(qs)) != j))
+                return
+            others = np.flatnonzero((bank.n_options == table.q_len[q]) & (np.arange(len(qs)) != exclude))
             if len(others) == 0:
-                continue
-            near = bank.vectors[others] @ bank.vectors[j]
+                return
+            near = bank.vectors[others] @ np.asarray(vector, np.float32)
             order = np.argsort(-near, kind="stable")[:k_max]
-            if near[order[0]] >= threshold:
-                continue  # a match: borrowed outright
-            lent = np.stack([prior_targets(table, prior, bank.rows(int(others[o]), own_options(q))) for o in order])
+            if blend == "below" and near[order[0]] >= threshold:
+                return  # a match: borrowed outright
+            lent = np.stack([prior_targets(table, prior, bank.rows(int(others[o]), options)) for o in order])
             blend_cases.append((prior_targets(table, prior, rows), text, near[order].astype(np.float64), lent))
+
+        for j, q in enumerate(qs):
+            case(int(q), bank.vectors[j], own_options(int(q)), exclude=j)
+        if blend == "all" and table.qval is not None:
+            q_index, vectors, option_vectors = table.qval
+            ends = np.cumsum(table.q_len[q_index])
+            for q, v, end in zip(q_index, vectors, ends, strict=True):
+                if q_known[q]:
+                    case(int(q), v, option_vectors[end - table.q_len[q] : end], exclude=-1)
         rule = choose_blend(blend_cases)
-        log.info(
-            "matcher: soft borrowing %s, chosen on %d training questions below the threshold", rule, len(blend_cases)
-        )
+        log.info("matcher: soft borrowing (%s) %s, chosen on %d cases", blend, rule, len(blend_cases))
+        if blend == "all" and rule is not None:
+            threshold = float("inf")  # the soft rule takes the place of outright borrowing
     return replace(bank, threshold=threshold, blend=rule)
     log.info(
         "matcher: threshold %.3f chosen on %d training questions (%d would borrow a prior) and %d validation "

@@ -236,3 +236,41 @@ def test_a_rewording_borrows_its_known_questions_prior_when_a_matcher_and_encode
     assert asked.count(match_text(reworded.question, reworded.options)) == 1
     served.use_question_encoder(lambda text: vectors[match_text("Is grass green?", ["Yes", "No", "Unsure"])])
     np.testing.assert_array_equal(served.features(reworded)[:, EMB:], 0.0)  # a new encoder: matches forgotten
+
+
+def test_a_new_question_leans_on_its_nearest_known_questions_when_the_matcher_borrows_softly(tmp_path):
+    """A checkpoint whose matcher has a BlendRule (and no threshold): a new question's text features are blended
+    with its nearest bank questions' priors by the rule, as evaluation computes them
+    (QuestionMatcher.blended_features), and the result round-trips through the saved checkpoint."""
+    from service.gpo.features import TEXT_FLAG, TextPrior
+    from service.gpo.matching import BlendRule, QuestionMatcher, match_text
+
+    rng = np.random.default_rng(4)
+    text = TextPrior.fit(rng.standard_normal((40, EMB)), np.repeat(np.arange(10), 4), rng.standard_normal((40, 3)), 1.0)
+    spec = FeatureSpec(emb_dim=EMB, use_embedding=True, use_prior=True, prior_rank=RANK)
+    cfg = GPOConfig(dim_x=spec.dim_x, d_model=16, n_layers=1, n_heads=2, d_ff=16, prior_feature=EMB, prior_rank=RANK)
+    prior = PopulationPrior(rng.dirichlet(np.ones(3), size=2).reshape(-1).astype(np.float32), rng.random((6, RANK)))
+    other_q, other_opts = "Is the sea blue?", ["Yes", "No", "Unsure"]
+    bank = PriorBank(prior, {question_key(KNOWN_Q, KNOWN_OPTS): (0, 3), question_key(other_q, other_opts): (3, 3)})
+    rule = BlendRule(k=2, beta=10.0, lam=0.8)
+    vectors = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    matcher = QuestionMatcher(vectors, np.array([0, 3]), np.array([3, 3]), float("inf"), None, rule)
+    meta = {"features": spec.to_dict(), "embedder": {"key_prefix": "lm@r|mean|gpo-mc-v1", "dim": EMB}}
+    extra = text.to_checkpoint() | matcher.to_checkpoint()
+    save_checkpoint(Checkpoint(GPO(cfg), meta, bank, extra=extra), tmp_path, "soft")
+    served = Predictor.from_store(tmp_path, "soft")
+    assert served.matcher is not None and served.matcher.blend == rule
+    new = _item(rng, "Would you say the sky is blue?", ["It is", "It isn't", "Not sure"])
+    alone = served.features(new)  # no encoder attached: the text prior alone
+    np.testing.assert_allclose(alone[:, EMB:], text.question_features(new.embeddings), rtol=1e-5, atol=1e-6)
+    question = np.array([0.8, 0.6], np.float32)
+    served.use_question_encoder(lambda t: question if t == match_text(new.question, new.options) else None)
+    f = served.features(new)
+    want = matcher.blended_features(prior, text.question_features(new.embeddings), question, None)
+    np.testing.assert_allclose(f[:, EMB:], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f[:, EMB], TEXT_FLAG)
+    assert not np.allclose(f[:, EMB + 1 :], alone[:, EMB + 1 :])  # the neighbours moved it
+    assert f[:, EMB + 1].sum() == pytest.approx(1.0, abs=1e-5)  # still a distribution's means
+    np.testing.assert_allclose(
+        served.features(_item(rng, KNOWN_Q, KNOWN_OPTS))[:, EMB + 1 :], prior.features(np.arange(3))[:, 1:], rtol=1e-6
+    )

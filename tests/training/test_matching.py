@@ -66,7 +66,13 @@ def train(ds, table, split, seed=0, blend=False):
     fit, val = validation_groups(split.train_groups, seed)
     spec = FeatureSpec(emb_dim=table.emb.shape[1], prior_rank=2)
     cfg = TrainConfig(
-        max_steps=0, batch_size=4, eval_every=3, progress=False, time_budget_s=None, val_draws=1, neighbour_blend=blend
+        max_steps=0,
+        batch_size=4,
+        eval_every=3,
+        progress=False,
+        time_budget_s=None,
+        val_draws=1,
+        neighbour_blend="below" if blend else "off",
     )
     return train_gpo(table, ds, fit, val, table.qindex(split_known(ds, split)), spec, cfg, TINY)
 
