@@ -69,8 +69,9 @@ ITEM_COLUMNS = (
 
 def fit_loglog(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
     """Least-squares line of log(y) on log(x): slope (the exponent of y ~ x^slope), intercept, r^2, points."""
-    x = np.log(np.asarray(xs, dtype=float))
-    y = np.log(np.asarray(ys, dtype=float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.log(np.asarray(xs, dtype=float))
+        y = np.log(np.asarray(ys, dtype=float))
     if x.size < 2 or not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)) or np.ptp(x) == 0:
         return {"slope": float("nan"), "intercept": float("nan"), "r2": float("nan"), "n": int(x.size)}
     slope, intercept = np.polyfit(x, y, 1)
@@ -244,7 +245,18 @@ def per_item_cost(sizes: Sequence[int], times_ms: Sequence[float]) -> dict[str, 
     lin = fit_linear(sizes, times_ms)
     i, j = int(np.argmin(sizes)), int(np.argmax(sizes))
     diff = (times_ms[j] - times_ms[i]) / (sizes[j] - sizes[i]) if sizes[j] != sizes[i] else float("nan")
-    return {"ms_per_item_fit": lin["per_unit"], "intercept_ms": lin["intercept"], "ms_per_item_diff": float(diff)}
+    order = np.argsort(sizes)
+    marginal = [
+        float((times_ms[b] - times_ms[a]) / (sizes[b] - sizes[a]))
+        for a, b in zip(order[:-1], order[1:], strict=True)
+        if sizes[b] != sizes[a]
+    ]
+    return {
+        "ms_per_item_fit": lin["per_unit"],
+        "intercept_ms": lin["intercept"],
+        "ms_per_item_diff": float(diff),
+        "marginal_ms_per_item": marginal,
+    }
 
 
 def target_window(pool: Sequence[dict], i: int, k: int) -> list[dict]:
@@ -735,6 +747,14 @@ def measure_level(ctx: Ctx, url: str, level: int, server: Server) -> dict[str, A
     )
     warm["lookups"] = state_lookups(m2, server.metrics())
     print(f"level {level:,}: warm /predict {json.dumps(warm)}", flush=True)
+    warm_c1 = closed_loop(
+        url,
+        ctx.headers,
+        lambda i: ("/predict", ctx.predict_body(probes[i % len(probes)], i)),
+        clients=1,
+        n_requests=a.warm_requests // 3,
+    )
+    print(f"level {level:,}: warm /predict, 1 client {json.dumps(warm_c1)}", flush=True)
 
     def reg(i: int) -> tuple[str, dict]:
         name = f"reg-{level}-{next(ctx.reg_counter)}"
@@ -745,7 +765,7 @@ def measure_level(ctx: Ctx, url: str, level: int, server: Server) -> dict[str, A
     registration["registrations_per_s"] = round(ok / registration["wall_s"], 2)
     registration["items_per_s"] = round(20 * ok / registration["wall_s"], 1)
     print(f"level {level:,}: registration (20 items) {json.dumps(registration)}", flush=True)
-    return {"probes": len(probes), "cold": cold, "warm": warm, "registration": registration}
+    return {"probes": len(probes), "cold": cold, "warm": warm, "warm_c1": warm_c1, "registration": registration}
 
 
 def context_curve(ctx: Ctx, url: str, server: Server) -> dict[str, Any]:
@@ -867,6 +887,71 @@ def cold_parts(ctx: Ctx, group: str, reps: int = 5) -> dict[str, Any]:
         out["redis_get_ms"] = timed(lambda: cache.get("state"))
         cache.close()
     rc.close()
+    return out
+
+
+def encode_scaling(ctx: Ctx, sizes: Sequence[int], reps: int = 3) -> dict[str, Any]:
+    """The model-only encode in this process (the shipped checkpoint, torch threads as the server's): a context of n
+    template items (their stored vectors) timed as a whole, its item features alone, and the attention kernel alone
+    (F.scaled_dot_product_attention at the context's token count, times the layers) called as the model calls it,
+    with an all-True boolean mask, and without a mask. Medians of `reps`."""
+    import statistics
+
+    import torch
+    import torch.nn.functional as F
+
+    from service.config import Settings
+    from service.serving.predictor import AnsweredItem, Predictor
+
+    torch.set_num_threads(ctx.args.api_threads)
+    settings = Settings(model_store=ROOT / "model_store")
+    predictor = Predictor.from_store(settings.model_store, settings.checkpoint)
+    cfg = predictor.model.cfg
+    rng = np.random.default_rng(0)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return round(statistics.median(times) * 1000, 3)
+
+    points = []
+    for n in sizes:
+        if ctx.budget.left() < ctx.args.reserve_s:
+            ctx.budget.cut(f"in-process encode scaling stopped before {n} items")
+            break
+        items = []
+        for j in range(n):
+            t = ctx.templates[j % len(ctx.templates)]
+            emb = np.frombuffer(t.embeddings, dtype="<f4").reshape(len(t.options), -1).astype(np.float32)
+            dist = rng.dirichlet(np.ones(len(t.options))).astype(np.float32)
+            items.append(AnsweredItem(t.question, list(t.options), emb, dist))
+        tokens = sum(len(it.options) for it in items)
+        H, d = cfg.n_heads, cfg.d_model // cfg.n_heads
+        q, k, v = (torch.randn(1, H, tokens, d) for _ in range(3))
+        mask = torch.ones(1, 1, 1, tokens, dtype=torch.bool)
+        with torch.inference_mode():
+            p = {
+                "items": n,
+                "tokens": tokens,
+                "encode_ms": timed(lambda items=items: predictor.encode(items)),
+                "features_ms": timed(lambda items=items: [predictor.features(it) for it in items]),
+                "attention_masked_ms": round(
+                    cfg.n_layers * timed(lambda q=q, k=k, v=v, m=mask: F.scaled_dot_product_attention(q, k, v, m)), 3
+                ),
+                "attention_unmasked_ms": round(
+                    cfg.n_layers * timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)), 3
+                ),
+            }
+        points.append(p)
+        print("encode scaling (in process):", json.dumps(p), flush=True)
+    out: dict[str, Any] = {"points": points, "torch_threads": ctx.args.api_threads}
+    xs = [p["tokens"] for p in points]
+    for key in ("encode_ms", "features_ms", "attention_masked_ms", "attention_unmasked_ms"):
+        out[f"{key}_fit_tokens"] = fit_loglog(xs, [p[key] for p in points])
     return out
 
 
@@ -1129,6 +1214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["context_cache"] = cache_bytes(ctx)
                 results["questions_curve"] = questions_curve(ctx, url, warm_groups)
                 results["context_curve"] = context_curve(ctx, url, server)
+                results["encode_scaling"] = encode_scaling(ctx, args.encode_sizes)
                 bpg = results["context_cache"].get("local_bytes_per_group")
                 if bpg and not args.skip_hit_ratio:
                     results["hit_ratio"] = hit_ratio_runs(ctx, float(bpg))
@@ -1314,15 +1400,16 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
     acc = r.get("acceptance", {})
     t = r.get("templates", {})
     ipg = r.get("items_per_group", ["?", "?"])
-    lines += [
-        "How the groups are stored: template groups registered through the API hold every context question once "
-        f"({t.get('template_items', '?')} OpinionQA questions, {t.get('mean_options', '?')} options on average); the "
-        f"bulk groups are COPYed into `groups` and `context_items`, each item a copy of its question's template row "
-        f"(embedding bytes, embedder key) with a random Dirichlet(1) distribution, {ipg[0]}-{ipg[1]} items per group. "
-        f"A stored item takes {t.get('bytes_per_stored_item', '?'):,} bytes in Postgres (table, TOAST and indexes; "
-        f"{t.get('embedding_bytes_per_item', '?'):,} of them the float32 option embeddings).",
-        "",
-    ]
+    if t:
+        lines += [
+            "How the groups are stored: template groups registered through the API hold every context question "
+            f"once ({t['template_items']} OpinionQA questions, {t['mean_options']} options on average); the bulk "
+            "groups are COPYed into `groups` and `context_items`, each item a copy of its question's template row "
+            f"(embedding bytes, embedder key) with a random Dirichlet(1) distribution, {ipg[0]}-{ipg[1]} items per "
+            f"group. A stored item takes {t['bytes_per_stored_item']:,} bytes in Postgres (table, TOAST and indexes; "
+            f"{t['embedding_bytes_per_item']:,} of them the float32 option embeddings).",
+            "",
+        ]
     if acc:
         lines += [h2 + " Acceptance", ""]
         if "warm_p50_ratio" in acc:
@@ -1628,6 +1715,7 @@ def main() -> None:
     ap.add_argument("--register-s", type=float, default=20)
     ap.add_argument("--context-sizes", default="10,30,100,300,1000")
     ap.add_argument("--question-counts", default="1,4,16,64,256")
+    ap.add_argument("--encode-sizes", default="100,250,500,1000,2000", help="in-process encode scaling (items)")
     ap.add_argument("--clones", type=int, default=10, help="cold samples per context size")
     ap.add_argument("--curve-requests", type=int, default=100, help="warm requests per curve point")
     ap.add_argument("--working-set", type=int, default=100, help="groups of the hit-ratio runs")
@@ -1642,13 +1730,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.levels = args.levels or "1000"
-        args.context_sizes, args.question_counts = "10,30,100,300", "1,4,16,64"
+        args.context_sizes, args.question_counts, args.encode_sizes = "10,30,100,300", "1,4,16,64", "100,300,1000"
         args.warm_requests, args.register_s, args.clones = 200, 8, 5
         args.curve_requests, args.hit_requests, args.working_set = 40, 400, 60
         args.no_benchmarks_md = True
     args.levels = [int(x) for x in (args.levels or "1000,10000,100000").split(",")]
     args.context_sizes = [int(x) for x in str(args.context_sizes).split(",")]
     args.question_counts = [int(x) for x in str(args.question_counts).split(",")]
+    args.encode_sizes = [int(x) for x in str(args.encode_sizes).split(",")]
     if args.report_only:
         results = json.loads(Path(args.report_only).read_text())
     else:

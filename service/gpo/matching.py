@@ -21,6 +21,12 @@ The threshold is chosen on the training side (service.training.matching): the si
 question's nearest *other* training question gives better prior features than its out-of-fold text estimate. The
 survey's own near-duplicates (the same question in several waves, families of questions on one template) decide it;
 no rewording does.
+
+Soft borrowing (`BlendRule`, optional): a question the threshold leaves new, or with a rule that takes the threshold's
+place every question outside the bank, gets its text estimate blended with a similarity-weighted mean of its k
+nearest bank questions' priors (same option count, options paired as above), the more the nearer the nearest one is.
+A hard threshold gives a question one sibling's answer pattern or none; near siblings of a new question often answer
+alike only on average, and the average of several is a better estimate than any one of them.
 """
 
 from __future__ import annotations

@@ -16,6 +16,12 @@ the nearest bank question's prior against the original's own (zero when the near
 costs the original's out-of-fold text estimate error (a proxy for the rewording's own text estimate, which reads
 unfamiliar words no better). Every training question and every validation rewording counts once. A data set without
 rewordings of its questions gets the threshold of its sibling pairs alone.
+
+Soft borrowing (`fit_matcher(..., blend=...)`, service.gpo.matching.BlendRule) is chosen on the same cases: each
+training question's nearest *other* training questions (and, with blend "all", each validation rewording's nearest
+bank questions), the rule of BLEND_GRID whose blend of their priors with the out-of-fold text estimate has the least
+squared error against the question's own prior; with blend "all" the two populations weigh alike and the rule takes
+the place of the threshold.
 """
 
 from __future__ import annotations
@@ -73,10 +79,13 @@ BLEND_GRID = {
 }
 
 
-def choose_blend(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> BlendRule | None:
+def choose_blend(
+    cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], weights: np.ndarray | None = None
+) -> BlendRule | None:
     """The BlendRule of BLEND_GRID with the least total squared error over `cases` (own targets [n, m], text
     estimate [n, m], nearest neighbours' similarities [K], their targets paired with the question's options
-    [K, n, m]); None when no blending (lam 0) does best."""
+    [K, n, m]), each case's error times its weight (default 1); None when no blending (lam 0) does best."""
+    w = np.ones(len(cases)) if weights is None else np.asarray(weights, dtype=np.float64)
     best, best_err = None, np.inf
     grid = BLEND_GRID
     for k, beta, lam, floor, span in itertools.product(
@@ -86,8 +95,8 @@ def choose_blend(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             continue  # no blending is one rule, whatever its other parameters
         rule = BlendRule(k, beta, lam, floor, span)
         err = sum(
-            float(((blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2).sum())
-            for own, text, sims, lent in cases
+            wi * float(((blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2).sum())
+            for wi, (own, text, sims, lent) in zip(w, cases, strict=True)
         )
         if err < best_err - 1e-12:
             best, best_err = rule, err
@@ -167,13 +176,21 @@ def fit_matcher(
 
         for j, q in enumerate(qs):
             case(int(q), bank.vectors[j], own_options(int(q)), exclude=j)
+        n_sibling_cases = len(blend_cases)
         if blend == "all" and table.qval is not None:
             q_index, vectors, option_vectors = table.qval
             ends = np.cumsum(table.q_len[q_index])
             for q, v, end in zip(q_index, vectors, ends, strict=True):
                 if q_known[q]:
                     case(int(q), v, option_vectors[end - table.q_len[q] : end], exclude=-1)
-        rule = choose_blend(blend_cases)
+        # the two populations a served question comes from weigh alike: new questions (the survey's siblings) and
+        # rewordings of known ones (the validation rewordings), however many cases each has
+        n_reworded = len(blend_cases) - n_sibling_cases
+        weights = np.ones(len(blend_cases))
+        if n_reworded and n_sibling_cases:
+            weights[:n_sibling_cases] = 1.0 / n_sibling_cases
+            weights[n_sibling_cases:] = 1.0 / n_reworded
+        rule = choose_blend(blend_cases, weights)
         log.info("matcher: soft borrowing (%s) %s, chosen on %d cases", blend, rule, len(blend_cases))
         if blend == "all" and rule is not None:
             threshold = float("inf")  # the soft rule takes the place of outright borrowing
