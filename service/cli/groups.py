@@ -54,7 +54,7 @@ class MetaTrainOptions:
             help="soft borrowing from the nearest known questions (service.gpo.matching.BlendRule, chosen on training "
             "questions): off | below (for what the matcher's threshold leaves new) | all (in place of the threshold)"
         ),
-    ] = "off"
+    ] = "all"
     threads: int | None = None
 
     def __post_init__(self) -> None:
