@@ -765,7 +765,63 @@ def measure_level(ctx: Ctx, url: str, level: int, server: Server) -> dict[str, A
     registration["registrations_per_s"] = round(ok / registration["wall_s"], 2)
     registration["items_per_s"] = round(20 * ok / registration["wall_s"], 1)
     print(f"level {level:,}: registration (20 items) {json.dumps(registration)}", flush=True)
-    return {"probes": len(probes), "cold": cold, "warm": warm, "warm_c1": warm_c1, "registration": registration}
+    listing = list_groups_times(ctx, url, level)
+    print(f"level {level:,}: GET /groups pages {json.dumps(listing)}", flush=True)
+    return {
+        "probes": len(probes),
+        "cold": cold,
+        "warm": warm,
+        "warm_c1": warm_c1,
+        "registration": registration,
+        "list_groups": listing,
+    }
+
+
+def list_groups_times(ctx: Ctx, url: str, level: int, reps: int = 20) -> dict[str, Any]:
+    """GET /groups?limit=100 p50 at the first page, the middle one and the last one (offset pagination)."""
+    out = {}
+    with httpx.Client(base_url=url, headers=ctx.headers, timeout=120) as client:
+        for where, offset in (("first", 0), ("middle", level // 2), ("last", max(level - 100, 0))):
+            times = []
+            for _ in range(reps + 1):
+                t0 = time.perf_counter()
+                r = client.get("/groups", params={"limit": 100, "offset": offset})
+                times.append(time.perf_counter() - t0)
+                r.raise_for_status()
+            out[where] = {"offset": offset, "p50_ms": round(percentile_ms(times[1:], 50), 2)}
+    out["explain_last_page"] = explain_list_groups(ctx, out["last"]["offset"])
+    return out
+
+
+def explain_list_groups(ctx: Ctx, offset: int) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of the statement repository.list_groups runs (groups with a scalar subquery counting each
+    one's items, ORDER BY name, LIMIT 100 OFFSET n), and of the same page without the count: execution times, and
+    how many times the count subquery ran."""
+    import psycopg
+    from sqlalchemy import select
+    from sqlalchemy.dialects import postgresql
+
+    from service.db.models import Group
+    from service.db.repository import _size_of
+
+    def sql(with_size: bool) -> str:
+        cols = (Group, _size_of(Group.id)) if with_size else (Group,)
+        stmt = select(*cols).where(Group.tenant == TENANT).order_by(Group.name).limit(100).offset(offset)
+        return str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+    def subplan_loops(node: dict) -> int:
+        loops = int(node.get("Actual Loops", 0)) if node.get("Subplan Name") else 0
+        return loops + sum(subplan_loops(c) for c in node.get("Plans", []))
+
+    out: dict[str, Any] = {"offset": offset}
+    with psycopg.connect(conninfo(ctx.db_url)) as conn:
+        for name, with_size in (("with_count", True), ("without_count", False)):
+            conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {sql(with_size)}")  # warm the pages
+            plan = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {sql(with_size)}").fetchone()[0][0]
+            out[f"{name}_ms"] = round(float(plan["Execution Time"]), 2)
+            if with_size:
+                out["count_subquery_runs"] = subplan_loops(plan["Plan"])
+    return out
 
 
 def context_curve(ctx: Ctx, url: str, server: Server) -> dict[str, Any]:
@@ -952,6 +1008,43 @@ def encode_scaling(ctx: Ctx, sizes: Sequence[int], reps: int = 3) -> dict[str, A
     xs = [p["tokens"] for p in points]
     for key in ("encode_ms", "features_ms", "attention_masked_ms", "attention_unmasked_ms"):
         out[f"{key}_fit_tokens"] = fit_loglog(xs, [p[key] for p in points])
+    return out
+
+
+def forget_group_cost(sizes: Sequence[int], reps: int = 5) -> list[dict[str, Any]]:
+    """The service's ContextCache in this process, filled with n tiny states: the time of `forget_group` (what
+    every context write calls, under the cache's lock) and of a `get` hit, against the number of entries."""
+    import statistics
+
+    import torch
+
+    from service.gpo.model import ContextState
+    from service.serving.context_cache import ContextCache, StateKey
+
+    tiny = ContextState(
+        keys=torch.zeros(1, 1, 1, 1, 1), values=torch.zeros(1, 1, 1, 1, 1), mask=torch.ones(1, 1, dtype=torch.bool)
+    )
+    cache = ContextCache(None, max_bytes=2**62)  # type: ignore[arg-type]  # no shared cache: no predictor needed
+    out = []
+    for n in sizes:
+        while cache.stats["entries"] < n:
+            cache.put(StateKey("ckpt/v1", "emb", cache.stats["entries"] + 1, 1), tiny)
+
+        def timed(fn: Callable[[], Any]) -> float:
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return round(statistics.median(times) * 1000, 4)
+
+        row = {
+            "entries": n,
+            "forget_group_ms": timed(lambda: cache.forget_group(10**9)),
+            "get_hit_ms": timed(lambda: cache.get(StateKey("ckpt/v1", "emb", 1, 1))),
+        }
+        out.append(row)
+        print("context cache forget_group:", json.dumps(row), flush=True)
     return out
 
 
@@ -1215,6 +1308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["questions_curve"] = questions_curve(ctx, url, warm_groups)
                 results["context_curve"] = context_curve(ctx, url, server)
                 results["encode_scaling"] = encode_scaling(ctx, args.encode_sizes)
+                results["forget_group"] = forget_group_cost([1_000, 10_000, 100_000])
                 bpg = results["context_cache"].get("local_bytes_per_group")
                 if bpg and not args.skip_hit_ratio:
                     results["hit_ratio"] = hit_ratio_runs(ctx, float(bpg))
@@ -1367,9 +1461,71 @@ def plots(r: dict[str, Any], outdir: Path) -> list[str]:
             ("warm p99", xs, [x["warm"]["p99_ms"] for x in lv], "o--"),
             ("cold p50", xs, [x["cold"]["p50_ms"] for x in lv], "s-"),
             ("cold p99", xs, [x["cold"]["p99_ms"] for x in lv], "s--"),
+            ("warm p50, 1 client", xs, [x["warm_c1"]["p50_ms"] for x in lv if "warm_c1" in x], "^:"),
         ],
     )
     return written
+
+
+def findings(r: dict[str, Any]) -> list[str]:
+    """Statements computed from the figures: what grows faster than its work calls for, and what the cache costs."""
+    out = []
+    lv = [x for x in r.get("levels", []) if "list_groups" in x]
+    if lv:
+        top = lv[-1]
+        lg, ex = top["list_groups"], top["list_groups"].get("explain_last_page", {})
+        ratio = lg["last"]["p50_ms"] / lg["first"]["p50_ms"]
+        if ratio > 2:
+            runs, sql_with, sql_without = (
+                ex.get(k, "?") for k in ("count_subquery_runs", "with_count_ms", "without_count_ms")
+            )
+            out.append(
+                f"- **GET /groups grows with the page's offset**: at {top['stored_groups']:,} groups the last page "
+                f"(offset {lg['last']['offset']:,}) takes {lg['last']['p50_ms']} ms against "
+                f"{lg['first']['p50_ms']} ms for the first ({ratio:.0f}x) for the same 100 rows. The statement's "
+                f"item-count subquery ran {runs:,} times for that page: Postgres evaluates the select list of every "
+                "row OFFSET skips, so each skipped group's items are counted. The same page without the count: "
+                f"{sql_without} ms of SQL against {sql_with} ms. The fix belongs in service/db/repository.py "
+                "(list_groups): pick the page's ids first (a subquery or CTE with ORDER BY name LIMIT/OFFSET), then "
+                "count the items of those rows only; keyset pagination (after=name) would also remove the OFFSET "
+                "walk itself."
+            )
+    es = r.get("encode_scaling", {})
+    if es.get("points"):
+        big = es["points"][-1]
+        slope = es.get("encode_ms_fit_tokens", {}).get("slope", float("nan"))
+        att_slope = es.get("attention_masked_ms_fit_tokens", {}).get("slope", float("nan"))
+        out.append(
+            f"- **Encoding a context grows faster than its size**: encode time ~ tokens^{slope:.2f} in process; at "
+            f"{big['items']:,} items ({big['tokens']:,} tokens) the attention kernel alone takes "
+            f"{big['attention_masked_ms']:,.0f} of {big['encode_ms']:,.0f} ms (slope {att_slope:.2f}, the same "
+            "without the all-True mask). That is GPO's context self-attention, quadratic by design, not a defect of "
+            "the serving code: it is paid once per context version (then cached), and it is what makes the cold "
+            "path's cost per item rise with the context (marginal cost in the context-size table)."
+        )
+    cb, t = r.get("context_cache", {}), r.get("templates", {})
+    if cb.get("local_bytes_per_token") and t.get("embedding_bytes_per_item"):
+        per_option = t["embedding_bytes_per_item"] / t["mean_options"]
+        n_top = max((x["stored_groups"] for x in r.get("levels", [])), default=0)
+        out.append(
+            f"- **The encoded context is {cb['local_bytes_per_token'] / per_option:.1f}x the stored embeddings**: "
+            f"{cb['local_bytes_per_token']:,.0f} bytes per context token (keys and values of every layer, float32) "
+            f"against {per_option:,.0f} bytes of option embedding. Linear, but large: the default 256 MB local cache "
+            f"holds {cb['groups_in_default_256mb']:,} groups of {cb['items_per_group']:g} items, and keeping all "
+            f"{n_top:,} stored groups encoded in Redis would take "
+            f"{n_top * cb['redis_memory_usage_per_group'] / 1e9:,.1f} GB (MEMORY USAGE "
+            f"{cb['redis_memory_usage_per_group']:,} bytes per group)."
+        )
+    fg = r.get("forget_group", [])
+    if len(fg) >= 2:
+        sl = fit_loglog([x["entries"] for x in fg], [x["forget_group_ms"] for x in fg])["slope"]
+        out.append(
+            f"- **Each context write scans the local context cache** (`forget_group`, under its lock): slope {sl:.2f} "
+            f"in the number of entries, {fg[-1]['forget_group_ms']} ms at {fg[-1]['entries']:,} entries. Negligible "
+            f"at the default size (about {cb.get('groups_in_default_256mb', '?')} entries of 20-item groups); it "
+            "would matter only with a cache of tens of GB."
+        )
+    return out
 
 
 def _slope(f: dict | None) -> str:
@@ -1400,12 +1556,13 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
     acc = r.get("acceptance", {})
     t = r.get("templates", {})
     ipg = r.get("items_per_group", ["?", "?"])
+    sizes_text = str(ipg[0]) if ipg[0] == ipg[1] else f"{ipg[0]}-{ipg[1]}"
     if t:
         lines += [
             "How the groups are stored: template groups registered through the API hold every context question "
             f"once ({t['template_items']} OpinionQA questions, {t['mean_options']} options on average); the bulk "
             "groups are COPYed into `groups` and `context_items`, each item a copy of its question's template row "
-            f"(embedding bytes, embedder key) with a random Dirichlet(1) distribution, {ipg[0]}-{ipg[1]} items per "
+            f"(embedding bytes, embedder key) with a random Dirichlet(1) distribution, {sizes_text} items per "
             f"group. A stored item takes {t['bytes_per_stored_item']:,} bytes in Postgres (table, TOAST and indexes; "
             f"{t['embedding_bytes_per_item']:,} of them the float32 option embeddings).",
             "",
@@ -1447,6 +1604,7 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
                     "context_items GB",
                     "warm p50 ms",
                     "warm p99 ms",
+                    "warm p50 ms, 1 client",
                     "cold p50 ms",
                     "cold p99 ms",
                     "cold encode ms",
@@ -1463,6 +1621,7 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
                         x["db"]["context_items_bytes"] / 1e9,
                         x["warm"]["p50_ms"],
                         x["warm"]["p99_ms"],
+                        x.get("warm_c1", {}).get("p50_ms"),
                         x["cold"]["p50_ms"],
                         x["cold"]["p99_ms"],
                         x["cold"].get("encode_ms_mean"),
@@ -1503,6 +1662,39 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
                 f"![/predict vs stored groups]({img_prefix}scale_groups.png)",
                 "",
             ]
+    if lv and all("list_groups" in x for x in lv):
+        lines += [
+            "GET /groups?limit=100 (p50 of 20 requests, 1 client) by page (offset pagination, ordered by name), and "
+            "EXPLAIN (ANALYZE, TIMING OFF) of the last page's statement (repository.list_groups: each group with a "
+            "scalar subquery counting its items) with and without that count:",
+            "",
+            md_table(
+                [
+                    "stored groups",
+                    "first page ms",
+                    "middle page ms",
+                    "last page ms",
+                    "last page offset",
+                    "SQL ms",
+                    "SQL ms without the count",
+                    "count subquery runs",
+                ],
+                [
+                    [
+                        x["stored_groups"],
+                        x["list_groups"]["first"]["p50_ms"],
+                        x["list_groups"]["middle"]["p50_ms"],
+                        x["list_groups"]["last"]["p50_ms"],
+                        x["list_groups"]["last"]["offset"],
+                        x["list_groups"].get("explain_last_page", {}).get("with_count_ms"),
+                        x["list_groups"].get("explain_last_page", {}).get("without_count_ms"),
+                        x["list_groups"].get("explain_last_page", {}).get("count_subquery_runs"),
+                    ]
+                    for x in lv
+                ],
+            ),
+            "",
+        ]
     cc = r.get("context_curve", {})
     if cc.get("points"):
         lines += [
@@ -1522,6 +1714,7 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
                     "register s",
                     "cold p50 ms",
                     "cold p99 ms",
+                    "cold marginal ms/item",
                     "encode ms",
                     "context read ms",
                     "state MB",
@@ -1537,6 +1730,7 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
                         p["register_s"],
                         p["cold"]["p50_ms"],
                         p["cold"]["p99_ms"],
+                        None if i == 0 else cc["cold_cost"]["marginal_ms_per_item"][i - 1],
                         p["encode_ms_mean"],
                         p.get("db_read_ms"),
                         p["state_bytes"] / 2**20 if "state_bytes" in p else None,
@@ -1545,7 +1739,7 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
                         p["warm"]["p50_ms"],
                         p["warm"]["p99_ms"],
                     ]
-                    for p in cc["points"]
+                    for i, p in enumerate(cc["points"])
                 ],
             ),
             "",
@@ -1562,6 +1756,51 @@ def markdown(r: dict[str, Any], img_prefix: str, heading: str = "#") -> str:
             f"![/predict vs context size]({img_prefix}scale_context.png)",
             "",
         ]
+    es = r.get("encode_scaling", {})
+    if es.get("points"):
+        lines += [
+            h2 + " Encoding a context, in process (where the cold path's growth comes from)",
+            "",
+            f"The shipped checkpoint in the benchmark's process ({es['torch_threads']} torch thread(s), as the "
+            "server), contexts of template items with their stored vectors; up to 2,000 items (GPO_MAX_CONTEXT_ITEMS)."
+            " Attention: F.scaled_dot_product_attention alone at the context's token count, times the layers, called "
+            "as the model calls it (an all-True boolean mask) and without a mask. Medians of 3.",
+            "",
+            md_table(
+                ["items", "tokens", "encode ms", "features ms", "attention ms (mask)", "attention ms (no mask)"],
+                [
+                    [
+                        p["items"],
+                        p["tokens"],
+                        p["encode_ms"],
+                        p["features_ms"],
+                        p["attention_masked_ms"],
+                        p["attention_unmasked_ms"],
+                    ]
+                    for p in es["points"]
+                ],
+            ),
+            "",
+            f"Slopes against tokens (log-log): encode {_slope(es.get('encode_ms_fit_tokens'))}, features "
+            f"{_slope(es.get('features_ms_fit_tokens'))}, attention with the mask "
+            f"{_slope(es.get('attention_masked_ms_fit_tokens'))}, without "
+            f"{_slope(es.get('attention_unmasked_ms_fit_tokens'))}.",
+            "",
+        ]
+    fg = r.get("forget_group", [])
+    if fg:
+        lines += [
+            "Every context write calls the context cache's `forget_group`, which scans all local entries under the "
+            "cache's lock (timed in process, the service's ContextCache filled with tiny states): "
+            + "; ".join(
+                f"{x['entries']:,} entries: {x['forget_group_ms']} ms (a hit: {x['get_hit_ms']} ms)" for x in fg
+            )
+            + ".",
+            "",
+        ]
+    found = findings(r)
+    if found:
+        lines += [h2 + " What grows faster than it should (from the figures above)", "", *found, ""]
     qc = r.get("questions_curve", {})
     if qc.get("points"):
         lines += [

@@ -59,6 +59,9 @@ def test_per_item_cost() -> None:
     assert c["ms_per_item_fit"] == pytest.approx(0.25)
     assert c["intercept_ms"] == pytest.approx(5.0)
     assert c["ms_per_item_diff"] == pytest.approx(0.25)
+    assert c["marginal_ms_per_item"] == pytest.approx([0.25] * 4)
+    quad = per_item_cost([300, 10, 100], [300.0**2, 10.0**2, 100.0**2])  # any order: segments by size
+    assert quad["marginal_ms_per_item"] == pytest.approx([110.0, 400.0])
 
 
 def _templates() -> list[TemplateRow]:
@@ -240,3 +243,22 @@ def test_acceptance_and_report_from_synthetic_results() -> None:
     assert "| 100,000 | 2,000,000 |" in md
     r["levels"][-1]["warm"]["p50_ms"] = 25.0
     assert acceptance(r)["warm_flat_within_2x"] is False
+
+
+def test_findings_name_the_offset_walk_only_when_deep_pages_are_slow() -> None:
+    from benchmarks.scale import findings
+
+    def level(last_ms: float) -> dict:
+        return {
+            "stored_groups": 100_000,
+            "list_groups": {
+                "first": {"offset": 0, "p50_ms": 8.0},
+                "middle": {"offset": 50_000, "p50_ms": last_ms / 2},
+                "last": {"offset": 99_900, "p50_ms": last_ms},
+                "explain_last_page": {"with_count_ms": 700.0, "without_count_ms": 11.0, "count_subquery_runs": 100_000},
+            },
+        }
+
+    slow = findings({"levels": [level(800.0)]})
+    assert len(slow) == 1 and "100x" in slow[0] and "100,000 times" in slow[0]
+    assert findings({"levels": [level(9.0)]}) == []

@@ -41,7 +41,7 @@ def list_groups(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> GroupList:
-    """A page of groups, ordered by group id."""
+    """A page of groups, ordered by group id (name)."""
     return serving.list_groups(services, tenant, limit, offset)
 
 

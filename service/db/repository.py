@@ -375,15 +375,18 @@ def group_version_and_first_payload(
 
 
 def list_groups(session: Session, tenant: str, limit: int = 100, offset: int = 0) -> list[GroupInfo]:
-    """A page of the tenant's groups, ordered by name (stable across pages)."""
+    """A page of the tenant's groups, ordered by name (stable across pages).
+
+    The page's groups are picked first and only they are counted: with the count in the paged select itself, Postgres
+    counted the items of every group the offset skips (at 100,000 groups the last page took 873 ms, the first 8 ms;
+    benchmarks/scale.py)."""
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must be >= 0")
+    page = select(Group.id).where(Group.tenant == tenant).order_by(Group.name).limit(limit).offset(offset).subquery()
     rows = session.execute(
         select(Group, _size_of(Group.id))
-        .where(Group.tenant == tenant)
+        .join(page, page.c.id == Group.id)
         .order_by(Group.name)
-        .limit(limit)
-        .offset(offset)
         .execution_options(populate_existing=True)
     ).all()
     return [_info(group, size) for group, size in rows]
