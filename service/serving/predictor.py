@@ -20,7 +20,7 @@ from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_resp
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel, TextPrior
-from service.gpo.matching import QuestionMatcher, blend_targets, borrowed_features, match_text, option_text
+from service.gpo.matching import QuestionMatcher, borrowed_features, match_text, option_text
 from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
 
@@ -229,20 +229,25 @@ class Predictor:
             return vectors[0], vectors[1:]
         return self.question_encoder(text), np.stack([self.question_encoder(t) for t in option_texts])
 
-    def blend_plan(self, question: str, options: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray] | None:
-        """For a question no bank question matches, when the matcher borrows softly (BlendRule): the bank rows each
-        nearest bank question lends (paired with the asker's options), nearest first, and their similarities."""
+    def blend_plan(self, question: str, options: Sequence[str]) -> tuple[float, np.ndarray] | None:
+        """For a question outside the bank, when the matcher borrows softly (BlendRule): the share its nearest bank
+        questions take and their weighted prior columns [n, 1 + k] (mean, loadings; options paired with the asker's),
+        cached per question: a question asked again costs a lookup and one blend."""
         if self.matcher is None or self.matcher.blend is None or self.question_encoder is None:
             return None
-        rows, sims = self._blend_plans(match_text(question, options), tuple(options))
-        return [np.asarray(r, dtype=np.int64) for r in rows], np.asarray(sims, dtype=np.float64)
+        return self._blend_plans(match_text(question, options), tuple(options))
 
-    def _blend_planned(self, text: str, options: tuple[str, ...]) -> tuple[tuple[tuple[int, ...], ...], tuple]:
-        assert self.matcher is not None and self.matcher.blend is not None
+    def _blend_planned(self, text: str, options: tuple[str, ...]) -> tuple[float, np.ndarray]:
+        assert self.matcher is not None and self.matcher.blend is not None and self.ckpt.bank is not None
+        rule, prior = self.matcher.blend, self.ckpt.bank.prior
         question, option_vectors = self._vectors(text, options)
-        index, sims = self.matcher.neighbours(question, len(options), self.matcher.blend.k)
-        rows = tuple(tuple(int(r) for r in self.matcher.rows(int(j), option_vectors)) for j in index)
-        return rows, tuple(float(x) for x in sims)
+        index, sims = self.matcher.neighbours(question, len(options), rule.k)
+        if len(index) == 0:
+            return 0.0, np.zeros((len(options), 1 + prior.rank))
+        lent = np.stack([prior.features(self.matcher.rows(int(j), option_vectors))[:, 1:] for j in index])
+        near = np.tensordot(rule.weights(sims), lent.astype(np.float64), axes=1)
+        near.setflags(write=False)
+        return rule.share(float(sims[0])), near
 
     def _matched_rows(self, text: str, options: tuple[str, ...]) -> tuple[int, ...] | None:
         """The borrowed rows of the question `text` (a `match_text` line) with these options (cached in
@@ -293,9 +298,9 @@ class Predictor:
                 elif self.text_prior is not None and emb is not None:
                     prior = self.text_prior.question_features(emb)
                     plan = self.blend_plan(item.question, item.options)
-                    if plan is not None and self.matcher is not None and self.matcher.blend is not None:
-                        lent = [bank.prior.features(r)[:, 1:] for r in plan[0]]
-                        prior[:, 1:] = blend_targets(prior[:, 1:], lent, plan[1], self.matcher.blend)
+                    if plan is not None:  # soft borrowing (service.gpo.matching.blend_targets, cached per question)
+                        share, near = plan
+                        prior[:, 1:] = (1.0 - share) * prior[:, 1:] + share * near
                 else:
                     prior = np.zeros((n, 2 + bank.prior.rank), np.float32)
             else:  # rating / comparison: every response is its own item (prompt + response)
