@@ -1,13 +1,13 @@
 """MicroBatcher: concurrent calls of one async process merged into batched calls of a blocking function.
 
 Continuous batching: while one batch runs (in a worker thread), new calls queue; the next batch takes all of
-them (up to `max_batch`). A lone call therefore waits for nothing. Under load (the previous batch held more
-than one call) the runner also waits up to `max_wait_s` for more calls before it starts a batch that is not
-full. The queue is bounded: past `max_queue` waiting calls, `submit` raises QueueFull at once (HTTP 429), and with
-`max_wait_estimate_s` also when the estimated wait of a new call (the batches ahead of it times the recent time of a
-batch) passes that bound: work that could not start before its request's deadline is refused, not queued for
-nobody. A caller that is cancelled while it waits (its request's deadline passed, its client went away) leaves the
-queue at once.
+them (up to `max_batch` calls, and up to `max_batch_size` of work when calls have a `size`). A lone call therefore
+waits for nothing. Under load (the previous batch held more than one call) the runner also waits up to `max_wait_s`
+for more calls before it starts a batch that is not full. The queue is bounded: past `max_queue` waiting calls,
+`submit` raises QueueFull at once (HTTP 429), and with `max_wait_estimate_s` also when the estimated time of a new
+call (the batches ahead of it and its own, times the recent time of a batch) passes that bound: work that could not
+finish before its request's deadline is refused, not queued for nobody (an idle batcher admits any call). A caller
+that is cancelled while it waits (its request's deadline passed, its client went away) leaves the queue at once.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class MicroBatcher(Generic[T, R]):
         retry_after_s: int = 1,
         observe: Callable[[int], None] | None = None,
         max_wait_estimate_s: float | None = None,
+        size: Callable[[T], int] | None = None,
+        max_batch_size: int | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_s >= 0")
@@ -69,6 +71,11 @@ class MicroBatcher(Generic[T, R]):
         self.retry_after_s = retry_after_s
         self.observe = observe  # called with each batch's size (metrics)
         self.max_wait_estimate_s = max_wait_estimate_s
+        # With `size` and `max_batch_size`: a batch also holds at most that much work (e.g. texts), a larger call
+        # runs alone. Merging past what fn does at once gains nothing and makes every call of the batch wait for all
+        # of it: a batch longer than the deadline would have every call cut, round after round.
+        self.size = size
+        self.max_batch_size = max_batch_size
         self.batch_seconds: float | None = None  # moving average of a batch's time (None before the first)
         self._running = False
         self._pending: list[_Call[T, R]] = []
@@ -88,14 +95,19 @@ class MicroBatcher(Generic[T, R]):
         one and the full batches of the queue), at the recent time of a batch (0 before any batch ran)."""
         if self.batch_seconds is None:
             return 0.0
-        ahead = len(self._pending) // self.max_batch + int(self._running)
-        return ahead * self.batch_seconds
+        full = len(self._pending) // self.max_batch
+        if self.size is not None and self.max_batch_size:
+            full = max(full, sum(self.size(c.item) for c in self._pending) // self.max_batch_size)
+        return (full + int(self._running)) * self.batch_seconds
 
     async def submit(self, item: T) -> R:
         if len(self._pending) >= self.max_queue:
             raise QueueFull(self.name, len(self._pending), self.retry_after_s)
-        if self.max_wait_estimate_s is not None and self.estimated_wait_s() > self.max_wait_estimate_s:
-            raise QueueFull(self.name, len(self._pending), self.retry_after_s)
+        if self.max_wait_estimate_s is not None and (self._pending or self._running):
+            # it must also run: its own batch takes about one batch time (an idle batcher admits anything, so the
+            # first measurement and a lone long call can happen at all)
+            if self.estimated_wait_s() + (self.batch_seconds or 0.0) > self.max_wait_estimate_s:
+                raise QueueFull(self.name, len(self._pending), self.retry_after_s)
         loop = asyncio.get_running_loop()
         if self._runner is None or self._runner.done() or self._loop is not loop:
             # First call, or on another event loop than before (an app started again in the same process):
@@ -124,12 +136,26 @@ class MicroBatcher(Generic[T, R]):
             while self._pending:
                 if self._last_batch > 1 and self.max_wait_s > 0 and len(self._pending) < self.max_batch:
                     await self._gather_more(arrived)
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
+                n = self._batch_length()
+                batch = self._pending[:n]
+                del self._pending[:n]
                 batch = [c for c in batch if not c.future.done()]  # cancelled callers (client went away)
                 if not batch:
                     continue
                 await self._execute(batch)
+
+    def _batch_length(self) -> int:
+        """How many of the first pending calls the next batch takes: at most max_batch, and at most max_batch_size
+        of work (at least one call)."""
+        n = min(len(self._pending), self.max_batch)
+        if self.size is None or not self.max_batch_size:
+            return n
+        total = 0
+        for i, call in enumerate(self._pending[:n]):
+            total += self.size(call.item)
+            if total > self.max_batch_size and i > 0:
+                return i
+        return n
 
     async def _gather_more(self, arrived: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

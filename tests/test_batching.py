@@ -201,28 +201,61 @@ def test_a_cancelled_caller_leaves_the_queue_whatever_its_items_compare_like() -
     asyncio.run(main())
 
 
-def test_work_that_could_not_start_in_time_is_refused() -> None:
-    """With max_wait_estimate_s, a call whose estimated wait before its batch starts (batches ahead x recent batch
-    time) passes the bound is refused at once, though the queue has room."""
+def test_work_that_could_not_finish_in_time_is_refused() -> None:
+    """With max_wait_estimate_s, a call whose estimated time (the batches ahead of it and its own, at the recent batch
+    time) passes the bound is refused at once, though the queue has room; an idle batcher admits any call."""
 
     def timed(items: list[float]) -> list[float]:
         time.sleep(items[0])
         return items
 
     async def main() -> None:
-        batcher = MicroBatcher(timed, name="t", max_batch=1, max_queue=100, max_wait_s=0, max_wait_estimate_s=0.3)
+        batcher = MicroBatcher(timed, name="t", max_batch=1, max_queue=100, max_wait_s=0, max_wait_estimate_s=0.5)
         assert batcher.estimated_wait_s() == 0.0  # nothing measured yet: admitted
         await batcher.submit(0.2)  # one batch took ~0.2 s
-        assert batcher.batch_seconds is not None and batcher.batch_seconds >= 0.15
+        assert batcher.batch_seconds is not None and 0.15 <= batcher.batch_seconds < 0.25
         assert batcher.estimated_wait_s() == 0.0  # nothing running, nothing queued: it starts at once
         first = asyncio.create_task(batcher.submit(0.2))
         await asyncio.sleep(0.02)  # running
         assert 0.15 <= batcher.estimated_wait_s() <= 0.3
-        second = asyncio.create_task(batcher.submit(0.2))  # behind the running one: ~0.2 s, admitted
+        second = asyncio.create_task(batcher.submit(0.2))  # behind the running one, then its own: ~0.4 s, admitted
         await asyncio.sleep(0.02)
         with pytest.raises(QueueFull):
-            await batcher.submit(0.2)  # behind the running one and one queued: ~0.4 s > 0.3
+            await batcher.submit(0.2)  # the running one, one queued, its own: ~0.6 s > 0.5
         assert [await first, await second] == [0.2, 0.2]
+        await batcher.submit(0.6)  # idle: admitted whatever it costs
+        with pytest.raises(QueueFull):
+            await asyncio.gather(batcher.submit(0.1), batcher.submit(0.1))  # the second: behind a 0.28 s average
         await batcher.aclose()
 
     asyncio.run(main())
+
+
+def test_batches_hold_at_most_max_batch_size_of_work() -> None:
+    """With `size`, a batch takes queued calls while their work fits max_batch_size (a larger call runs alone), so
+    the first calls finish without waiting for all the queued work; the estimated wait counts that work."""
+    batches: list[list[list[int]]] = []
+    gate = threading.Event()
+
+    def run(items: list[list[int]]) -> list[int]:
+        batches.append(items)
+        if len(batches) == 1:
+            gate.wait(5)
+        return [len(i) for i in items]
+
+    async def main() -> None:
+        batcher = MicroBatcher(run, name="t", max_batch=32, max_queue=64, max_wait_s=0, size=len, max_batch_size=10)
+        first = asyncio.create_task(batcher.submit([0]))
+        while not batches:
+            await asyncio.sleep(0.001)
+        sizes = [4, 4, 4, 12, 3, 3, 3]
+        rest = [asyncio.create_task(batcher.submit(list(range(n)))) for n in sizes]
+        await asyncio.sleep(0.01)
+        batcher.batch_seconds = 1.0
+        assert batcher.estimated_wait_s() == (33 // 10 + 1) * 1.0  # 3 batches' work queued, 1 running
+        gate.set()
+        assert [await first, *[await t for t in rest]] == [1, *sizes]
+        await batcher.aclose()
+
+    asyncio.run(main())
+    assert [[len(i) for i in b] for b in batches] == [[1], [4, 4], [4], [12], [3, 3, 3]]

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 from pydantic import ValidationError
 
+from service.batching import QueueFull
 from service.embedder.embed import make_key_prefix
 from service.embedder.engine import EngineUnavailable, InputTooLong, WorkerEngine
 from service.embedder.loading import LMIdentity
@@ -47,6 +48,22 @@ class WorkerModelChanged(WorkerUnavailable):
 class GenerationNotConfigured(WorkerError):
     """No completions server is configured (an OpenAI-compatible embeddings server cannot sample): /generate needs
     GPO_GENERATE_URL. Nothing heals it but the operator."""
+
+
+class WorkerBusy(QueueFull):
+    """The worker (or the server behind GPO_EMBED_URL / GPO_GENERATE_URL) answered 429: its queue is full or the work
+    cannot start before the deadline. Upstream it is the API's own 429 with the worker's Retry-After, never a 400."""
+
+    def __init__(self, detail: Any, retry_after_s: int) -> None:
+        Exception.__init__(self, f"the embedding worker is busy ({detail}); retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after_s(response: httpx.Response, default: int = 1) -> int:
+    try:
+        return max(1, int(float(response.headers["retry-after"])))
+    except (KeyError, ValueError, OverflowError):
+        return default
 
 
 class WorkerRequestError(WorkerError):
@@ -173,6 +190,8 @@ class WorkerClient:
             raise WorkerUnavailable(
                 f"worker at {self.base_url} answered {response.status_code} to {path}: {_detail(response)}"
             )
+        if response.status_code == 429:
+            raise WorkerBusy(_detail(response), _retry_after_s(response))
         if response.status_code >= 400:
             raise WorkerRequestError(response.status_code, _detail(response))
         try:

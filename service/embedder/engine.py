@@ -67,6 +67,12 @@ class CompletionResult:
     vectors: np.ndarray | None = None  # [n, D] pooled in the sampling pass (RESPONSE_POOLED_TEMPLATE_VERSION)
 
 
+# Texts one merged embedding forward holds at most (a larger request runs alone): the model runs texts in batches of
+# its own (Embedder.batch_size), so merging more gains no throughput, while every request of a merged forward waits
+# for all of it (on CPU a forward of 200 texts outlasted a 15 s deadline, so every request was cut, again and again).
+MAX_BATCH_TEXTS = 64
+
+
 class WorkerEngine:
     """The base LLM of one worker: pooled embeddings of raw texts and sampled completions.
 
@@ -80,7 +86,12 @@ class WorkerEngine:
     """
 
     def __init__(
-        self, embedder: Embedder, *, aliases: tuple[str, ...] = (), max_wait_estimate_s: float | None = None
+        self,
+        embedder: Embedder,
+        *,
+        aliases: tuple[str, ...] = (),
+        max_wait_estimate_s: float | None = None,
+        max_batch_texts: int = MAX_BATCH_TEXTS,
     ) -> None:
         self._embedder = embedder
         self.aliases = aliases  # other names clients may use for the model (e.g. the settings value)
@@ -98,6 +109,8 @@ class WorkerEngine:
             max_queue=512,
             max_wait_s=0.002,
             max_wait_estimate_s=max_wait_estimate_s,  # work that could not start before its deadline: refused
+            size=len,  # texts: the model runs them in batches anyway, so one forward merges at most max_batch_texts
+            max_batch_size=max_batch_texts,
         )
         self._complete_batcher: MicroBatcher[CompletionCall, CompletionResult | Exception] = MicroBatcher(
             self._complete_batch,

@@ -14,9 +14,11 @@ import pytest
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.batching import QueueFull
 from service.config import Settings
 from service.embedder.client import (
     LocalWorker,
+    WorkerBusy,
     WorkerClient,
     WorkerInfo,
     WorkerModelChanged,
@@ -191,3 +193,20 @@ async def test_build_worker_from_settings(tiny_lm: BaseLM, tiny_lm_path: Path, t
     assert await local.ready()
     np.testing.assert_allclose(await local.embed(TEXTS), Embedder(tiny_lm).embed(TEXTS), atol=1e-6, rtol=0)
     await local.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_busy_worker_is_a_full_queue_upstream_not_a_refused_input(tiny_lm: BaseLM) -> None:
+    """The worker's 429 (queue full, or work that cannot start before the deadline) reaches the API as QueueFull with
+    the worker's Retry-After (the API's 429), as the in-process worker's does; it used to be a 400 'input refused'."""
+    engine = WorkerEngine.from_lm(tiny_lm)
+    batcher = engine._embed_batcher  # noqa: SLF001
+    batcher.max_queue, batcher.retry_after_s = 0, 7  # full: every call is refused, retry after 7 s
+    async with asgi_client(create_worker_app(engine, warm=False)) as remote:
+        for worker in (remote, LocalWorker(engine)):
+            with pytest.raises(QueueFull) as busy:
+                await worker.embed(["a text"])
+            assert busy.value.retry_after_s == 7
+        assert isinstance(busy.value, QueueFull) and not isinstance(busy.value, WorkerRequestError)
+        with pytest.raises(WorkerBusy):
+            await remote.embed(["a text"])
