@@ -246,6 +246,37 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
+def spawned_worker(
+    env: Mapping[str, str] | None = None, ready_timeout_s: float = 300.0, nice: int = 0
+) -> Iterator[str]:
+    """`gpo worker` (the base LLM as its own process) on a free loopback port with os.environ updated by `env`;
+    yields its URL (for GPO_WORKER_URL); stopped on exit."""
+    with tempfile.TemporaryDirectory(prefix="gpo-worker-") as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with open(Path(tmp) / "worker.log", "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    *(["nice", "-n", str(nice)] if nice > 0 else []),
+                    *(sys.executable, "-m", "service.cli", "worker", "--host", "127.0.0.1", "--port", str(port)),
+                ],
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                try:
+                    wait_ready(url, ready_timeout_s, proc)
+                except LoadError as exc:
+                    tail = (Path(tmp) / "worker.log").read_bytes()[-4000:].decode(errors="replace")
+                    raise LoadError(f"worker: {exc}\n--- worker log (tail) ---\n{tail}") from None
+                yield url
+            finally:
+                _stop(proc)
+
+
+@contextmanager
 def spawned_server(
     env: Mapping[str, str] | None = None, ready_timeout_s: float = 300.0, nice: int = 0
 ) -> Iterator[Target]:
@@ -314,7 +345,7 @@ class OpStats:
     transport: Counter = field(default_factory=Counter)
     bad_body: int = 0
     slowest_s: float = 0.0  # the longest wait for any answer (any status)
-    refused_503: int = 0  # 503 with Retry-After (open loop: a refusal)
+    refused_503: int = 0  # 503 with Retry-After (open loop: a refusal; closed loop: also in status_5xx)
     refused_without_retry_after: int = 0  # a 429 or 503 without Retry-After
     over_bound: int = 0  # answers slower than `answer_bound_s`
 
@@ -488,9 +519,10 @@ class Runner:
         status = r.status_code
         if status in (429, 503) and "retry-after" not in r.headers:
             stats.refused_without_retry_after += 1
-        if status == 503 and self.config.rate > 0 and "retry-after" in r.headers:
-            stats.refused_503 += 1  # open loop: the deadline or a queue refused it, as it should
-            return status
+        if status == 503 and "retry-after" in r.headers:
+            stats.refused_503 += 1  # the deadline or a queue refused it
+            if self.config.rate > 0:
+                return status  # open loop: a refusal, as it should be; closed loop: also a server error below
         if 200 <= status < 300:
             try:
                 valid = _valid_body(op, r.json(), body)

@@ -14,6 +14,7 @@ write lost. Figures only; never a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -89,6 +90,11 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
     c, o, ol = capacity["total"], overload["total"], overload["open_loop"]
     sd = overload["server_deadline"]
     mix = ",".join(f"{k}={v:g}" for k, v in MIX.items())
+    worker = (
+        "SmolLM2 in a separate `gpo worker` process (GPO_WORKER_URL, the same deadline and nice)"
+        if args.worker
+        else "in-process SmolLM2"
+    )
     verdict = "PASS" if overload["passed"] else "FAIL: " + "; ".join(overload["failures"])
     return "\n".join(
         [
@@ -97,17 +103,19 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
             "`.venv/bin/python -m benchmarks.overload "
             f"--duration {args.duration:g} --factor {args.factor:g} --deadline {args.deadline:g} --server-nice "
-            f"{args.server_nice}`: one `gpo serve` on the embedded defaults (SQLite, in-process SmolLM2, the shipped "
-            f"checkpoint), GPO_REQUEST_TIMEOUT_S={args.deadline:g}, mix {mix}, the load generator on the same cores "
-            f"(the server at nice {args.server_nice}, so that the generator's clock is not starved by it).",
+            f"{args.server_nice}{' --worker' if args.worker else ''}`: one `gpo serve` on the embedded defaults "
+            f"(SQLite, {worker}, the shipped checkpoint), GPO_REQUEST_TIMEOUT_S={args.deadline:g}, mix {mix}, the load "
+            f"generator on the same cores (the server at nice {args.server_nice}, so that the generator's clock is "
+            "not starved by it).",
             "",
             f"A closed-loop warm-up of {args.warmup_s:g} s came first, not measured.",
             "",
-            "| phase | offered | answered 2xx/s | 429 | 503 (Retry-After) | 5xx | p50 / p99 of 2xx (ms) "
+            "| phase | offered | answered 2xx/s | 429 | 503 (Retry-After) | other 5xx | p50 / p99 of 2xx (ms) "
             "| slowest answer (ms) |",
             "|---|---|---|---|---|---|---|---|",
             f"| capacity: closed loop, {args.clients} clients, {args.capacity_s:g} s | - | {c['ok_rps']} | "
-            f"{c['throttled_429']} | {c['refused_503']} | {c['server_errors']} | {c['p50_ms']} / {c['p99_ms']} | "
+            f"{c['throttled_429']} | {c['refused_503']} | {c['server_errors'] - c['refused_503']} | "
+            f"{c['p50_ms']} / {c['p99_ms']} | "
             f"{c['slowest_answer_ms']} |",
             f"| overload: open loop, {args.duration:g} s | {ol['offered_rps']:.1f}/s ({ol['arrivals']} requests, "
             f"{ol['not_sent']} not sent: {(ol['arrivals'] - ol['not_sent']) / args.duration:.1f}/s sent) "
@@ -158,12 +166,21 @@ def main() -> int:
         "generations) would make the capacity, and so the offered load, too low",
     )
     p.add_argument("--max-in-flight", type=int, default=2000, help="open requests at most (arrivals past it: not sent)")
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="the base LLM in its own `gpo worker` process (GPO_WORKER_URL, same deadline and nice) instead of in "
+        "the API's process",
+    )
     p.add_argument("--json", type=Path, default=Path("benchmarks/overload.json"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/overload.md"))
     args = p.parse_args()
     env = {"GPO_REQUEST_TIMEOUT_S": str(args.deadline), "GPO_TORCH_THREADS": "1"}
     common = dict(groups=20, mix=dict(MIX), timeout_s=args.deadline + 30, generate_timeout_s=args.deadline + 30)
-    with load.spawned_server(env, nice=args.server_nice) as target:
+    with contextlib.ExitStack() as stack:
+        if args.worker:
+            env["GPO_WORKER_URL"] = stack.enter_context(load.spawned_worker(env, nice=args.server_nice))
+        target = stack.enter_context(load.spawned_server(env, nice=args.server_nice))
         if args.warmup_s > 0:
             warmup_cfg = load.LoadConfig(
                 url=target.url, api_key=target.api_key, clients=args.clients, duration_s=args.warmup_s, **common
