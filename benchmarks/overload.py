@@ -95,14 +95,17 @@ def section(capacity: dict, overload: dict, args: argparse.Namespace) -> str:
         if args.worker
         else "in-process SmolLM2"
     )
+    offered = overload["open_loop"]["offered_rps"] / max(capacity["total"]["ok_rps"], 1e-9)
+    factor = f"{args.factor:g}x" if args.rate <= 0 else f"{offered:.1f}x (a fixed rate)"
+    how = f"--factor {args.factor:g}" if args.rate <= 0 else f"--rate {args.rate:g}"
     verdict = "PASS" if overload["passed"] else "FAIL: " + "; ".join(overload["failures"])
     return "\n".join(
         [
-            "## Overload (issue 17): 10x capacity offered, open loop",
+            f"## Overload (issue 17): {factor} capacity offered, open loop",
             "",
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
             "`.venv/bin/python -m benchmarks.overload "
-            f"--duration {args.duration:g} --factor {args.factor:g} --deadline {args.deadline:g} --server-nice "
+            f"--duration {args.duration:g} {how} --deadline {args.deadline:g} --server-nice "
             f"{args.server_nice}{' --worker' if args.worker else ''}`: one `gpo serve` on the embedded defaults "
             f"(SQLite, {worker}, the shipped checkpoint), GPO_REQUEST_TIMEOUT_S={args.deadline:g}, mix {mix}, the load "
             f"generator on the same cores (the server at nice {args.server_nice}, so that the generator's clock is "
@@ -149,6 +152,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--factor", type=float, default=10.0)
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="offer this many requests/s instead of --factor x the measured capacity: comparing builds at one rate "
+        "(each run's capacity phase differs, and with it the load it offers)",
+    )
     p.add_argument("--deadline", type=float, default=15.0, help="GPO_REQUEST_TIMEOUT_S of the server, s")
     p.add_argument(
         "--server-nice",
@@ -196,7 +206,7 @@ def main() -> int:
         capacity["failures"] = load.failures(capacity)
         capacity["passed"] = not capacity["failures"]
         print(load.format_report(capacity), flush=True)
-        rate = max(1.0, args.factor * capacity["total"]["ok_rps"])
+        rate = args.rate if args.rate > 0 else max(1.0, args.factor * capacity["total"]["ok_rps"])
         overload_cfg = load.LoadConfig(
             url=target.url,
             api_key=target.api_key,

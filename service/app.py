@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -20,7 +19,7 @@ from service.cache import build_vector_cache
 from service.config import Settings, get_settings
 from service.db.migrate import upgrade_database
 from service.db.session import make_engine, make_sessionmaker, normalize_url
-from service.deadline import RequestDeadline
+from service.deadline import LoopLag, RequestDeadline
 from service.embedder.client import LocalWorker, WorkerUnavailable, build_generator, build_worker
 from service.gpo.checkpoint import CheckpointError
 from service.limits import Limits
@@ -63,15 +62,6 @@ def _load_predictor(settings: Settings, kind: Kind) -> Predictor:
             ) from e
         log.info("%s: questions outside the prior bank are matched to known ones", predictor.model_version)
     return predictor
-
-
-async def _watch_loop_lag(metrics: Metrics, tick_s: float = 0.1) -> None:
-    """Sample how late the event loop runs a timer (gpo_event_loop_lag_seconds): time before a request reaches the
-    app, which no deadline of the app can count."""
-    while True:
-        t0 = time.perf_counter()
-        await asyncio.sleep(tick_s)
-        metrics.loop_lag_seconds.observe(max(0.0, time.perf_counter() - t0 - tick_s))
 
 
 @asynccontextmanager
@@ -135,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The API over `settings` (default: from the environment). Nothing is opened before the app starts."""
     settings = settings or get_settings()
     metrics = Metrics()
+    loop_lag = LoopLag()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,7 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         async with open_services(settings, metrics) as services:
             app.state.services = services
-            watcher = asyncio.get_running_loop().create_task(_watch_loop_lag(metrics), name="loop-lag")
+            # how late the event loop runs (gpo_event_loop_lag_seconds): requests wait that long before the app sees
+            # them, so their deadlines start that much earlier
+            watcher = asyncio.get_running_loop().create_task(
+                loop_lag.watch(metrics.loop_lag_seconds.observe), name="loop-lag"
+            )
             try:
                 yield
             finally:
@@ -164,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         retry_after_s=settings.retry_after_s,
         on_timeout=metrics.observe_deadline,
         on_disconnect=metrics.observe_disconnect,
+        loop_lag=loop_lag,
     )
     install_error_handlers(app)
     for router in (groups.router, predict.router, generate.router, health.router):

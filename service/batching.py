@@ -20,6 +20,8 @@ from typing import Generic, TypeVar
 
 import anyio.to_thread
 
+from service.deadline import seconds_left
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -105,8 +107,11 @@ class MicroBatcher(Generic[T, R]):
             raise QueueFull(self.name, len(self._pending), self.retry_after_s)
         if self.max_wait_estimate_s is not None and (self._pending or self._running):
             # it must also run: its own batch takes about one batch time (an idle batcher admits anything, so the
-            # first measurement and a lone long call can happen at all)
-            if self.estimated_wait_s() + (self.batch_seconds or 0.0) > self.max_wait_estimate_s:
+            # first measurement and a lone long call can happen at all). Within a request, the budget is the time
+            # its deadline leaves: a request that already waited elsewhere gets a 429 now, not a 503 at its deadline.
+            left = seconds_left()
+            budget = self.max_wait_estimate_s if left is None else min(self.max_wait_estimate_s, left)
+            if self.estimated_wait_s() + (self.batch_seconds or 0.0) > budget:
                 raise QueueFull(self.name, len(self._pending), self.retry_after_s)
         loop = asyncio.get_running_loop()
         if self._runner is None or self._runner.done() or self._loop is not loop:

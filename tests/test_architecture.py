@@ -73,7 +73,7 @@ def reachable(start: str) -> set[str]:
 LAYERS: dict[str, set[str]] = {
     "config": set(),
     "gpo": set(),
-    "batching": set(),
+    "batching": {"deadline"},  # a queue admits work by the time its request has left
     "deadline": set(),
     "metrics": set(),
     "progress": set(),

@@ -259,3 +259,47 @@ def test_batches_hold_at_most_max_batch_size_of_work() -> None:
 
     asyncio.run(main())
     assert [[len(i) for i in b] for b in batches] == [[1], [4, 4], [4], [12], [3, 3, 3]]
+
+
+def test_within_a_request_the_budget_is_the_time_its_deadline_leaves() -> None:
+    """Under RequestDeadline a call is admitted only if it could finish before *its request's* deadline: a request
+    that already spent most of its time elsewhere is refused at once (429), though the fixed bound would admit it."""
+    from service.deadline import RequestDeadline
+
+    def timed(items: list[float]) -> list[float]:
+        time.sleep(items[0])
+        return items
+
+    outcome: list[str] = []
+
+    async def main() -> None:
+        batcher = MicroBatcher(timed, name="t", max_batch=1, max_queue=100, max_wait_s=0, max_wait_estimate_s=60)
+        await batcher.submit(0.2)  # one batch took ~0.2 s
+
+        async def app(scope, receive, send) -> None:
+            await asyncio.sleep(0.7)  # the request spent 0.7 s of its 1 s elsewhere
+            busy = asyncio.create_task(batcher.submit(0.2))  # another request's batch is running
+            await asyncio.sleep(0.02)
+            try:  # behind it and its own: ~0.4 s, more than the ~0.28 s left (the fixed bound, 60 s, would admit it)
+                await batcher.submit(0.2)
+                outcome.append("admitted")
+            except QueueFull:
+                outcome.append("refused")
+            await busy
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            pass
+
+        scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+        await RequestDeadline(app, 1.0, retry_after_s=1)(scope, receive, send)
+        busy = asyncio.create_task(batcher.submit(0.2))
+        await asyncio.sleep(0.02)
+        outcome.append(type(await batcher.submit(0.2)).__name__)  # outside a request: the fixed bound, admitted
+        await busy
+        await batcher.aclose()
+
+    asyncio.run(main())
+    assert outcome == ["refused", "float"]

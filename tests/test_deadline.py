@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 
-from service.deadline import RequestDeadline
+from service.deadline import LoopLag, RequestDeadline, seconds_left
 
 
 def scope(method: str = "POST", body: bool = True) -> dict:
@@ -208,3 +208,63 @@ def test_a_real_server_cancels_the_work_of_a_client_that_hung_up():
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def test_loop_lag_is_the_largest_recent_lag_or_the_stall_going_on() -> None:
+    lag = LoopLag(tick_s=0.1, window_s=2.0)
+    assert lag.estimate(now=100.0) == 0.0
+    lag.record(100.0, 0.8)
+    lag.record(100.5, 0.1)
+    assert lag.estimate(now=101.0) == 0.8  # the largest of the window
+    assert lag.estimate(now=102.4) == 0.1  # 0.8 left the window
+    assert lag.estimate(now=103.0) == 0.0
+    lag._due = 103.0
+    assert abs(lag.estimate(now=104.5) - 1.5) < 1e-9  # a wake-up overdue by 1.5 s: the loop is stalled now
+
+
+def test_loop_lag_watch_measures_a_blocked_loop() -> None:
+    async def main() -> float:
+        lag = LoopLag(tick_s=0.05)
+        task = asyncio.create_task(lag.watch())
+        await asyncio.sleep(0.12)
+        time.sleep(0.4)  # blocks the loop: the pending wake-up is late
+        await asyncio.sleep(0.1)
+        task.cancel()
+        return lag.estimate()
+
+    assert 0.3 <= asyncio.run(main()) <= 1.0
+
+
+def test_the_deadline_starts_as_early_as_the_loop_has_been_late() -> None:
+    """A request read while the loop runs 0.4 s late may have waited that long unread: its 1 s deadline passes
+    ~0.6 s after it was read. The head start is at most half the deadline."""
+    left: list[float] = []
+
+    async def app(scope, receive, send) -> None:
+        left.append(seconds_left())
+        await asyncio.sleep(30)
+
+    def cut_after(lag_s: float) -> float:
+        lag = LoopLag(window_s=60)
+        lag.record(time.perf_counter(), lag_s)
+
+        async def main() -> None:
+            async def send(message: dict) -> None:
+                pass
+
+            await RequestDeadline(app, 1.0, retry_after_s=7, loop_lag=lag)(scope(body=False), whole_body, send)
+
+        t0 = time.monotonic()
+        asyncio.run(main())
+        return time.monotonic() - t0
+
+    assert 0.5 <= cut_after(0.4) < 0.85 and 0.55 <= left[-1] <= 0.61
+    assert 0.45 <= cut_after(5.0) < 0.75 and 0.45 <= left[-1] <= 0.51  # capped at half
+    assert 0.9 <= cut_after(0.0) < 1.3 and left[-1] > 0.95
+
+
+def test_seconds_left_is_none_outside_a_request() -> None:
+    async def main():
+        return seconds_left()
+
+    assert asyncio.run(main()) is None

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.batching import QueueFull
-from service.deadline import RequestDeadline
+from service.deadline import LoopLag, RequestDeadline
 from service.embedder.engine import EngineUnavailable, InputTooLong, ModelNotServed, WorkerEngine
 from service.embedder.generate import RESPONSE_POOLED_TEMPLATE_VERSION
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, TEMPLATE_VERSION
@@ -153,9 +153,13 @@ def create_worker_app(
     `request_timeout_s`, every request has that deadline (service.deadline), as the API's have.
     """
 
+    loop_lag = LoopLag()  # requests wait unread while the loop runs late: their deadlines start that much earlier
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
+            if request_timeout_s is not None:
+                tg.start_soon(loop_lag.watch)
             if warm:
                 tg.start_soon(_warm_up, engine)
             yield
@@ -172,6 +176,7 @@ def create_worker_app(
             timeout_s=request_timeout_s,
             retry_after_s=retry_after_s,
             on_disconnect=app.state.metrics.observe_disconnect,
+            loop_lag=loop_lag,
         )
     app.add_exception_handler(EngineUnavailable, _error(503, "model unavailable"))
     app.add_exception_handler(InputTooLong, _error(422, "input too long"))
