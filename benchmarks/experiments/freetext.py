@@ -4,7 +4,7 @@ group's most chosen answer differs from the population's: is the top pick the gr
 another? (service.training.freetext)
 
     .venv/bin/python benchmarks/experiments/freetext.py [--seeds 0,1,2] [--max-steps 0] [--json FILE]
-        [--matcher] [--blend off|below|all]
+        [--matcher] [--blend off|below|all|split]
 
 Three ways of showing a held-out question to the same model, with the same contexts:
   survey_options:   the survey's own options in the multiple-choice template (what /predict sees for a new question)
@@ -52,7 +52,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--matcher", action="store_true", help="match new questions to known ones, as served")
     parser.add_argument(
-        "--blend", default="off", choices=["off", "below", "all"], help="soft borrowing (TrainConfig.neighbour_blend)"
+        "--blend",
+        default="off",
+        choices=["off", "below", "all", "split"],
+        help="soft borrowing (TrainConfig.neighbour_blend)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -28,7 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
-        "--blend", default="off", choices=["off", "below", "all"], help="soft borrowing (TrainConfig.neighbour_blend)"
+        "--blend",
+        default="off",
+        choices=["off", "below", "all", "split"],
+        help="soft borrowing (TrainConfig.neighbour_blend)",
     )
     parser.add_argument("--max-steps", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=600.0)

@@ -23,6 +23,7 @@ from service.cli.runtime import (
     load_group_dataset,
     set_up_logging_and_threads,
 )
+from service.gpo.matching import BLEND_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +53,15 @@ class MetaTrainOptions:
         str,
         typer.Option(
             help="soft borrowing from the nearest known questions (service.gpo.matching.BlendRule, chosen on training "
-            "questions): off | below (for what the matcher's threshold leaves new) | all (in place of the threshold)"
+            "questions): off | below (for what the matcher's threshold leaves new) | all (in place of the threshold) | "
+            "split (as all, the mean's and the loadings' shares chosen apart)"
         ),
     ] = "all"
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.blend not in {"off", "below", "all"}:
-            raise typer.BadParameter(f"{self.blend!r}: one of off, below, all", param_hint="--blend")
+        if self.blend not in BLEND_MODES:
+            raise typer.BadParameter(f"{self.blend!r}: one of {', '.join(BLEND_MODES)}", param_hint="--blend")
 
     def with_question_vectors(self, table):
         """`table` with the matcher's question vectors when the matcher is on (and the text prior it needs)."""

@@ -86,34 +86,61 @@ def option_text(option: str) -> str:
     return option.strip()
 
 
+# how a trainer chooses soft borrowing: "off"; "below" the threshold only; "all" in place of the threshold; "split":
+# as "all", with the mean column's and the loadings' shares chosen apart
+BLEND_MODES = ("off", "below", "all", "split")
+
+
 @dataclass(frozen=True)
 class BlendRule:
     """How much a new question's prior leans on its `k` nearest bank questions (same option count): weights
     softmax(beta * similarity) over them, and a share lam * clip((s1 - floor) / span, 0, 1) of the result beside the
-    text estimate, s1 the nearest one's similarity. Chosen on training questions (service.training.matching)."""
+    text estimate, s1 the nearest one's similarity. With `lam_loadings`, the loadings take their own share (the mean
+    column keeps lam): what neighbours say about the population's answer and about how groups differ on it need not
+    be equally trustworthy. Chosen on training questions (service.training.matching)."""
 
     k: int
     beta: float
     lam: float
     floor: float = 0.5
     span: float = 0.4
+    lam_loadings: float | None = None  # None: the loadings take lam, as the mean does
 
-    def share(self, top: float) -> float:
-        return float(self.lam * np.clip((top - self.floor) / self.span, 0.0, 1.0))
+    def share(self, top: float, loadings: bool = False) -> float:
+        lam = self.lam_loadings if loadings and self.lam_loadings is not None else self.lam
+        return float(lam * np.clip((top - self.floor) / self.span, 0.0, 1.0))
 
     def weights(self, sims: np.ndarray) -> np.ndarray:
         w = np.exp(self.beta * (np.asarray(sims, np.float64) - np.max(sims)))
         return w / w.sum()
 
+    def mix(self, text: np.ndarray, near: np.ndarray, top: float) -> np.ndarray:
+        """[n, 1 + k] the text estimate's columns (mean, loadings) blended with the neighbours' weighted `near`
+        [n, 1 + k], the nearest one at similarity `top`."""
+        shares = np.full(np.shape(text)[1], self.share(top, loadings=True))
+        shares[0] = self.share(top)
+        return (1.0 - shares) * np.asarray(text, np.float64) + shares * np.asarray(near, np.float64)
+
+    def to_array(self) -> np.ndarray:
+        lam_l = self.lam if self.lam_loadings is None else self.lam_loadings
+        return np.array([self.k, self.beta, self.lam, self.floor, self.span, lam_l], dtype=np.float64)
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> BlendRule:
+        v = [float(x) for x in np.asarray(values).reshape(-1)]
+        k, beta, lam, floor, span = v[:5]
+        lam_l = v[5] if len(v) > 5 and v[5] != lam else None  # checkpoints before lam_loadings store five
+        return cls(int(k), beta, lam, floor, span, lam_l)
+
 
 def blend_targets(text: np.ndarray, lent: Sequence[np.ndarray], sims: np.ndarray, rule: BlendRule) -> np.ndarray:
-    """[n, m] the blended estimate of one question's prior columns: (1 - share) * `text` [n, m] + share * the
-    weighted mean of the neighbours' `lent` [n, m] each, nearest first with similarities `sims`."""
+    """[n, 1 + k] the blended estimate of one question's prior columns (mean, loadings): `text` [n, 1 + k] mixed
+    (BlendRule.mix) with the weighted mean of the neighbours' `lent` [n, 1 + k] each, nearest first with similarities
+    `sims`."""
     if not len(lent):
         return np.asarray(text, np.float64)
-    share = rule.share(float(sims[0]))
     near = np.tensordot(rule.weights(sims), np.stack(lent).astype(np.float64), axes=1)
-    return (1.0 - share) * np.asarray(text, np.float64) + share * near
+    return rule.mix(text, near, float(sims[0]))
 
 
 @dataclass(frozen=True)
@@ -205,8 +232,7 @@ class QuestionMatcher:
         if self.option_vectors is not None:
             out["match_option_vectors"] = np.ascontiguousarray(self.option_vectors, dtype=np.float32)
         if self.blend is not None:
-            b = self.blend
-            out["match_blend"] = np.array([b.k, b.beta, b.lam, b.floor, b.span], dtype=np.float64)
+            out["match_blend"] = self.blend.to_array()
         return out
 
     @classmethod
@@ -217,8 +243,7 @@ class QuestionMatcher:
         options = extra.get("match_option_vectors")
         blend = None
         if "match_blend" in extra:
-            k, beta, lam, floor, span = (float(v) for v in np.asarray(extra["match_blend"]).reshape(-1)[:5])
-            blend = BlendRule(int(k), beta, lam, floor, span)
+            blend = BlendRule.from_array(extra["match_blend"])
         return cls(
             np.asarray(extra["match_vectors"], np.float32),
             np.asarray(extra["match_starts"], np.int64),

@@ -230,8 +230,8 @@ class Predictor:
         return self.question_encoder(text), np.stack([self.question_encoder(t) for t in option_texts])
 
     def blend_plan(self, question: str, options: Sequence[str]) -> tuple[float, np.ndarray] | None:
-        """For a question outside the bank, when the matcher borrows softly (BlendRule): the share its nearest bank
-        questions take and their weighted prior columns [n, 1 + k] (mean, loadings; options paired with the asker's),
+        """For a question outside the bank, when the matcher borrows softly (BlendRule): the similarity of its nearest
+        bank question and their weighted prior columns [n, 1 + k] (mean, loadings; options paired with the asker's),
         cached per question: a question asked again costs a lookup and one blend."""
         if self.matcher is None or self.matcher.blend is None or self.question_encoder is None:
             return None
@@ -243,11 +243,11 @@ class Predictor:
         question, option_vectors = self._vectors(text, options)
         index, sims = self.matcher.neighbours(question, len(options), rule.k)
         if len(index) == 0:
-            return 0.0, np.zeros((len(options), 1 + prior.rank))
+            return -np.inf, np.zeros((len(options), 1 + prior.rank))
         lent = np.stack([prior.features(self.matcher.rows(int(j), option_vectors))[:, 1:] for j in index])
         near = np.tensordot(rule.weights(sims), lent.astype(np.float64), axes=1)
         near.setflags(write=False)
-        return rule.share(float(sims[0])), near
+        return float(sims[0]), near
 
     def _matched_rows(self, text: str, options: tuple[str, ...]) -> tuple[int, ...] | None:
         """The borrowed rows of the question `text` (a `match_text` line) with these options (cached in
@@ -299,8 +299,8 @@ class Predictor:
                     prior = self.text_prior.question_features(emb)
                     plan = self.blend_plan(item.question, item.options)
                     if plan is not None:  # soft borrowing (service.gpo.matching.blend_targets, cached per question)
-                        share, near = plan
-                        prior[:, 1:] = (1.0 - share) * prior[:, 1:] + share * near
+                        top, near = plan
+                        prior[:, 1:] = self.matcher.blend.mix(prior[:, 1:], near, top)
                 else:
                     prior = np.zeros((n, 2 + bank.prior.rank), np.float32)
             else:  # rating / comparison: every response is its own item (prompt + response)

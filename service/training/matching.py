@@ -21,7 +21,8 @@ Soft borrowing (`fit_matcher(..., blend=...)`, service.gpo.matching.BlendRule) i
 training question's nearest *other* training questions (and, with blend "all", each validation rewording's nearest
 bank questions), the rule of BLEND_GRID whose blend of their priors with the out-of-fold text estimate has the least
 squared error against the question's own prior; with blend "all" the two populations weigh alike and the rule takes
-the place of the threshold.
+the place of the threshold. Blend "split" is "all" with the mean column's share and the loadings' share chosen
+apart (each column's error is its own, so each takes the grid's best share for it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.gpo.matching import BlendRule, QuestionMatcher, blend_targets, match_text, option_text
+from service.gpo.matching import BLEND_MODES, BlendRule, QuestionMatcher, blend_targets, match_text, option_text
 from service.gpo.prior import PopulationPrior
 from service.training.items import ItemTable
 from service.training.text_prior import prior_targets
@@ -80,27 +81,48 @@ BLEND_GRID = {
 
 
 def choose_blend(
-    cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], weights: np.ndarray | None = None
+    cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    weights: np.ndarray | None = None,
+    split: bool = False,
 ) -> BlendRule | None:
-    """The BlendRule of BLEND_GRID with the least total squared error over `cases` (own targets [n, m], text
-    estimate [n, m], nearest neighbours' similarities [K], their targets paired with the question's options
-    [K, n, m]), each case's error times its weight (default 1); None when no blending (lam 0) does best."""
+    """The BlendRule of BLEND_GRID with the least total squared error over `cases` (own targets [n, 1 + k], text
+    estimate [n, 1 + k], nearest neighbours' similarities [K], their targets paired with the question's options
+    [K, n, 1 + k]), each case's error times its weight (default 1); None when no blending (lam 0) does best. With
+    `split`, the mean column and the loadings each get the share of the grid that suits them (lam, lam_loadings)."""
     w = np.ones(len(cases)) if weights is None else np.asarray(weights, dtype=np.float64)
     best, best_err = None, np.inf
     grid = BLEND_GRID
-    for k, beta, lam, floor, span in itertools.product(
-        grid["k"], grid["beta"], grid["lam"], grid["floor"], grid["span"]
-    ):
-        if lam == 0.0 and (k, beta, floor, span) != (grid["k"][0], grid["beta"][0], grid["floor"][0], grid["span"][0]):
-            continue  # no blending is one rule, whatever its other parameters
-        rule = BlendRule(k, beta, lam, floor, span)
-        err = sum(
-            wi * float(((blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2).sum())
-            for wi, (own, text, sims, lent) in zip(w, cases, strict=True)
-        )
-        if err < best_err - 1e-12:
-            best, best_err = rule, err
-    return None if best is None or best.lam == 0.0 else best
+    for k, beta, floor, span in itertools.product(grid["k"], grid["beta"], grid["floor"], grid["span"]):
+        per_lam = []  # (lam, error of the mean column, error of the loadings)
+        for lam in grid["lam"]:
+            if lam == 0.0 and (k, beta, floor, span) != (
+                grid["k"][0],
+                grid["beta"][0],
+                grid["floor"][0],
+                grid["span"][0],
+            ):
+                continue  # no blending is one rule, whatever its other parameters
+            rule = BlendRule(k, beta, lam, floor, span)
+            sq = [(blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2 for own, text, sims, lent in cases]
+            per_lam.append(
+                (
+                    lam,
+                    sum(wi * float(e[:, 0].sum()) for wi, e in zip(w, sq, strict=True)),
+                    sum(wi * float(e[:, 1:].sum()) for wi, e in zip(w, sq, strict=True)),
+                )
+            )
+        if split:
+            lam_m, err_m, _ = min(per_lam, key=lambda r: r[1])
+            lam_l, _, err_l = min(per_lam, key=lambda r: r[2])
+            candidates = [(BlendRule(k, beta, lam_m, floor, span, None if lam_l == lam_m else lam_l), err_m + err_l)]
+        else:
+            candidates = [(BlendRule(k, beta, lam, floor, span), em + el) for lam, em, el in per_lam]
+        for rule, err in candidates:
+            if err < best_err - 1e-12:
+                best, best_err = rule, err
+    if best is None or (best.lam == 0.0 and not best.lam_loadings):
+        return None
+    return best
 
 
 def fit_matcher(
@@ -151,8 +173,10 @@ def fit_matcher(
     sims, e_match, e_text = np.array(cases, dtype=np.float64).reshape(-1, 3).T
     threshold = choose_threshold(sims, e_match, e_text)
     rule = None
-    if blend not in {"off", "below", "all"}:
-        raise ValueError(f"blend must be off, below or all, not {blend!r}")
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, not {blend!r}")
+    split = blend == "split"
+    blend = "all" if split else blend
     if blend != "off":
         # soft borrowing, chosen on training questions: "below" for those the threshold leaves new, "all" in place of
         # the threshold (every training question, and the validation rewordings, whose original is in the bank)
@@ -190,7 +214,7 @@ def fit_matcher(
         if n_reworded and n_sibling_cases:
             weights[:n_sibling_cases] = 1.0 / n_sibling_cases
             weights[n_sibling_cases:] = 1.0 / n_reworded
-        rule = choose_blend(blend_cases, weights)
+        rule = choose_blend(blend_cases, weights, split=split)
         log.info("matcher: soft borrowing (%s) %s, chosen on %d cases", blend, rule, len(blend_cases))
         if blend == "all" and rule is not None:
             threshold = float("inf")  # the soft rule takes the place of outright borrowing

@@ -215,12 +215,45 @@ def test_choose_blend_borrows_only_when_neighbours_carry_the_answer():
     assert choose_blend(opposite) is None
 
 
+def test_split_shares_blend_the_mean_and_the_loadings_apart():
+    rule = BlendRule(k=1, beta=10.0, lam=0.0, floor=0.5, span=0.4, lam_loadings=1.0)
+    text, near = np.zeros((3, 3)), np.ones((3, 3))
+    out = blend_targets(text, [near], np.array([0.9]), rule)  # share 0 for the mean, 1 for the loadings
+    np.testing.assert_allclose(out[:, 0], 0.0)
+    np.testing.assert_allclose(out[:, 1:], 1.0)
+    assert rule.share(0.7) == 0.0 and rule.share(0.7, loadings=True) == pytest.approx(0.5)
+    same = BlendRule(k=1, beta=10.0, lam=0.5)
+    np.testing.assert_allclose(blend_targets(text, [near], np.array([0.9]), same), 0.5)
+
+
+def test_choose_blend_split_gives_each_column_its_own_share():
+    """Neighbours that carry the mean but answer the loadings the opposite way: "split" borrows the mean and keeps
+    the text loadings; one shared share must settle in between."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for _ in range(40):
+        own = rng.normal(size=(3, 3))
+        text = own + 0.3 * rng.normal(size=(3, 3))
+        sims = np.sort(rng.uniform(0.85, 0.95, size=10))[::-1]
+        lent = own[None] + 0.05 * rng.normal(size=(10, 3, 3))
+        lent[:, :, 1:] *= -1.0
+        cases.append((own, text, sims, lent))
+    split = choose_blend(cases, split=True)
+    assert split is not None and split.lam >= 0.7 and split.lam_loadings == 0.0
+    shared = choose_blend(cases)
+    assert shared is None or shared.lam_loadings is None
+
+
 def test_the_blend_rule_is_kept_in_a_checkpoint():
     m = QuestionMatcher(
         unit_rows(np.eye(2)), np.array([0, 2]), np.array([2, 2]), 0.9, None, BlendRule(5, 20.0, 0.5, 0.4, 0.5)
     )
     again = QuestionMatcher.from_checkpoint(m.to_checkpoint())
     assert again is not None and again.blend == m.blend
+    split = replace(m, blend=BlendRule(5, 20.0, 0.5, 0.4, 0.5, lam_loadings=0.3))
+    assert QuestionMatcher.from_checkpoint(split.to_checkpoint()).blend == split.blend
+    five = {**m.to_checkpoint(), "match_blend": np.array([5, 20.0, 0.5, 0.4, 0.5])}  # a checkpoint before the split
+    assert QuestionMatcher.from_checkpoint(five).blend == m.blend
     assert QuestionMatcher.from_checkpoint(replace(m, blend=None).to_checkpoint()).blend is None
 
 
