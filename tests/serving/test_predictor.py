@@ -238,10 +238,12 @@ def test_a_rewording_borrows_its_known_questions_prior_when_a_matcher_and_encode
     np.testing.assert_array_equal(served.features(reworded)[:, EMB:], 0.0)  # a new encoder: matches forgotten
 
 
-def test_a_new_question_leans_on_its_nearest_known_questions_when_the_matcher_borrows_softly(tmp_path):
+@pytest.mark.parametrize("lam_loadings", [None, 0.2], ids=["one share", "split shares"])
+def test_a_new_question_leans_on_its_nearest_known_questions_when_the_matcher_borrows_softly(tmp_path, lam_loadings):
     """A checkpoint whose matcher has a BlendRule (and no threshold): a new question's text features are blended
     with its nearest bank questions' priors by the rule, as evaluation computes them
-    (QuestionMatcher.blended_features), and the result round-trips through the saved checkpoint."""
+    (QuestionMatcher.blended_features), and the result round-trips through the saved checkpoint; with split shares
+    the loadings take their own."""
     from service.gpo.features import TEXT_FLAG, TextPrior
     from service.gpo.matching import BlendRule, QuestionMatcher, match_text
 
@@ -252,7 +254,7 @@ def test_a_new_question_leans_on_its_nearest_known_questions_when_the_matcher_bo
     prior = PopulationPrior(rng.dirichlet(np.ones(3), size=2).reshape(-1).astype(np.float32), rng.random((6, RANK)))
     other_q, other_opts = "Is the sea blue?", ["Yes", "No", "Unsure"]
     bank = PriorBank(prior, {question_key(KNOWN_Q, KNOWN_OPTS): (0, 3), question_key(other_q, other_opts): (3, 3)})
-    rule = BlendRule(k=2, beta=10.0, lam=0.8)
+    rule = BlendRule(k=2, beta=10.0, lam=0.8, lam_loadings=lam_loadings)
     vectors = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
     matcher = QuestionMatcher(vectors, np.array([0, 3]), np.array([3, 3]), float("inf"), None, rule)
     meta = {"features": spec.to_dict(), "embedder": {"key_prefix": "lm@r|mean|gpo-mc-v1", "dim": EMB}}
