@@ -277,7 +277,7 @@ def write_report(records: Sequence[dict], examples: Sequence[dict], meta: dict, 
 
     The shipped OpinionQA's results are the page itself; any other data set's fill a section of it of its own
     (`<!-- section:NAME -->`, the figures' names prefixed by NAME), replaced when re-run. Every section already on
-    the page (individuals, other data sets) is kept as it is."""
+    the page (individuals, other data sets) is kept as it is, and so is text written by hand after the first one."""
     out = Path(out)
     fig_dir = out.parent / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -297,9 +297,10 @@ def write_report(records: Sequence[dict], examples: Sequence[dict], meta: dict, 
     body = results_markdown(records, examples, meta, figures)
     page = out.read_text() if out.exists() else ""
     if name is None:
-        text = body
-        for kept in sections_of(page):
-            text = splice_section(text, kept)
+        # the generated head is replaced; from the first section on, the page is kept: its sections and any text
+        # written by hand between or after them (a re-run must not lose a note)
+        first = SECTION.search(page)
+        text = body if first is None else body.rstrip("\n") + "\n\n" + page[first.start() :]
     else:
         data = meta.get("data") or {}
         title = f"## {data.get('name', name)} (`gpo eval --data`)"
@@ -314,11 +315,6 @@ def write_report(records: Sequence[dict], examples: Sequence[dict], meta: dict, 
 
 
 SECTION = re.compile(r"<!-- section:([a-z0-9-]+) -->.*?<!-- /section:\1 -->\n?", flags=re.S)
-
-
-def sections_of(page: str) -> list[str]:
-    """Every `<!-- section:NAME -->` … `<!-- /section:NAME -->` block of `page`, in order."""
-    return [m.group(0) for m in SECTION.finditer(page)]
 
 
 def splice_section(page: str, section: str) -> str:

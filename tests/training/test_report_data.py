@@ -142,9 +142,11 @@ def test_another_data_sets_results_are_a_section_of_the_page(tmp_path: Path) -> 
     write_report([{**r, "alignment": 0.5} for r in records], [], {**meta, "n_context": 4}, out)
     again = out.read_text()
     assert again.count("<!-- section:mysurvey -->") == 1 and "0.9000" not in again.split("section:mysurvey")[1]
-    report_cmd(ROOT / "results" / "eval.json", out)  # rebuilding the OpinionQA page keeps both sections
+    out.write_text(again + "\n## A note written by hand\n\nkept across re-runs\n")
+    report_cmd(ROOT / "results" / "eval.json", out)  # rebuilding the OpinionQA page keeps both sections and the note
     rebuilt = out.read_text()
     assert "<!-- section:mysurvey -->" in rebuilt and "the individuals section" in rebuilt
+    assert rebuilt.count("kept across re-runs") == 1 and rebuilt.startswith(opinionqa_page.rstrip("\n"))
 
 
 def test_the_shipped_globalopinionqa_section_names_the_papers_figures(tmp_path: Path) -> None:
