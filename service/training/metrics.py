@@ -191,12 +191,19 @@ def answer_summary(question: Question, dist: ArrayLike) -> np.ndarray | None:
     return np.atleast_1d((d * (o - o.min())).sum(axis=-1) / (o.max() - o.min()))
 
 
+# Predicted differences whose root mean square is below this are float rounding (answer summaries lie in [0, 1]): a
+# model whose answers differ only by rounding answers every group alike, and r is 0 (r does not change with scale,
+# so rounding noise would otherwise get an r of its own: 0.011 for train_mean, whose spread was 1.8e-17).
+ALIKE_SPREAD = 1e-9
+
+
 def group_contrast(items: Iterable[tuple[Question, Sequence[ArrayLike], Sequence[ArrayLike]]]) -> GroupContrast:
     """Group contrast over questions: items are (question, predicted dists, true dists), one per group that
     answered it. For every pair of those groups, the predicted difference of their `answer_summary` is compared
     with the true one. `r` is the correlation through zero, sum(dp dt) / sqrt(sum dp^2 sum dt^2): the Pearson r
     over both orders of every pair (whose differences have mean 0 by symmetry). A model that answers every group
-    alike has no predicted difference: its r is reported as 0, not left undefined. Raises ValueError when no
+    alike (up to float rounding: ALIKE_SPREAD) has no predicted difference: its r is reported as 0, not left
+    undefined. Raises ValueError when no
     question has two groups (nothing to compare) or when every true difference is 0.
     """
     dps, dts, n_pairs = [], [], 0
@@ -220,7 +227,8 @@ def group_contrast(items: Iterable[tuple[Question, Sequence[ArrayLike], Sequence
     if not np.any(dt):
         raise ValueError("every true difference between groups is 0: the contrast is undefined")
     norm = float(np.sqrt((dp**2).sum() * (dt**2).sum()))
-    r = float((dp * dt).sum() / norm) if norm > 0 else 0.0
+    alike = float(np.sqrt(np.mean(dp**2))) < ALIKE_SPREAD  # equal answers up to float rounding
+    r = float((dp * dt).sum() / norm) if norm > 0 and not alike else 0.0
     return GroupContrast(
         r=r,
         pred_spread=float(np.sqrt(np.mean(dp**2))),

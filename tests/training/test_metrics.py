@@ -242,6 +242,20 @@ def test_group_contrast_perfect_alike_and_reversed():
     assert swapped.r == pytest.approx(-1.0)
 
 
+def test_group_contrast_of_answers_alike_up_to_rounding_is_zero():
+    """A method that gives every group the same answer, computed once per group (float rounding apart), has r 0:
+    r does not change with scale, so the rounding noise alone once got r 0.011 (train_mean, spread 1.8e-17)."""
+    rng = np.random.default_rng(1)
+    true = rng.dirichlet(np.ones(3), size=6)
+    base = np.array([0.2, 0.5, 0.3])
+    noisy = [base + rng.normal(scale=1e-17, size=3) * np.array([1, -1, 0]) for _ in true]
+    noisy = [p + (true[i] - true.mean(0)) * 1e-14 for i, p in enumerate(noisy)]  # rounding that follows the truth
+    c = group_contrast([(ORD, noisy, true), (NOM, noisy, true)])
+    assert c.r == 0.0 and c.pred_spread < 1e-12
+    small = [base + (t - true.mean(0)) * 1e-6 for t in true]  # a real (tiny) difference still counts
+    assert group_contrast([(ORD, small, true)]).r == pytest.approx(1.0)
+
+
 def test_group_contrast_is_invariant_to_a_shared_shift_and_scale_of_predictions():
     rng = np.random.default_rng(0)
     true = rng.dirichlet(np.ones(3), size=5)
