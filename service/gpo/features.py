@@ -102,12 +102,17 @@ class TextPrior:
         return int(self.w.shape[1] - 1)
 
     @classmethod
-    def fit(cls, emb: np.ndarray, item_q: np.ndarray, targets: np.ndarray, alpha: float) -> TextPrior:
-        """Ridge (strength `alpha`) from items' embeddings [n, D] to `targets` [n, 1 + k]."""
+    def fit(cls, emb: np.ndarray, item_q: np.ndarray, targets: np.ndarray, alpha: float | np.ndarray) -> TextPrior:
+        """Ridge (strength `alpha`, or one per target column [1 + k]) from items' embeddings [n, D] to `targets`
+        [n, 1 + k]."""
         mu = np.asarray(emb, dtype=np.float64).mean(axis=0)
         sd = np.maximum(np.asarray(emb, dtype=np.float64).std(axis=0), 1e-6)
         x = centred_features(emb, item_q, mu, sd)
-        w = np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T @ targets)
+        gram, b = x.T @ x, x.T @ np.asarray(targets, dtype=np.float64)
+        alphas = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (b.shape[1],))
+        w = np.zeros_like(b)
+        for a in np.unique(alphas):
+            w[:, alphas == a] = np.linalg.solve(gram + a * np.eye(x.shape[1]), b[:, alphas == a])
         return cls(mu, sd, w)
 
     def estimate(self, emb: np.ndarray, item_q: np.ndarray) -> np.ndarray:

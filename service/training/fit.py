@@ -58,6 +58,9 @@ class TrainConfig:
     # Items without an own prior (new, hidden, validation questions) show prior features read from their options'
     # text (out of fold in training; service.training.text_prior). Choice items, with the embedding and prior only.
     text_prior: bool = True
+    # the text map's ridge: one strength for all its columns ("shared"), or one per column ("column": the mean's
+    # deviation and each loading chosen apart by the same question folds)
+    text_alpha: str = "shared"
     # soft borrowing (service.gpo.matching.BlendRule): a new question the matcher does not match leans on its nearest
     # known questions' priors beside its text estimate, by a rule chosen on training questions
     # ("off", "below": for questions the threshold leaves new, "all": in place of the threshold, "split": as "all" with
@@ -310,7 +313,7 @@ def train_gpo(
         thin = np.zeros(table.n_items, dtype=bool)
     texts = None
     if spec.use_prior and spec.use_embedding and cfg.text_prior and model_kind(model_cfg) == "choice":
-        texts = fit_text_priors(table, priors, source, known_q, cfg.seed)
+        texts = fit_text_priors(table, priors, source, known_q, cfg.seed, per_column=cfg.text_alpha == "column")
     matcher = None
     if texts is not None and table.qvec is not None and texts.oof_full is not None:
         matcher = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend=cfg.neighbour_blend)

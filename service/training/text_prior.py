@@ -50,7 +50,7 @@ class TextPriors:
 
     full: TextPrior
     oof: dict[str, np.ndarray]  # group -> [I, 2 + k] text prior features of every item (out of fold, leave-one-out)
-    alpha: float
+    alpha: float | np.ndarray  # one ridge strength, or one per target column (deviation, loadings)
     fit_items: int  # items the maps were fitted on
     # [I, 1 + k] out-of-fold estimates of the full prior's targets (deviation from uniform, loadings) of its items
     # (NaN elsewhere): how well the text prior stands in for a known question's own prior (service.training.matching)
@@ -73,9 +73,18 @@ class _Fold:
         self.base_gram = self.x[self.base].T @ self.x[self.base]
         self._inverse: dict[float, np.ndarray] = {}
 
-    def solve(self, mask: np.ndarray, targets: np.ndarray, alpha: float) -> np.ndarray:
+    def solve(self, mask: np.ndarray, targets: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
         """Ridge weights [D, m] fitted on the training items where `mask` [n_train] holds, with targets
-        [mask.sum(), m]."""
+        [mask.sum(), m]; `alpha` one strength or one per target column [m]."""
+        if np.ndim(alpha) == 0:
+            return self._solve(mask, targets, float(alpha))
+        alpha = np.asarray(alpha, dtype=np.float64)
+        out = np.zeros((self.x.shape[1], targets.shape[1]))
+        for a in np.unique(alpha):
+            out[:, alpha == a] = self._solve(mask, targets[:, alpha == a], float(a))
+        return out
+
+    def _solve(self, mask: np.ndarray, targets: np.ndarray, alpha: float) -> np.ndarray:
         x = self.x[mask]
         b = x.T @ targets
         if (mask & ~self.base).any():  # not a subset of the base items: solve directly
@@ -92,24 +101,38 @@ class _Fold:
 
 
 def choose_text_alpha(
-    folds: Sequence[_Fold], covered: np.ndarray, targets_of: Callable[[np.ndarray], np.ndarray], grid: Sequence[float]
-) -> float:
+    folds: Sequence[_Fold],
+    covered: np.ndarray,
+    targets_of: Callable[[np.ndarray], np.ndarray],
+    grid: Sequence[float],
+    per_column: bool = False,
+) -> float | np.ndarray:
     """The grid value with the least out-of-fold squared error of the estimates on the `covered` items [I] bool
-    (`targets_of(rows)`: the targets of table rows)."""
-    errors = np.zeros(len(grid))
+    (`targets_of(rows)`: the targets of table rows); with `per_column`, one per target column [m] (each column's
+    error is its own: a loading the text reads poorly is shrunk more than one it reads well)."""
+    errors = None
     for f in folds:
         mask = covered[f.rows]
         keep = covered[f.est_rows]
         if not mask.any() or not keep.any():
             continue
         y_fit, y_est = targets_of(f.rows[mask]), targets_of(f.est_rows[keep])
+        if errors is None:
+            errors = np.zeros((len(grid), y_fit.shape[1]))
         for i, alpha in enumerate(grid):
-            errors[i] += float(((f.x_est[keep] @ f.solve(mask, y_fit, alpha) - y_est) ** 2).sum())
-    return float(grid[int(np.argmin(errors))])
+            errors[i] += ((f.x_est[keep] @ f.solve(mask, y_fit, alpha) - y_est) ** 2).sum(axis=0)
+    if errors is None:
+        errors = np.zeros((len(grid), 1))
+    if per_column:
+        return np.asarray(grid, dtype=np.float64)[np.argmin(errors, axis=0)]
+    return float(grid[int(np.argmin(errors.sum(axis=1)))])
 
 
 def full_oof_estimates(
-    folds: Sequence[_Fold], covered: np.ndarray, targets_of: Callable[[np.ndarray], np.ndarray], alpha: float
+    folds: Sequence[_Fold],
+    covered: np.ndarray,
+    targets_of: Callable[[np.ndarray], np.ndarray],
+    alpha: float | np.ndarray,
 ) -> np.ndarray:
     """[I, m] the out-of-fold estimates of the `covered` items' targets (NaN for the other items)."""
     n_items = len(covered)
@@ -133,6 +156,7 @@ def fit_text_priors(
     seed: int,
     folds: int = TEXT_FOLDS,
     grid: Sequence[float] = TEXT_ALPHAS,
+    per_column: bool = False,
 ) -> TextPriors:
     """Text maps from the training groups' priors (see the module doc).
 
@@ -154,7 +178,7 @@ def fit_text_priors(
     def full_targets(rows: np.ndarray) -> np.ndarray:
         return prior_targets(table, priors.full, rows)
 
-    alpha = choose_text_alpha(design, priors.known, full_targets, grid)
+    alpha = choose_text_alpha(design, priors.known, full_targets, grid, per_column)
 
     k = priors.full.rank
     uniform = 1.0 / table.q_len[table.item_q]
@@ -172,7 +196,8 @@ def fit_text_priors(
                 continue
             rows = d.rows[mask]
             targets = np.concatenate([prior_targets(table, priors.loo[g], rows) for g in members], axis=1)
-            est = d.x_est @ d.solve(mask, targets, alpha)  # [n_est, len(members) * (1 + k)]
+            a = alpha if np.ndim(alpha) == 0 else np.tile(alpha, len(members))
+            est = d.x_est @ d.solve(mask, targets, a)  # [n_est, len(members) * (1 + k)]
             for j, g in enumerate(members):
                 e = est[:, j * (1 + k) : (j + 1) * (1 + k)]
                 oof[g][d.est_rows] = np.column_stack(
@@ -182,7 +207,7 @@ def fit_text_priors(
     full = TextPrior.fit(
         table.emb[fit_rows], table.item_q[fit_rows], prior_targets(table, priors.full, fit_rows), alpha
     )
-    log.info("text prior: ridge %.3g chosen by %d question folds on %d items", alpha, folds, fit_rows.size)
+    log.info("text prior: ridge %s chosen by %d question folds on %d items", alpha, folds, fit_rows.size)
     oof_full = full_oof_estimates(design, priors.known, full_targets, alpha)
     return TextPriors(full, oof, alpha, int(fit_rows.size), oof_full)
 

@@ -122,3 +122,39 @@ def test_one_questions_features_equal_the_grouped_computation():
     np.testing.assert_allclose(
         text.question_features(one), text.features(one, np.zeros(4, dtype=np.int64), np.full(4, 4)), atol=1e-6
     )
+
+
+def test_per_column_ridge_fits_each_column_with_its_own_strength():
+    """`TextPrior.fit` and `_Fold.solve` with one strength per target column equal one fit per column, and the
+    per-column choice shrinks a column of pure noise harder than one the embeddings carry."""
+    from service.gpo.features import TextPrior
+    from service.training.text_prior import choose_text_alpha
+
+    rng = np.random.default_rng(3)
+    questions = text_dataset(n_groups=2, n_questions=60)[0].questions
+    n = sum(q.n_options for q in questions)
+    emb = rng.normal(size=(n, 6))
+    table = build_item_table(questions, emb.astype(np.float32))
+    targets = np.column_stack([emb @ rng.normal(size=6), rng.normal(size=n)])  # read from the text; noise
+    alphas = np.array([1.0, 1e3])
+    both = TextPrior.fit(emb, table.item_q, targets, alphas)
+    for j in range(2):
+        one = TextPrior.fit(emb, table.item_q, targets[:, [j]], float(alphas[j]))
+        np.testing.assert_allclose(both.w[:, [j]], one.w, rtol=1e-8, atol=1e-12)
+    fold = _Fold(table, np.arange(n), np.arange(n), np.ones(n, dtype=bool))
+    for j in range(2):
+        np.testing.assert_allclose(
+            fold.solve(np.ones(n, dtype=bool), targets, alphas)[:, j],
+            fold.solve(np.ones(n, dtype=bool), targets[:, [j]], float(alphas[j]))[:, 0],
+            rtol=1e-8,
+        )
+    folds_of = question_folds(len(questions), 5, 0)[table.item_q]
+    design = [
+        _Fold(table, np.flatnonzero(folds_of != f), np.flatnonzero(folds_of == f), np.ones(n, dtype=bool))
+        for f in range(5)
+    ]
+    grid = (0.1, 1.0, 10.0, 1e3, 1e5)
+    chosen = choose_text_alpha(design, np.ones(n, dtype=bool), lambda rows: targets[rows], grid, per_column=True)
+    assert chosen.shape == (2,) and chosen[0] < chosen[1]
+    shared = choose_text_alpha(design, np.ones(n, dtype=bool), lambda rows: targets[rows], grid)
+    assert np.ndim(shared) == 0
