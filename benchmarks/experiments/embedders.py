@@ -86,7 +86,7 @@ def tables(base: ItemTable, names: list[str]) -> dict[str, ItemTable]:
             lo, hi = (int(x) for x in name.removeprefix("smollm_avg").split("-"))
             cache[name] = layer_means(item_texts(base.questions))[lo : hi + 1].mean(axis=0)
             continue
-        if name.startswith("smollm_l"):
+        if name.startswith("smollm_l") and name.removeprefix("smollm_l").isdigit():
             cache[name] = layer_means(item_texts(base.questions))[int(name.removeprefix("smollm_l"))]
             continue
         if name == "smollm_last":
