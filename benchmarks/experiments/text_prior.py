@@ -2,7 +2,7 @@
 group contrast per seed, 60% split, 20 context questions, the splits of `gpo eval`.
 
     .venv/bin/python benchmarks/experiments/text_prior.py [--data FILE] [--seeds 0,1,2] [--max-steps 1200]
-        [--time-budget-s 600] [--variants text,none,blend,blend_all,blend_split]
+        [--time-budget-s 600] [--variants text,none,blend,blend_all,blend_split,blend_contrast]
         [--protocols new_questions,new_context] [--matcher]
 
 --max-steps 0 scores the untrained model (the closed-form readout alone). Prints one line per record and the means;
@@ -55,8 +55,13 @@ def main() -> None:
                     max_steps=args.max_steps,
                     time_budget_s=args.time_budget_s,
                     progress=False,
-                    text_prior=variant in {"text", "blend", "blend_all", "blend_split"},
-                    neighbour_blend={"blend": "below", "blend_all": "all", "blend_split": "split"}.get(variant, "off"),
+                    text_prior=variant in {"text", "blend", "blend_all", "blend_split", "blend_contrast"},
+                    neighbour_blend={
+                        "blend": "below",
+                        "blend_all": "all",
+                        "blend_split": "split",
+                        "blend_contrast": "contrast",
+                    }.get(variant, "off"),
                 )
                 for r in runners[protocol](ds, table, spec, tcfg, EvalConfig(seeds=[seed], progress=False)):
                     r["variant"] = variant

@@ -54,7 +54,8 @@ class MetaTrainOptions:
         typer.Option(
             help="soft borrowing from the nearest known questions (service.gpo.matching.BlendRule, chosen on training "
             "questions): off | below (for what the matcher's threshold leaves new) | all (in place of the threshold) | "
-            "split (as all, the mean's and the loadings' shares chosen apart)"
+            "split (as all, the mean's and the loadings' shares chosen apart) | contrast (as split, the loadings' "
+            "share and the rule's shape by the loadings' agreement in direction, not their squared error)"
         ),
     ] = "all"
     threads: int | None = None

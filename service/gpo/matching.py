@@ -88,7 +88,7 @@ def option_text(option: str) -> str:
 
 # how a trainer chooses soft borrowing: "off"; "below" the threshold only; "all" in place of the threshold; "split":
 # as "all", with the mean column's and the loadings' shares chosen apart
-BLEND_MODES = ("off", "below", "all", "split")
+BLEND_MODES = ("off", "below", "all", "split", "contrast")
 
 
 @dataclass(frozen=True)

@@ -84,11 +84,16 @@ def choose_blend(
     cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
     weights: np.ndarray | None = None,
     split: bool = False,
+    contrast: bool = False,
 ) -> BlendRule | None:
     """The BlendRule of BLEND_GRID with the least total squared error over `cases` (own targets [n, 1 + k], text
     estimate [n, 1 + k], nearest neighbours' similarities [K], their targets paired with the question's options
     [K, n, 1 + k]), each case's error times its weight (default 1); None when no blending (lam 0) does best. With
-    `split`, the mean column and the loadings each get the share of the grid that suits them (lam, lam_loadings)."""
+    `split`, the mean column and the loadings each get the share of the grid that suits them (lam, lam_loadings).
+    With `contrast` (and `split`), the rule's shape and the loadings' share are the ones whose blended loadings agree
+    best in direction with the questions' own: the largest weighted correlation through zero, sum <blend, own> /
+    sqrt(sum |blend|^2 sum |own|^2), which a shared scale of the loadings does not change (as group contrast r); the
+    mean column's share still has the least squared error."""
     w = np.ones(len(cases)) if weights is None else np.asarray(weights, dtype=np.float64)
     best, best_err = None, np.inf
     grid = BLEND_GRID
@@ -103,18 +108,25 @@ def choose_blend(
             ):
                 continue  # no blending is one rule, whatever its other parameters
             rule = BlendRule(k, beta, lam, floor, span)
-            sq = [(blend_targets(text, list(lent[:k]), sims[:k], rule) - own) ** 2 for own, text, sims, lent in cases]
-            per_lam.append(
-                (
-                    lam,
-                    sum(wi * float(e[:, 0].sum()) for wi, e in zip(w, sq, strict=True)),
-                    sum(wi * float(e[:, 1:].sum()) for wi, e in zip(w, sq, strict=True)),
+            blended = [blend_targets(text, list(lent[:k]), sims[:k], rule) for _, text, sims, lent in cases]
+            sq = [(b - own) ** 2 for b, (own, _, _, _) in zip(blended, cases, strict=True)]
+            err_loadings = sum(wi * float(e[:, 1:].sum()) for wi, e in zip(w, sq, strict=True))
+            if contrast:
+                owns = [c[0][:, 1:] for c in cases]
+                cross = sum(wi * float((b[:, 1:] * o).sum()) for wi, b, o in zip(w, blended, owns, strict=True))
+                norm = np.sqrt(
+                    sum(wi * float((b[:, 1:] ** 2).sum()) for wi, b in zip(w, blended, strict=True))
+                    * sum(wi * float((o**2).sum()) for wi, o in zip(w, owns, strict=True))
                 )
-            )
+                err_loadings = -cross / norm if norm > 0 else 0.0
+            per_lam.append((lam, sum(wi * float(e[:, 0].sum()) for wi, e in zip(w, sq, strict=True)), err_loadings))
         if split:
             lam_m, err_m, _ = min(per_lam, key=lambda r: r[1])
             lam_l, _, err_l = min(per_lam, key=lambda r: r[2])
-            candidates = [(BlendRule(k, beta, lam_m, floor, span, None if lam_l == lam_m else lam_l), err_m + err_l)]
+            # with `contrast` the rules' shapes are compared by the loadings' agreement alone (a correlation and a
+            # squared error do not add up)
+            score = err_l if contrast else err_m + err_l
+            candidates = [(BlendRule(k, beta, lam_m, floor, span, None if lam_l == lam_m else lam_l), score)]
         else:
             candidates = [(BlendRule(k, beta, lam, floor, span), em + el) for lam, em, el in per_lam]
         for rule, err in candidates:
@@ -175,7 +187,8 @@ def fit_matcher(
     rule = None
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, not {blend!r}")
-    split = blend == "split"
+    split = blend in {"split", "contrast"}
+    contrast = blend == "contrast"
     blend = "all" if split else blend
     if blend != "off":
         # soft borrowing, chosen on training questions: "below" for those the threshold leaves new, "all" in place of
@@ -214,11 +227,10 @@ def fit_matcher(
         if n_reworded and n_sibling_cases:
             weights[:n_sibling_cases] = 1.0 / n_sibling_cases
             weights[n_sibling_cases:] = 1.0 / n_reworded
-        rule = choose_blend(blend_cases, weights, split=split)
+        rule = choose_blend(blend_cases, weights, split=split, contrast=contrast)
         log.info("matcher: soft borrowing (%s) %s, chosen on %d cases", blend, rule, len(blend_cases))
         if blend == "all" and rule is not None:
             threshold = float("inf")  # the soft rule takes the place of outright borrowing
-    return replace(bank, threshold=threshold, blend=rule)
     log.info(
         "matcher: threshold %.3f chosen on %d training questions (%d would borrow a prior) and %d validation "
         "rewordings (%d would)",
@@ -228,6 +240,7 @@ def fit_matcher(
         len(sims) - n_siblings,
         int((sims[n_siblings:] >= threshold).sum()),
     )
+    return replace(bank, threshold=threshold, blend=rule)
 
 
 def validation_rewordings(table: ItemTable, path: Path = VALIDATION_REWORDINGS) -> list[tuple[int, str, list[str]]]:

@@ -244,6 +244,27 @@ def test_choose_blend_split_gives_each_column_its_own_share():
     assert shared is None or shared.lam_loadings is None
 
 
+def test_choose_blend_contrast_borrows_loadings_of_the_right_direction_whatever_their_scale():
+    """Neighbours whose loadings point the question's way at three times its scale, and a noisy text estimate: the
+    squared error borrows little of them (their scale costs), the contrast criterion all it can (r does not see a
+    scale); the mean column's share is the squared error's in both."""
+    rng = np.random.default_rng(2)
+    cases = []
+    for _ in range(60):
+        own = rng.normal(size=(3, 3))
+        text = own + rng.normal(size=(3, 3))
+        sims = np.sort(rng.uniform(0.9, 0.95, size=10))[::-1]
+        lent = own[None] + 0.05 * rng.normal(size=(10, 3, 3))
+        lent[:, :, 1:] *= 3.0
+        cases.append((own, text, sims, lent))
+    by_error = choose_blend(cases, split=True)
+    by_contrast = choose_blend(cases, split=True, contrast=True)
+    assert by_error is not None and by_contrast is not None
+    share = lambda rule: rule.lam if rule.lam_loadings is None else rule.lam_loadings  # noqa: E731
+    assert share(by_error) <= 0.3 and share(by_contrast) >= 0.7
+    assert by_contrast.lam >= 0.7  # the mean (its own scale) is borrowed by its squared error
+
+
 def test_the_blend_rule_is_kept_in_a_checkpoint():
     m = QuestionMatcher(
         unit_rows(np.eye(2)), np.array([0, 2]), np.array([2, 2]), 0.9, None, BlendRule(5, 20.0, 0.5, 0.4, 0.5)
