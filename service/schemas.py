@@ -385,6 +385,21 @@ class GroupContext(BaseModel):
 class Prediction(BaseModel):
     distribution: list[float] = Field(description="one probability per option, summing to 1")
     std: list[float] = Field(description="the model's standard deviation of each probability")
+    basis: Literal["known", "reworded", "borrowed", "text", "none"] = Field(
+        description="what the question's population prior comes from, which decides how far the prediction is the "
+        "group's own (README, 'What to expect'): known (a question of the checkpoint's training survey, same text and "
+        "options: the group's own answer closely), reworded (near enough one known question to take its prior), "
+        "borrowed (a new question leaning on its nearest known questions, by `borrowed_share`), text (a new question "
+        "read from its text alone: groups differ least), none (the checkpoint has no prior)"
+    )
+    nearest_similarity: float | None = Field(
+        None,
+        description="cosine similarity of the nearest known question with as many options (the checkpoint's "
+        "question encoder, all-MiniLM-L6-v2 for the shipped one); null for a known question or without a matcher",
+    )
+    borrowed_share: float | None = Field(
+        None, description="basis 'borrowed': the share of the nearest known questions' loadings in the prior, 0 to 1"
+    )
 
 
 class RatingPrediction(BaseModel):

@@ -109,11 +109,22 @@ async def _predict_choices(services: Services, tenant: str, body: PredictRequest
         state = await in_thread(encode, services, context, model.predictor)
     targets = [Item(q, opts, e) for (q, opts), e in zip(questions, embeddings, strict=True)]
     predictions = await services.forward("choice", state, targets)
+    # cached lookups of what the forward's features already computed (Predictor.prior_basis)
+    bases = await in_thread(lambda: [model.predictor.prior_basis(q, opts) for q, opts in questions])
     services.metrics.predictions.labels("stored" if context_version is not None else "inline").inc(len(targets))
     if context_version is not None:
         services.metrics.context_version.set(context_version)
     return PredictResponse(
-        predictions=[Prediction(distribution=p.distribution.tolist(), std=p.std.tolist()) for p in predictions],
+        predictions=[
+            Prediction(
+                distribution=p.distribution.tolist(),
+                std=p.std.tolist(),
+                basis=b.source,
+                nearest_similarity=b.similarity,
+                borrowed_share=b.share,
+            )
+            for p, b in zip(predictions, bases, strict=True)
+        ],
         model_version=model.predictor.model_version,
         context_version=context_version,
     )

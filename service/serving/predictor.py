@@ -8,7 +8,6 @@ the caller (the API gets them from its cache or the worker), so this module neve
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,10 @@ from service.embedder.prompts import TEMPLATE_VERSION, format_items, format_resp
 from service.gpo.batch import Episode, collate
 from service.gpo.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from service.gpo.features import ContentBasis, FeatureSpec, RewardModel, TextPrior
-from service.gpo.matching import QuestionMatcher, borrowed_features, match_text, option_text
+from service.gpo.matching import QuestionMatcher
 from service.gpo.model import ContextState, GPOOutput
 from service.gpo.prior import question_key
-
-MATCH_CACHE_ITEMS = 20_000  # questions whose match (or its absence) a Predictor remembers
+from service.serving.new_questions import NewQuestionPriors, PriorBasis
 
 
 class EmbedderMismatch(CheckpointError):
@@ -80,14 +78,13 @@ class Predictor:
         self.content = ContentBasis.from_checkpoint(ckpt.extra, ckpt.meta)
         self.reward = RewardModel.from_checkpoint(ckpt.extra)
         # Choice models: a question outside the prior bank gets prior features read from its options' text (flag
-        # TEXT_FLAG) when the checkpoint stores a text prior; older checkpoints serve it with flag 0 and zeros.
-        self.text_prior = TextPrior.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
-        # Choice models: a question outside the bank borrows its nearest known question's prior when the checkpoint
-        # stores a matcher and a question encoder is attached (`use_question_encoder`); otherwise exact matches only.
-        self.matcher = QuestionMatcher.from_checkpoint(ckpt.extra) if self.kind == "choice" else None
-        self.question_encoder: Callable[[str], np.ndarray] | None = None
-        self._match_rows = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._matched_rows)
-        self._blend_plans = functools.lru_cache(maxsize=MATCH_CACHE_ITEMS)(self._blend_planned)
+        # TEXT_FLAG) when the checkpoint stores a text prior (older checkpoints: flag 0 and zeros), and borrows its
+        # nearest known questions' priors when it stores a matcher and a question encoder is attached
+        # (`use_question_encoder`; otherwise exact matches only): service.serving.new_questions.
+        self.new_questions = None
+        if self.kind == "choice" and ckpt.bank is not None:
+            matcher, text = QuestionMatcher.from_checkpoint(ckpt.extra), TextPrior.from_checkpoint(ckpt.extra)
+            self.new_questions = NewQuestionPriors(ckpt.bank, matcher, text)
         self.global_mean = float(ckpt.meta.get("global_mean", 0.0))
 
     @classmethod
@@ -202,73 +199,29 @@ class Predictor:
         """Texts to embed for sampled responses to a prompt (the options of one question in best-of-n)."""
         return [format_response_item(prompt, r) for r in responses]
 
+    @property
+    def matcher(self) -> QuestionMatcher | None:
+        return None if self.new_questions is None else self.new_questions.matcher
+
+    @property
+    def question_encoder(self) -> Callable[[str], np.ndarray] | None:
+        return None if self.new_questions is None else self.new_questions.encoder
+
     def use_question_encoder(self, encode: Callable[[str], np.ndarray]) -> None:
         """Match questions outside the bank with `encode` (a `match_text` line -> its unit vector; the encoder the
         checkpoint's matcher was fitted with, `meta["matcher"]`)."""
-        self.question_encoder = encode
-        self._match_rows.cache_clear()
-        self._blend_plans.cache_clear()
+        if self.new_questions is not None:
+            self.new_questions.use_encoder(encode)
 
     def matched_rows(self, question: str, options: Sequence[str]) -> np.ndarray | None:
-        """The bank rows of the known question this one borrows its prior from, one per option in the asker's order
-        (service.gpo.matching), or None."""
-        if self.matcher is None or self.question_encoder is None:
-            return None
-        rows = self._match_rows(match_text(question, options), tuple(options))
-        return None if rows is None else np.asarray(rows, dtype=np.int64)
+        """The bank rows of the known question this one borrows its prior from, or None (NewQuestionPriors)."""
+        return None if self.new_questions is None else self.new_questions.matched_rows(question, options)
 
-    def _vectors(self, text: str, options: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-        """The question's match vector and, when the matcher pairs options by meaning, its options' vectors."""
-        assert self.matcher is not None and self.question_encoder is not None
-        option_texts = [option_text(o) for o in options]
-        if self.matcher.option_vectors is None:
-            return self.question_encoder(text), None
-        many = getattr(self.question_encoder, "many", None)
-        if many is not None:
-            vectors = many([text, *option_texts])
-            return vectors[0], vectors[1:]
-        return self.question_encoder(text), np.stack([self.question_encoder(t) for t in option_texts])
-
-    def blend_plan(self, question: str, options: Sequence[str]) -> tuple[float, np.ndarray] | None:
-        """For a question outside the bank, when the matcher borrows softly (BlendRule): the similarity of its nearest
-        bank question and their weighted prior columns [n, 1 + k] (mean, loadings; options paired with the asker's),
-        cached per question: a question asked again costs a lookup and one blend."""
-        if self.matcher is None or self.matcher.blend is None or self.question_encoder is None:
-            return None
-        return self._blend_plans(match_text(question, options), tuple(options))
-
-    def _blend_planned(self, text: str, options: tuple[str, ...]) -> tuple[float, np.ndarray]:
-        assert self.matcher is not None and self.matcher.blend is not None and self.ckpt.bank is not None
-        rule, prior = self.matcher.blend, self.ckpt.bank.prior
-        question, option_vectors = self._vectors(text, options)
-        index, sims = self.matcher.neighbours(question, len(options), rule.k)
-        if len(index) == 0:
-            return -np.inf, np.zeros((len(options), 1 + prior.rank))
-        lent = np.stack([prior.features(self.matcher.rows(int(j), option_vectors))[:, 1:] for j in index])
-        near = np.tensordot(rule.weights(sims), lent.astype(np.float64), axes=1)
-        near.setflags(write=False)
-        return float(sims[0]), near
-
-    def _matched_rows(self, text: str, options: tuple[str, ...]) -> tuple[int, ...] | None:
-        """The borrowed rows of the question `text` (a `match_text` line) with these options (cached in
-        `_match_rows`: a question asked again costs a dictionary lookup, not encoder calls and a bank scan). An
-        encoder that embeds many texts at once (`.many`) gets the question and its options in one batch: on a CPU a
-        batch of a few short texts costs what one does."""
-        assert self.matcher is not None and self.question_encoder is not None
-        wants_options = self.matcher.option_vectors is not None
-        option_texts = [option_text(o) for o in options]
-        many = getattr(self.question_encoder, "many", None)
-        if many is not None and wants_options:
-            vectors = many([text, *option_texts])
-            question, option_vectors = vectors[0], vectors[1:]
-        else:
-            question, option_vectors = self.question_encoder(text), None
-        (index,), _ = self.matcher.nearest_many(question[None, :], [len(options)])
-        if index < 0:
-            return None
-        if wants_options and option_vectors is None:
-            option_vectors = np.stack([self.question_encoder(t) for t in option_texts])
-        return tuple(int(r) for r in self.matcher.rows(int(index), option_vectors))
+    def prior_basis(self, question: str, options: Sequence[str]) -> PriorBasis:
+        """What this choice question's prior features come from (PriorBasis); `none` for other kinds."""
+        if self.new_questions is None or not self.spec.use_prior:
+            return PriorBasis("none")
+        return self.new_questions.basis(question, options, self.spec.use_embedding)
 
     def is_known(self, question: str, options: Sequence[str]) -> bool:
         """Whether the question (with exactly these options) is in the checkpoint's prior bank."""
@@ -288,21 +241,12 @@ class Predictor:
         if self.spec.use_prior:
             bank = self.ckpt.bank
             assert bank is not None
-            if self.kind == "choice":
-                rows = bank.lookup(question_key(item.question, item.options), n)
-                borrowed = self.matched_rows(item.question, item.options) if rows is None else None
+            if self.new_questions is not None:  # choice
+                rows = self.new_questions.known_rows(item.question, item.options)
                 if rows is not None:
                     prior = bank.prior.features(rows)
-                elif borrowed is not None:  # a rewording of a known question (service.gpo.matching)
-                    prior = borrowed_features(bank.prior, borrowed)
-                elif self.text_prior is not None and emb is not None:
-                    prior = self.text_prior.question_features(emb)
-                    plan = self.blend_plan(item.question, item.options)
-                    if plan is not None:  # soft borrowing (service.gpo.matching.blend_targets, cached per question)
-                        top, near = plan
-                        prior[:, 1:] = self.matcher.blend.mix(prior[:, 1:], near, top)
                 else:
-                    prior = np.zeros((n, 2 + bank.prior.rank), np.float32)
+                    prior = self.new_questions.features(item.question, item.options, emb)
             else:  # rating / comparison: every response is its own item (prompt + response)
                 vecs = emb if emb is not None else np.zeros((n, 1), dtype=np.float32)
                 prior = np.concatenate(

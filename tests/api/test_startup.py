@@ -113,12 +113,16 @@ def test_a_near_identical_rewording_is_served_with_its_known_questions_prior(
     original = question(3)
     reworded = {**original, "question": original["question"].replace("think about", "think about,")}
     body = {"context": [context_item(i) for i in range(5)]}
-    answers = {}
+    answers, bases = {}, {}
     for matching in (True, False):
         with authed_client(make_settings(sqlite_url, model_store=store, matcher=matching)) as client:
             got = client.post("/predict", json={**body, "questions": [original, reworded]})
             assert got.status_code == 200, got.text
             answers[matching] = [p["distribution"] for p in got.json()["predictions"]]
+            bases[matching] = [(p["basis"], p["nearest_similarity"]) for p in got.json()["predictions"]]
+    # each prediction says what its prior came from: the known question, the rewording it matched, or its text
+    assert bases[True][0] == ("known", None) and bases[True][1][0] == "reworded" and bases[True][1][1] >= 0.98
+    assert bases[False][0] == ("known", None) and bases[False][1][0] in ("text", "none") and bases[False][1][1] is None
     # matched: the rewording gets the known question's prior (its own embedding still differs a little)
     with_matcher, without = answers[True], answers[False]
     assert (

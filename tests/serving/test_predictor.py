@@ -10,7 +10,7 @@ from service.gpo.checkpoint import Checkpoint, PriorBank, save_checkpoint
 from service.gpo.features import FeatureSpec
 from service.gpo.model import GPO, GPOConfig
 from service.gpo.prior import PopulationPrior, question_key
-from service.serving.predictor import AnsweredItem, EmbedderMismatch, Item, Predictor
+from service.serving.predictor import AnsweredItem, EmbedderMismatch, Item, Predictor, PriorBasis
 
 EMB, RANK = 6, 2
 KNOWN_Q, KNOWN_OPTS = "Is the sky blue?", ["Yes", "No", "Unsure"]
@@ -168,6 +168,8 @@ def test_a_new_question_gets_its_text_prior_when_the_checkpoint_stores_one(tmp_p
     np.testing.assert_allclose(f[:, EMB], TEXT_FLAG)
     np.testing.assert_allclose(f[:, EMB:], text.question_features(new.embeddings), rtol=1e-5, atol=1e-6)
     assert f[:, EMB + 1].sum() == pytest.approx(1.0, abs=1e-5)  # the deviations from uniform sum to 0
+    assert served.prior_basis(new.question, new.options) == PriorBasis("text")  # no matcher: no similarity
+    assert served.prior_basis(KNOWN_Q, KNOWN_OPTS) == PriorBasis("known")
     known = served.features(_item(rng, KNOWN_Q, KNOWN_OPTS))
     np.testing.assert_allclose(known[:, EMB], 1.0)
     preds = served.predict([_item(rng, "q0", ["a", "b"], [0.3, 0.7])], [new])
@@ -216,6 +218,7 @@ def test_a_rewording_borrows_its_known_questions_prior_when_a_matcher_and_encode
     rng = np.random.default_rng(5)
     reworded = _item(rng, "Would you say the sky is blue?", ["It is", "It isn't", "Not sure"])
     np.testing.assert_array_equal(served.features(reworded)[:, EMB:], 0.0)  # no encoder attached: new
+    assert served.prior_basis(reworded.question, reworded.options).source == "none"  # and no text prior either
     vectors = {
         match_text(reworded.question, reworded.options): np.array([0.95, np.sqrt(1 - 0.95**2)], np.float32),
         match_text("Is grass green?", ["Yes", "No", "Unsure"]): np.array([0.0, 1.0], np.float32),
@@ -230,6 +233,11 @@ def test_a_rewording_borrows_its_known_questions_prior_when_a_matcher_and_encode
     np.testing.assert_array_equal(served.features(_item(rng, "Is grass green?", ["Yes", "No", "Unsure"]))[:, EMB:], 0.0)
     two = _item(rng, "Would you say the sky is blue?", ["It is", "It isn't"])
     np.testing.assert_array_equal(served.features(two)[:, EMB:], 0.0)  # 2 options: no known question has 2
+    basis = served.prior_basis(reworded.question, reworded.options)
+    assert (basis.source, basis.similarity, basis.share) == ("reworded", pytest.approx(0.95, abs=1e-6), None)
+    assert served.prior_basis(two.question, two.options) == PriorBasis("none")  # no similarity: nothing to compare
+    far = served.prior_basis("Is grass green?", ["Yes", "No", "Unsure"])
+    assert (far.source, far.similarity) == ("none", pytest.approx(0.0, abs=1e-6))
     served.features(_item(rng, KNOWN_Q, KNOWN_OPTS))
     assert match_text(KNOWN_Q, KNOWN_OPTS) not in asked  # an exact match needs no encoder
     served.features(reworded)  # asked again: its match is remembered, the encoder is not called
@@ -272,6 +280,10 @@ def test_a_new_question_leans_on_its_nearest_known_questions_when_the_matcher_bo
     np.testing.assert_allclose(f[:, EMB:], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(f[:, EMB], TEXT_FLAG)
     assert not np.allclose(f[:, EMB + 1 :], alone[:, EMB + 1 :])  # the neighbours moved it
+    basis = served.prior_basis(new.question, new.options)  # nearest: [0.6, 0.8] . [0.8, 0.6] = 0.96
+    assert (basis.source, basis.similarity) == ("borrowed", pytest.approx(0.96, abs=1e-6))
+    assert basis.share == pytest.approx(rule.share(0.96, loadings=True)) and basis.share > 0
+    assert served.prior_basis(KNOWN_Q, KNOWN_OPTS).source == "known"
     assert f[:, EMB + 1].sum() == pytest.approx(1.0, abs=1e-5)  # still a distribution's means
     np.testing.assert_allclose(
         served.features(_item(rng, KNOWN_Q, KNOWN_OPTS))[:, EMB + 1 :], prior.features(np.arange(3))[:, 1:], rtol=1e-6

@@ -5,7 +5,9 @@ shipped OpinionQA checkpoint v0002 (with its text prior: new questions answered 
 v0003 (v0002 with a matcher for reworded questions; these predictions did not change) replaced v0002, and when v0004
 (retrained: the matcher's threshold chosen with validation rewordings, options paired by meaning; its weights differ
 from v0003's, validation alignment 0.9032 for both) replaced v0003, and when v0005 (soft borrowing: a new question leans
-on its nearest known questions' priors; validation kept step 200, alignment 0.9033) replaced v0004.
+on its nearest known questions' priors; validation kept step 200, alignment 0.9033) replaced v0004. Each choice
+prediction's `basis`, `nearest_similarity` and `borrowed_share` (what its prior comes from) were added to the
+recorded answers when /predict began to report them; the recorded numbers did not change.
 
 Re-record (only when a change is *meant* to alter predictions, and say so in the commit):
     GPO_RECORD_PREDICTIONS=1 .venv/bin/python -m pytest tests/serving/test_recorded_predictions.py

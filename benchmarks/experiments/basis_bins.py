@@ -1,0 +1,96 @@
+"""What to expect of a new question by how near the nearest known question is (issue 16; what `/predict` reports as
+`nearest_similarity` and `borrowed_share`): the new-questions protocol (60% split, 20 context questions, seeds 0-2,
+served setup: closed-form readout, matcher, soft borrowing "all") scored on its held-out questions in bins of their
+nearest training question's similarity (all-MiniLM-L6-v2 vectors of the question and its options, the matcher's;
+same option count). The bins' edges are fixed in advance (BINS), not chosen on the results.
+
+    .venv/bin/python benchmarks/experiments/basis_bins.py [--seeds 0,1,2] [--json FILE]
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.cli.runtime import embed_group_dataset, load_group_dataset
+from service.embedder.sentence import SentenceEncoder
+from service.gpo.features import FeatureSpec
+from service.training.evaluate import EvalConfig, evaluate_split
+from service.training.fit import TrainConfig, train_gpo
+from service.training.held_out import new_question_split
+from service.training.matching import with_question_vectors
+from service.training.splits import Split, answered_sets, make_split, scorable_question_ids, validation_groups
+
+BINS = (0.0, 0.6, 0.7, 0.8, 1.01)  # nearest known question's cosine similarity: [lo, hi)
+
+
+def restricted(split: Split, qids: set[str]) -> Split:
+    """`split` with each test group's targets restricted to `qids` (groups left with none dropped)."""
+    targets = {g: tuple(q for q in split.targets_of(g) if q in qids) for g in split.test_groups}
+    test = tuple(g for g in split.test_groups if targets[g])
+    all_t = tuple(dict.fromkeys(q for g in test for q in targets[g]))
+    contexts = {g: split.context_of(g) for g in test}
+    targets = {g: targets[g] for g in test}
+    return Split(split.train_groups, test, split.context_qids, all_t, split.split, split.seed, contexts, targets)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    ds, _, _ = load_group_dataset(None)
+    table, _ = embed_group_dataset(ds)
+    table = with_question_vectors(table, SentenceEncoder())
+    spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=True, use_prior=True, prior_rank=8)
+    share = EvalConfig().new_question_share
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        base = make_split(ds.groups, scorable_question_ids(ds), 0.6, seed, 20, answered_sets(ds))
+        known, split = new_question_split(ds, base, share, seed, 20)
+        fit, val = validation_groups(split.train_groups, seed)
+        cfg = TrainConfig(max_steps=0, progress=False, seed=seed, neighbour_blend="all")
+        result = train_gpo(table, ds, fit, val, table.qindex(known), spec, cfg)
+        assert result.matcher is not None
+        held = list(split.target_qids)
+        q = table.qindex(held)
+        _, sims = result.matcher.nearest_many(table.qvec[q], table.q_len[q])
+        rule = result.matcher.blend
+        for lo, hi in zip(BINS[:-1], BINS[1:], strict=True):
+            in_bin = {qid for qid, s in zip(held, sims, strict=True) if lo <= s < hi}
+            if not in_bin:
+                continue
+            shares = [rule.share(float(s), loadings=True) if rule else 0.0 for s in sims if lo <= s < hi]
+            for r in evaluate_split(ds, table, restricted(split, in_bin), result, ["uniform"], subsets=("all",)):
+                rec = {
+                    "seed": seed,
+                    "bin": f"[{lo:.1f}, {min(hi, 1.0):.1f})",
+                    "n_questions": len(in_bin),
+                    "mean_share": float(np.mean(shares)),
+                    "method": r["method"],
+                    "alignment": r["alignment"],
+                    "contrast_r": r.get("contrast_r", 0.0),
+                }
+                rows.append(rec)
+                print(json.dumps(rec), flush=True)
+    print()
+    for b in dict.fromkeys(r["bin"] for r in rows):
+        for m in ("gpo", "uniform"):
+            sel = [r for r in rows if r["bin"] == b and r["method"] == m]
+            mean = {k: np.mean([r[k] for r in sel]) for k in ("alignment", "contrast_r", "n_questions", "mean_share")}
+            print(
+                f"similarity {b:>11} {m:>8}: alignment {mean['alignment']:.4f}  contrast r {mean['contrast_r']:+.3f}"
+                f"  questions/seed {mean['n_questions']:.0f}  share {mean['mean_share']:.2f}  ({len(sel)} seeds)"
+            )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": vars(args), "records": rows}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
