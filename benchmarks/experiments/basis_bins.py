@@ -4,7 +4,13 @@ served setup: closed-form readout, matcher, soft borrowing "all") scored on its 
 nearest training question's similarity (all-MiniLM-L6-v2 vectors of the question and its options, the matcher's;
 same option count). The bins' edges are fixed in advance (BINS), not chosen on the results.
 
-    .venv/bin/python benchmarks/experiments/basis_bins.py [--seeds 0,1,2] [--json FILE]
+    .venv/bin/python benchmarks/experiments/basis_bins.py [--seeds 0,1,2] [--json FILE] [--training-side]
+
+--training-side scores, instead, the training side of the same splits (no held-out answer): each known training
+question's prior estimate as a new question gets it (its out-of-fold text estimate; its nearest *other* training
+questions' priors weighted by the fitted rule; the served mix of the two) against its own prior, squared error of the
+mean column (the population's answer shape) and of the loadings (how groups differ), in the same bins, pooled over
+the seeds; "zero" predicts uniform and no difference between groups.
 """
 
 import argparse
@@ -18,11 +24,14 @@ import torch
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
 from service.gpo.features import FeatureSpec
+from service.gpo.matching import blend_targets
 from service.training.evaluate import EvalConfig, evaluate_split
+from service.training.features import fit_group_priors
 from service.training.fit import TrainConfig, train_gpo
 from service.training.held_out import new_question_split
-from service.training.matching import with_question_vectors
+from service.training.matching import fit_matcher, with_question_vectors
 from service.training.splits import Split, answered_sets, make_split, scorable_question_ids, validation_groups
+from service.training.text_prior import fit_text_priors, prior_targets
 
 BINS = (0.0, 0.6, 0.7, 0.8, 1.01)  # nearest known question's cosine similarity: [lo, hi)
 
@@ -37,16 +46,65 @@ def restricted(split: Split, qids: set[str]) -> Split:
     return Split(split.train_groups, test, split.context_qids, all_t, split.split, split.seed, contexts, targets)
 
 
+def training_side(ds, table, seeds: list[int]) -> None:
+    """Print the training side's errors per bin (see the module's docstring)."""
+    errors: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        split = make_split(ds.groups, scorable_question_ids(ds), 0.6, seed, 20, answered_sets(ds))
+        known, split = new_question_split(ds, split, EvalConfig().new_question_share, seed, 20)
+        known_q = np.zeros(len(table.questions), dtype=bool)
+        known_q[table.qindex(known)] = True
+        priors = fit_group_priors(table, ds, list(split.train_groups), known_q, 8)
+        texts = fit_text_priors(table, priors, list(split.train_groups), known_q, seed)
+        bank = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend="all")
+        rule = bank.blend
+        assert rule is not None, "soft borrowing chose no blending"
+        qs = [q for q in range(len(table.questions)) if priors.known[table.rows([q])].all()]
+        for j, q in enumerate(qs):
+            rows = table.rows([q])
+            text = texts.oof_full[rows]
+            others = np.flatnonzero((bank.n_options == table.q_len[q]) & (np.arange(len(qs)) != j))
+            if not np.isfinite(text).all() or len(others) == 0:
+                continue
+            sims = bank.vectors[others] @ table.qvec[q]
+            order = np.argsort(-sims, kind="stable")[: rule.k]
+            lent = [prior_targets(table, priors.full, bank.rows(int(others[o]), table.ovec[rows])) for o in order]
+            top = sims[order].astype(np.float64)
+            own = prior_targets(table, priors.full, rows)
+            estimates = {
+                "zero": np.zeros_like(own),
+                "text": text,
+                "neighbours": np.tensordot(rule.weights(top), np.stack(lent), axes=1),
+                "served": blend_targets(text, lent, top, rule),
+            }
+            b = next(i for i in range(len(BINS) - 1) if BINS[i] <= top[0] < BINS[i + 1])
+            acc = errors.setdefault(b, {"n": 0})
+            acc["n"] += 1
+            for name, est in estimates.items():
+                acc[f"{name} mean"] = acc.get(f"{name} mean", 0.0) + float(((est[:, 0] - own[:, 0]) ** 2).sum())
+                acc[f"{name} loadings"] = acc.get(f"{name} loadings", 0.0) + float(
+                    ((est[:, 1:] - own[:, 1:]) ** 2).sum()
+                )
+    for b in sorted(errors):
+        acc = errors[b]
+        cols = "  ".join(f"{k} {v:.3f}" for k, v in acc.items() if k != "n")
+        print(f"training side, similarity [{BINS[b]:.1f}, {min(BINS[b + 1], 1.0):.1f}): {acc['n']} questions; {cols}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--training-side", action="store_true", help="the training side's errors per bin instead")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
     ds, _, _ = load_group_dataset(None)
     table, _ = embed_group_dataset(ds)
     table = with_question_vectors(table, SentenceEncoder())
+    if args.training_side:
+        training_side(ds, table, [int(s) for s in args.seeds.split(",")])
+        return
     spec = FeatureSpec(emb_dim=table.emb.shape[1], use_embedding=True, use_prior=True, prior_rank=8)
     share = EvalConfig().new_question_share
     rows = []
