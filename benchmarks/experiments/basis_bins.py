@@ -46,38 +46,48 @@ def restricted(split: Split, qids: set[str]) -> Split:
     return Split(split.train_groups, test, split.context_qids, all_t, split.split, split.seed, contexts, targets)
 
 
+def training_cases(ds, table, seed: int) -> tuple[list[tuple[int, np.ndarray, np.ndarray, list, np.ndarray]], object]:
+    """The training side of seed `seed`'s new-questions split (no held-out answer): for each known training question,
+    (its bin, its own prior targets [n, 1 + k], its out-of-fold text estimate, its nearest other training questions'
+    targets (nearest first, as many as the fitted rule's k), their similarities), and the rule fitted as served."""
+    split = make_split(ds.groups, scorable_question_ids(ds), 0.6, seed, 20, answered_sets(ds))
+    known, split = new_question_split(ds, split, EvalConfig().new_question_share, seed, 20)
+    known_q = np.zeros(len(table.questions), dtype=bool)
+    known_q[table.qindex(known)] = True
+    priors = fit_group_priors(table, ds, list(split.train_groups), known_q, 8)
+    texts = fit_text_priors(table, priors, list(split.train_groups), known_q, seed)
+    bank = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend="all")
+    rule = bank.blend
+    assert rule is not None, "soft borrowing chose no blending"
+    qs = [q for q in range(len(table.questions)) if priors.known[table.rows([q])].all()]
+    cases = []
+    for j, q in enumerate(qs):
+        rows = table.rows([q])
+        text = texts.oof_full[rows]
+        others = np.flatnonzero((bank.n_options == table.q_len[q]) & (np.arange(len(qs)) != j))
+        if not np.isfinite(text).all() or len(others) == 0:
+            continue
+        sims = bank.vectors[others] @ table.qvec[q]
+        order = np.argsort(-sims, kind="stable")[: rule.k]
+        lent = [prior_targets(table, priors.full, bank.rows(int(others[o]), table.ovec[rows])) for o in order]
+        top = sims[order].astype(np.float64)
+        b = next(i for i in range(len(BINS) - 1) if BINS[i] <= top[0] < BINS[i + 1])
+        cases.append((b, prior_targets(table, priors.full, rows), text, lent, top))
+    return cases, rule
+
+
 def training_side(ds, table, seeds: list[int]) -> None:
     """Print the training side's errors per bin (see the module's docstring)."""
     errors: dict[int, dict[str, float]] = {}
     for seed in seeds:
-        split = make_split(ds.groups, scorable_question_ids(ds), 0.6, seed, 20, answered_sets(ds))
-        known, split = new_question_split(ds, split, EvalConfig().new_question_share, seed, 20)
-        known_q = np.zeros(len(table.questions), dtype=bool)
-        known_q[table.qindex(known)] = True
-        priors = fit_group_priors(table, ds, list(split.train_groups), known_q, 8)
-        texts = fit_text_priors(table, priors, list(split.train_groups), known_q, seed)
-        bank = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend="all")
-        rule = bank.blend
-        assert rule is not None, "soft borrowing chose no blending"
-        qs = [q for q in range(len(table.questions)) if priors.known[table.rows([q])].all()]
-        for j, q in enumerate(qs):
-            rows = table.rows([q])
-            text = texts.oof_full[rows]
-            others = np.flatnonzero((bank.n_options == table.q_len[q]) & (np.arange(len(qs)) != j))
-            if not np.isfinite(text).all() or len(others) == 0:
-                continue
-            sims = bank.vectors[others] @ table.qvec[q]
-            order = np.argsort(-sims, kind="stable")[: rule.k]
-            lent = [prior_targets(table, priors.full, bank.rows(int(others[o]), table.ovec[rows])) for o in order]
-            top = sims[order].astype(np.float64)
-            own = prior_targets(table, priors.full, rows)
+        cases, rule = training_cases(ds, table, seed)
+        for b, own, text, lent, top in cases:
             estimates = {
                 "zero": np.zeros_like(own),
                 "text": text,
                 "neighbours": np.tensordot(rule.weights(top), np.stack(lent), axes=1),
                 "served": blend_targets(text, lent, top, rule),
             }
-            b = next(i for i in range(len(BINS) - 1) if BINS[i] <= top[0] < BINS[i + 1])
             acc = errors.setdefault(b, {"n": 0})
             acc["n"] += 1
             for name, est in estimates.items():
