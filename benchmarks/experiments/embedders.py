@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--matcher", action="store_true", help="the prior bank's matcher (all-MiniLM-L6-v2 vectors)")
     parser.add_argument("--prior-rank", type=int, default=8, help="the prior's principal directions (served: 8)")
     parser.add_argument("--text-alpha", default="shared", help="the text map's ridge: shared|column")
-    parser.add_argument("--blend", default="off", help="soft borrowing: off|below|all|split (served: all)")
+    parser.add_argument("--blend", default="off", help="soft borrowing (BLEND_MODES; served: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)

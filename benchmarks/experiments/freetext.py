@@ -25,6 +25,7 @@ import torch
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
 from service.gpo.features import FeatureSpec
+from service.gpo.matching import BLEND_MODES
 from service.training.evaluate import gpo_predictions, padded_result
 from service.training.fit import TrainConfig, train_gpo
 from service.training.freetext import SHIPPED_FIRST_PERSON, generate_vectors, load_first_person, pick_summary, top_picks
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument(
         "--blend",
         default="off",
-        choices=["off", "below", "all", "split"],
+        choices=list(BLEND_MODES),
         help="soft borrowing (TrainConfig.neighbour_blend)",
     )
     args = parser.parse_args()

@@ -16,6 +16,7 @@ import torch
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
 from service.gpo.features import FeatureSpec
+from service.gpo.matching import BLEND_MODES
 from service.training.evaluate import score_reworded
 from service.training.fit import TrainConfig, train_gpo
 from service.training.matching import with_question_vectors
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument(
         "--blend",
         default="off",
-        choices=["off", "below", "all", "split"],
+        choices=list(BLEND_MODES),
         help="soft borrowing (TrainConfig.neighbour_blend)",
     )
     parser.add_argument("--max-steps", type=int, default=0)

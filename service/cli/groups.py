@@ -55,7 +55,8 @@ class MetaTrainOptions:
             help="soft borrowing from the nearest known questions (service.gpo.matching.BlendRule, chosen on training "
             "questions): off | below (for what the matcher's threshold leaves new) | all (in place of the threshold) | "
             "split (as all, the mean's and the loadings' shares chosen apart) | contrast (as split, the loadings' "
-            "share and the rule's shape by the loadings' agreement in direction, not their squared error)"
+            "share and the rule's shape by the loadings' agreement in direction, not their squared error) | banded "
+            "(as all, one share per band of the nearest one's similarity)"
         ),
     ] = "all"
     threads: int | None = None

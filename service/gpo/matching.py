@@ -87,8 +87,10 @@ def option_text(option: str) -> str:
 
 
 # how a trainer chooses soft borrowing: "off"; "below" the threshold only; "all" in place of the threshold; "split":
-# as "all", with the mean column's and the loadings' shares chosen apart
-BLEND_MODES = ("off", "below", "all", "split", "contrast")
+# as "all", with the mean column's and the loadings' shares chosen apart; "banded": as "all", with one share per band
+# of the nearest one's similarity (BAND_EDGES) instead of one ramp
+BLEND_MODES = ("off", "below", "all", "split", "contrast", "banded")
+BAND_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9)  # "banded": bands below 0.5, 0.5-0.6, ..., 0.9 and above
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,9 @@ class BlendRule:
     softmax(beta * similarity) over them, and a share lam * clip((s1 - floor) / span, 0, 1) of the result beside the
     text estimate, s1 the nearest one's similarity. With `lam_loadings`, the loadings take their own share (the mean
     column keeps lam): what neighbours say about the population's answer and about how groups differ on it need not
-    be equally trustworthy. Chosen on training questions (service.training.matching)."""
+    be equally trustworthy. With `bands` ((lo, hi, share), ...), the share is the band's of s1, whatever the column
+    (neighbours at middling similarity can be worse than the text estimate where both weak ones, mixed, beat either).
+    Chosen on training questions (service.training.matching)."""
 
     k: int
     beta: float
@@ -105,8 +109,11 @@ class BlendRule:
     floor: float = 0.5
     span: float = 0.4
     lam_loadings: float | None = None  # None: the loadings take lam, as the mean does
+    bands: tuple[tuple[float, float, float], ...] | None = None
 
     def share(self, top: float, loadings: bool = False) -> float:
+        if self.bands is not None:
+            return next((float(s) for lo, hi, s in self.bands if lo <= top < hi), 0.0)
         lam = self.lam_loadings if loadings and self.lam_loadings is not None else self.lam
         return float(lam * np.clip((top - self.floor) / self.span, 0.0, 1.0))
 
@@ -123,14 +130,17 @@ class BlendRule:
 
     def to_array(self) -> np.ndarray:
         lam_l = self.lam if self.lam_loadings is None else self.lam_loadings
-        return np.array([self.k, self.beta, self.lam, self.floor, self.span, lam_l], dtype=np.float64)
+        bands = [x for band in self.bands or () for x in band]  # (lo, hi, share) triples after the six
+        return np.array([self.k, self.beta, self.lam, self.floor, self.span, lam_l, *bands], dtype=np.float64)
 
     @classmethod
     def from_array(cls, values: np.ndarray) -> BlendRule:
         v = [float(x) for x in np.asarray(values).reshape(-1)]
         k, beta, lam, floor, span = v[:5]
         lam_l = v[5] if len(v) > 5 and v[5] != lam else None  # checkpoints before lam_loadings store five
-        return cls(int(k), beta, lam, floor, span, lam_l)
+        rest = v[6:]
+        bands = tuple((rest[i], rest[i + 1], rest[i + 2]) for i in range(0, len(rest), 3)) if rest else None
+        return cls(int(k), beta, lam, floor, span, lam_l, bands)
 
 
 def blend_targets(text: np.ndarray, lent: Sequence[np.ndarray], sims: np.ndarray, rule: BlendRule) -> np.ndarray:

@@ -64,7 +64,7 @@ class TrainConfig:
     # soft borrowing (service.gpo.matching.BlendRule): a new question the matcher does not match leans on its nearest
     # known questions' priors beside its text estimate, by a rule chosen on training questions
     # ("off", "below": for questions the threshold leaves new, "all": in place of the threshold, "split": as "all" with
-    # the mean's and the loadings' shares chosen apart; service.gpo.matching.BLEND_MODES)
+    # the mean's and the loadings' shares chosen apart, "contrast", "banded": service.gpo.matching.BLEND_MODES)
     neighbour_blend: str = "off"
     # Weight of new questions (targets without prior features) in the validation score that picks the
     # checkpoint; the rest is known questions. Serving meets both: OpinionQA questions and users' own.

@@ -22,7 +22,8 @@ training question's nearest *other* training questions (and, with blend "all", e
 bank questions), the rule of BLEND_GRID whose blend of their priors with the out-of-fold text estimate has the least
 squared error against the question's own prior; with blend "all" the two populations weigh alike and the rule takes
 the place of the threshold. Blend "split" is "all" with the mean column's share and the loadings' share chosen
-apart (each column's error is its own, so each takes the grid's best share for it).
+apart (each column's error is its own, so each takes the grid's best share for it). Blend "banded" is "all" with one
+share per band of the nearest one's similarity in place of the ramp (`choose_banded`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.gpo.matching import BLEND_MODES, BlendRule, QuestionMatcher, blend_targets, match_text, option_text
+from service.gpo.matching import (
+    BAND_EDGES,
+    BLEND_MODES,
+    BlendRule,
+    QuestionMatcher,
+    blend_targets,
+    match_text,
+    option_text,
+)
 from service.gpo.prior import PopulationPrior
 from service.training.items import ItemTable
 from service.training.text_prior import prior_targets
@@ -137,6 +146,41 @@ def choose_blend(
     return best
 
 
+BAND_SHARES = tuple(i / 10 for i in range(11))
+
+
+def choose_banded(
+    cases: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], weights: np.ndarray | None = None
+) -> BlendRule | None:
+    """Blend "banded": for each (k, beta) of BLEND_GRID, each band of the nearest one's similarity (BAND_EDGES) takes
+    the share of BAND_SHARES with the least weighted squared error over the cases (as `choose_blend` takes them) whose
+    nearest similarity falls in it (a band without cases: 0), and the (k, beta) with the least total error wins. None
+    when every band's share is 0."""
+    w = np.ones(len(cases)) if weights is None else np.asarray(weights, dtype=np.float64)
+    edges = (-1.0, *BAND_EDGES, 2.0)  # cosine similarities lie in [-1, 1]
+    band = np.array([int(np.searchsorted(BAND_EDGES, sims[0], side="right")) for _, _, sims, _ in cases], np.int64)
+    shares = np.asarray(BAND_SHARES)
+    best, best_err = None, np.inf
+    for k, beta in itertools.product(BLEND_GRID["k"], BLEND_GRID["beta"]):
+        weigh = BlendRule(k, beta, 1.0).weights
+        err = np.zeros((len(edges) - 1, len(shares)))
+        for (own, text, sims, lent), wi, b in zip(cases, w, band, strict=True):
+            near = np.tensordot(weigh(sims[:k]), np.asarray(lent[:k], np.float64), axes=1)
+            miss, step = np.asarray(text, np.float64) - own, near - np.asarray(text, np.float64)
+            # |miss + s step|^2 for every share s at once
+            err[b] += wi * (
+                float((miss**2).sum()) + 2 * shares * float((miss * step).sum()) + shares**2 * float((step**2).sum())
+            )
+        pick = err.argmin(axis=1)
+        total = float(err[np.arange(len(pick)), pick].sum())
+        if total < best_err - 1e-12:
+            bands = tuple((edges[b], edges[b + 1], float(shares[pick[b]])) for b in range(len(pick)))
+            best, best_err = BlendRule(k, beta, 1.0, bands=bands), total
+    if best is None or all(s == 0.0 for _, _, s in best.bands or ()):
+        return None
+    return best
+
+
 def fit_matcher(
     table: ItemTable,
     qvec: np.ndarray,
@@ -188,8 +232,8 @@ def fit_matcher(
     if blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {', '.join(BLEND_MODES)}, not {blend!r}")
     split = blend in {"split", "contrast"}
-    contrast = blend == "contrast"
-    blend = "all" if split else blend
+    contrast, banded = blend == "contrast", blend == "banded"
+    blend = "all" if split or banded else blend
     if blend != "off":
         # soft borrowing, chosen on training questions: "below" for those the threshold leaves new, "all" in place of
         # the threshold (every training question, and the validation rewordings, whose original is in the bank)
@@ -227,7 +271,10 @@ def fit_matcher(
         if n_reworded and n_sibling_cases:
             weights[:n_sibling_cases] = 1.0 / n_sibling_cases
             weights[n_sibling_cases:] = 1.0 / n_reworded
-        rule = choose_blend(blend_cases, weights, split=split, contrast=contrast)
+        if banded:
+            rule = choose_banded(blend_cases, weights)
+        else:
+            rule = choose_blend(blend_cases, weights, split=split, contrast=contrast)
         log.info("matcher: soft borrowing (%s) %s, chosen on %d cases", blend, rule, len(blend_cases))
         if blend == "all" and rule is not None:
             threshold = float("inf")  # the soft rule takes the place of outright borrowing

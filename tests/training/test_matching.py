@@ -16,6 +16,7 @@ from service.training.evaluate import score_reworded
 from service.training.fit import TrainConfig, train_gpo
 from service.training.items import build_item_table
 from service.training.matching import (
+    choose_banded,
     choose_blend,
     choose_threshold,
     nearest_other,
@@ -72,7 +73,7 @@ def train(ds, table, split, seed=0, blend=False):
         progress=False,
         time_budget_s=None,
         val_draws=1,
-        neighbour_blend="below" if blend else "off",
+        neighbour_blend=blend if isinstance(blend, str) else ("below" if blend else "off"),
     )
     return train_gpo(table, ds, fit, val, table.qindex(split_known(ds, split)), spec, cfg, TINY)
 
@@ -265,6 +266,44 @@ def test_choose_blend_contrast_borrows_loadings_of_the_right_direction_whatever_
     assert by_contrast.lam >= 0.7  # the mean (its own scale) is borrowed by its squared error
 
 
+def test_choose_banded_lends_by_band_where_one_ramp_cannot():
+    """Neighbours that carry the answer when the nearest is very near (>= 0.9) and mislead at middling similarity
+    (0.6-0.7), while far ones (< 0.5) are as good as a noisy text estimate: the banded choice lends all at >= 0.9,
+    next to nothing at 0.6-0.7 and about half below 0.5 (two independent noisy estimates averaged), which no rising
+    ramp can; the rule round-trips through a checkpoint and blends as its bands say."""
+    rng = np.random.default_rng(4)
+    cases = []
+    for lo, hi, how in ((0.92, 0.97, "right"), (0.6, 0.69, "wrong"), (0.2, 0.45, "noisy")):
+        for _ in range(80):
+            own = rng.normal(size=(3, 3))
+            text = own + rng.normal(size=(3, 3))
+            sims = np.sort(rng.uniform(lo, hi, size=10))[::-1]
+            noise = {"right": 0.05, "wrong": 0.0, "noisy": 1.0}[how]
+            lent = (own if how != "wrong" else -3 * own)[None] + noise * rng.normal(size=(10, 3, 3))
+            if how == "noisy":  # every neighbour shares one error: their mean is as noisy as the text estimate
+                lent = own[None] + rng.normal(size=(1, 3, 3)).repeat(10, axis=0)
+            cases.append((own, text, sims, lent))
+    rule = choose_banded(cases)
+    assert rule is not None and rule.bands is not None
+    assert rule.share(0.95) == 1.0 and rule.share(0.65) <= 0.1 and 0.3 <= rule.share(0.3) <= 0.7
+    assert rule.share(0.95, loadings=True) == rule.share(0.95)  # one share for every column
+    m = QuestionMatcher(unit_rows(np.eye(2)), np.array([0, 2]), np.array([2, 2]), float("inf"), None, rule)
+    assert QuestionMatcher.from_checkpoint(m.to_checkpoint()).blend == rule
+    own, text, sims, lent = cases[100]  # a middling case: its text estimate, mixed by its band's share
+    near = np.tensordot(rule.weights(sims[: rule.k]), lent[: rule.k], axes=1)
+    want = (1 - rule.share(sims[0])) * text + rule.share(sims[0]) * near
+    np.testing.assert_allclose(blend_targets(text, list(lent[: rule.k]), sims[: rule.k], rule), want)
+
+
+def test_choose_banded_borrows_nothing_when_neighbours_never_help():
+    rng = np.random.default_rng(5)
+    cases = []
+    for _ in range(50):
+        own = rng.normal(size=(3, 3))
+        cases.append((own, own + 0.01 * rng.normal(size=(3, 3)), np.full(10, 0.95), -own[None].repeat(10, axis=0)))
+    assert choose_banded(cases) is None
+
+
 def test_the_blend_rule_is_kept_in_a_checkpoint():
     m = QuestionMatcher(
         unit_rows(np.eye(2)), np.array([0, 2]), np.array([2, 2]), 0.9, None, BlendRule(5, 20.0, 0.5, 0.4, 0.5)
@@ -278,12 +317,13 @@ def test_the_blend_rule_is_kept_in_a_checkpoint():
     assert QuestionMatcher.from_checkpoint(replace(m, blend=None).to_checkpoint()).blend is None
 
 
-def test_the_blend_rule_is_chosen_without_any_held_out_answer():
+@pytest.mark.parametrize("mode", ["below", "banded"])
+def test_the_blend_rule_is_chosen_without_any_held_out_answer(mode):
     torch.set_num_threads(1)
     ds, table = text_dataset(n_groups=14, n_questions=50)
     table = with_twins(ds, table)
     split = make_split(ds.groups, scorable_question_ids(ds), 0.6, 0, 10)
-    first = train(ds, table, split, blend=True).matcher
+    first = train(ds, table, split, blend=mode).matcher
     rng = np.random.default_rng(3)
     held = [q for q in scorable_question_ids(ds) if q not in set(split_known(ds, split))]
     dists = {g: dict(d) for g, d in ds.dists.items()}
@@ -291,6 +331,6 @@ def test_the_blend_rule_is_chosen_without_any_held_out_answer():
         for q in dists[g]:
             if g in split.test_groups or q in held:
                 dists[g][q] = rng.dirichlet(np.ones(len(dists[g][q])))
-    again = train(PreferenceDataset(questions=ds.questions, groups=ds.groups, dists=dists), table, split, blend=True)
+    again = train(PreferenceDataset(questions=ds.questions, groups=ds.groups, dists=dists), table, split, blend=mode)
     assert first is not None and again.matcher is not None
     assert again.matcher.blend == first.blend and again.matcher.threshold == first.threshold
