@@ -382,24 +382,27 @@ class GroupContext(BaseModel):
     items: list[ContextItemOut]
 
 
+BasisName = Literal["known", "reworded", "borrowed", "text", "none"]
+BASIS_DESCRIPTION = (
+    "what the question's population prior comes from, which decides how far the prediction is the group's own "
+    "(README, 'What to expect'): known (a question of the checkpoint's training survey, same text and options: the "
+    "group's own answer closely), reworded (near enough one known question to take its prior), borrowed (a new "
+    "question leaning on its nearest known questions, by `borrowed_share`), text (a new question read from its text "
+    "alone: groups differ least), none (the checkpoint has no prior)"
+)
+NEAREST_DESCRIPTION = (
+    "cosine similarity of the nearest known question with as many options (the checkpoint's question encoder, "
+    "all-MiniLM-L6-v2 for the shipped one); null for a known question or without a matcher"
+)
+SHARE_DESCRIPTION = "basis 'borrowed': the share of the nearest known questions' loadings in the prior, 0 to 1"
+
+
 class Prediction(BaseModel):
     distribution: list[float] = Field(description="one probability per option, summing to 1")
     std: list[float] = Field(description="the model's standard deviation of each probability")
-    basis: Literal["known", "reworded", "borrowed", "text", "none"] = Field(
-        description="what the question's population prior comes from, which decides how far the prediction is the "
-        "group's own (README, 'What to expect'): known (a question of the checkpoint's training survey, same text and "
-        "options: the group's own answer closely), reworded (near enough one known question to take its prior), "
-        "borrowed (a new question leaning on its nearest known questions, by `borrowed_share`), text (a new question "
-        "read from its text alone: groups differ least), none (the checkpoint has no prior)"
-    )
-    nearest_similarity: float | None = Field(
-        None,
-        description="cosine similarity of the nearest known question with as many options (the checkpoint's "
-        "question encoder, all-MiniLM-L6-v2 for the shipped one); null for a known question or without a matcher",
-    )
-    borrowed_share: float | None = Field(
-        None, description="basis 'borrowed': the share of the nearest known questions' loadings in the prior, 0 to 1"
-    )
+    basis: BasisName = Field(description=BASIS_DESCRIPTION)
+    nearest_similarity: float | None = Field(None, description=NEAREST_DESCRIPTION)
+    borrowed_share: float | None = Field(None, description=SHARE_DESCRIPTION)
 
 
 class RatingPrediction(BaseModel):
@@ -433,6 +436,13 @@ class GenerateResponse(BaseModel):
     model_version: str
     context_version: int
     n_sampled: int = Field(description="samples drawn; more than len(responses) when duplicates were dropped")
+    basis: BasisName | None = Field(
+        None,
+        description="choice groups: the prompt with its responses as one question's options, as /predict reports "
+        f"it; null for rating and comparison groups. {BASIS_DESCRIPTION}",
+    )
+    nearest_similarity: float | None = Field(None, description=f"choice groups: {NEAREST_DESCRIPTION}")
+    borrowed_share: float | None = Field(None, description=f"choice groups: {SHARE_DESCRIPTION}")
 
 
 class ErrorResponse(BaseModel):

