@@ -12,11 +12,12 @@ smollm_persona (the text read as a liberal minus as a conservative: PERSONAS); s
 layer N of 30 instead of the last, before the final norm; all layers are embedded once and cached in
 .cache/smollm_layers.npy); smollm_avgA-B (the mean of layers A to B's mean pools); gemma, gemma_lN, gemma_avgA-B
 (the same of Gemma 3 270M base, 18 layers: benchmarks/experiments/gemma_convert.py makes it loadable);
-e5_template, e5_plain (multilingual-e5-small of the same texts as the minilm ones: e5_vectors);
+e5_template, e5_plain (multilingual-e5-small of the same texts as the minilm ones: e5_vectors); mpnet_template,
+mpnet_plain (all-mpnet-base-v2 of the same texts: benchmarks/experiments/mpnet_fetch.py makes it loadable);
 minilm_template (all-MiniLM-L6-v2 of the same template text); minilm_plain (all-MiniLM-L6-v2 of "question Answer:
 option"); a+b (both, concatenated after standardising each). --max-steps 0 scores the closed-form readout.
 --matcher --blend all is the served configuration (the prior bank's matcher and soft borrowing; their question
-vectors are all-MiniLM-L6-v2's whatever the embedder).
+vectors are all-MiniLM-L6-v2's whatever the embedder, or all-mpnet-base-v2's with --question-encoder mpnet).
 """
 
 import argparse
@@ -38,6 +39,8 @@ from service.training.fit import TrainConfig
 from service.training.held_out import run_new_context_protocol, run_new_question_protocol
 from service.training.items import ItemTable, build_item_table, item_texts
 from service.training.matching import with_question_vectors
+
+MPNET_DIR = Path(".cache/all-mpnet-base-v2")  # mpnet_fetch.py's folder
 
 
 def plain_texts(table: ItemTable) -> list[str]:
@@ -165,8 +168,11 @@ def tables(base: ItemTable, names: list[str]) -> dict[str, ItemTable]:
             texts = item_texts(base.questions) if name == "e5_template" else plain_texts(base)
             cache[name] = e5_vectors(texts, name.removeprefix("e5_"))
             continue
+        texts = item_texts(base.questions) if name.endswith("_template") else plain_texts(base)
+        if name.startswith("mpnet_"):
+            cache[name] = SentenceEncoder(MPNET_DIR).embed(texts)
+            continue
         enc = enc or SentenceEncoder()
-        texts = item_texts(base.questions) if name == "minilm_template" else plain_texts(base)
         cache[name] = enc.embed(texts)
     out = {}
     for n in names:
@@ -174,6 +180,24 @@ def tables(base: ItemTable, names: list[str]) -> dict[str, ItemTable]:
         emb = cache[parts[0]] if len(parts) == 1 else np.concatenate([standardised(cache[p]) for p in parts], axis=1)
         out[n] = build_item_table(base.questions, emb)
     return out
+
+
+class Concatenated:
+    """Several sentence encoders' unit vectors side by side, each scaled by 1/sqrt(count): a unit vector whose cosine
+    is the mean of theirs."""
+
+    def __init__(self, *encoders) -> None:
+        self.encoders = encoders
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return np.concatenate([e.embed(texts) for e in self.encoders], axis=1) / np.sqrt(len(self.encoders))
+
+
+def question_encoder(name: str):
+    """The matcher's question vectors: minilm (served), mpnet, or minilm+mpnet (both, concatenated)."""
+    made = {"minilm": SentenceEncoder, "mpnet": lambda: SentenceEncoder(MPNET_DIR)}
+    parts = [made[p]() for p in name.split("+")]
+    return parts[0] if len(parts) == 1 else Concatenated(*parts)
 
 
 def training_side_fit(
@@ -217,6 +241,9 @@ def main() -> None:
     parser.add_argument("--prior-rank", type=int, default=8, help="the prior's principal directions (served: 8)")
     parser.add_argument("--text-alpha", default="shared", help="the text map's ridge: shared|column")
     parser.add_argument("--blend", default="off", help="soft borrowing (BLEND_MODES; served: all)")
+    parser.add_argument(
+        "--question-encoder", default="minilm", help="the matcher's vectors: minilm (served)|mpnet|minilm+mpnet"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(2)
@@ -225,7 +252,8 @@ def main() -> None:
     runners = {"new_questions": run_new_question_protocol, "new_context": run_new_context_protocol}
     rows = []
     seeds = [int(s) for s in args.seeds.split(",")]
-    qvec = with_question_vectors(base, SentenceEncoder()) if args.matcher else None
+    encoder = question_encoder(args.question_encoder)
+    qvec = with_question_vectors(base, encoder) if args.matcher else None
     for name, table in tables(base, args.embedders.split(",")).items():
         if qvec is not None:
             table = replace(table, qvec=qvec.qvec, qval=qvec.qval, ovec=qvec.ovec)

