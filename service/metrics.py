@@ -78,6 +78,13 @@ class Metrics(AppMetrics):
         self.predictions = Counter(
             "gpo_predictions", "predictions served, by context source (stored group or inline)", ["context"], registry=r
         )
+        self.prediction_basis = Counter(
+            "gpo_prediction_basis",
+            "choice predictions by what their prior comes from (known, reworded, borrowed, text, none: README, 'What "
+            "to expect') and route (predict; generate: its samples as one question's options)",
+            ["basis", "route"],
+            registry=r,
+        )
         self.context_version = Gauge(
             "gpo_context_version_last", "context version of the last prediction made from a stored group", registry=r
         )

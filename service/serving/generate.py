@@ -92,6 +92,7 @@ async def _generate_choice(services: Services, tenant: str, body: GenerateReques
     (prediction,) = await services.forward("choice", group.state, [Item(body.prompt, responses, embeddings)])
     # a cached lookup of what the forward's features already computed, as /predict reports it
     basis = await in_thread(predictor.prior_basis, body.prompt, responses)
+    services.metrics.prediction_basis.labels(basis.source, "generate").inc()
     timings.update(context=t1 - t0, sample=t2 - t1, score=time.perf_counter() - t2)
     return Scored(responses, [float(s) for s in prediction.distribution], group.version, n_sampled, basis)
 

@@ -112,6 +112,8 @@ async def _predict_choices(services: Services, tenant: str, body: PredictRequest
     # cached lookups of what the forward's features already computed (Predictor.prior_basis)
     bases = await in_thread(lambda: [model.predictor.prior_basis(q, opts) for q, opts in questions])
     services.metrics.predictions.labels("stored" if context_version is not None else "inline").inc(len(targets))
+    for b in bases:
+        services.metrics.prediction_basis.labels(b.source, "predict").inc()
     if context_version is not None:
         services.metrics.context_version.set(context_version)
     return PredictResponse(

@@ -130,6 +130,15 @@ def test_generate_says_what_its_prompts_prior_comes_from_as_predict_does(
             reported = {(p["basis"], p["nearest_similarity"], p["borrowed_share"]) for p in predicted}
             assert (got["basis"], got["nearest_similarity"], got["borrowed_share"]) in reported
             assert got["basis"] in ("borrowed", "text", "none", "reworded")
+            # operators see how their traffic is served: one count per prediction, by basis and route
+            metrics = client.get("/metrics").text
+            assert f'gpo_prediction_basis_total{{basis="{got["basis"]}",route="generate"}} 1.0' in metrics
+            counted = [
+                float(line.rsplit(" ", 1)[1])
+                for line in metrics.splitlines()
+                if line.startswith("gpo_prediction_basis_total{") and 'route="predict"' in line
+            ]
+            assert sum(counted) == len(orders)
             if matching:
                 assert -1.0 <= got["nearest_similarity"] <= 1.0
             else:
