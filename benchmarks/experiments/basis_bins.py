@@ -20,18 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from neighbour_vectors import fit_training_side  # the sibling script (run from the checkout's root, as documented)
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
 from service.gpo.features import FeatureSpec
 from service.gpo.matching import blend_targets
 from service.training.evaluate import EvalConfig, evaluate_split
-from service.training.features import fit_group_priors
 from service.training.fit import TrainConfig, train_gpo
 from service.training.held_out import new_question_split
-from service.training.matching import fit_matcher, with_question_vectors
+from service.training.matching import with_question_vectors
 from service.training.splits import Split, answered_sets, make_split, scorable_question_ids, validation_groups
-from service.training.text_prior import fit_text_priors, prior_targets
+from service.training.text_prior import prior_targets
 
 BINS = (0.0, 0.6, 0.7, 0.8, 1.01)  # nearest known question's cosine similarity: [lo, hi)
 
@@ -50,16 +50,9 @@ def training_cases(ds, table, seed: int) -> tuple[list[tuple[int, np.ndarray, np
     """The training side of seed `seed`'s new-questions split (no held-out answer): for each known training question,
     (its bin, its own prior targets [n, 1 + k], its out-of-fold text estimate, its nearest other training questions'
     targets (nearest first, as many as the fitted rule's k), their similarities), and the rule fitted as served."""
-    split = make_split(ds.groups, scorable_question_ids(ds), 0.6, seed, 20, answered_sets(ds))
-    known, split = new_question_split(ds, split, EvalConfig().new_question_share, seed, 20)
-    known_q = np.zeros(len(table.questions), dtype=bool)
-    known_q[table.qindex(known)] = True
-    priors = fit_group_priors(table, ds, list(split.train_groups), known_q, 8)
-    texts = fit_text_priors(table, priors, list(split.train_groups), known_q, seed)
-    bank = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend="all")
+    priors, texts, bank, qs = fit_training_side(table, ds, seed)
     rule = bank.blend
     assert rule is not None, "soft borrowing chose no blending"
-    qs = [q for q in range(len(table.questions)) if priors.known[table.rows([q])].all()]
     cases = []
     for j, q in enumerate(qs):
         rows = table.rows([q])

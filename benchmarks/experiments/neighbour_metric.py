@@ -20,15 +20,12 @@ estimate still follows the nearest cosine, as served.
 import argparse
 
 import numpy as np
+from neighbour_vectors import fit_training_side  # the sibling script (run from the checkout's root, as documented)
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
-from service.training.evaluate import EvalConfig
-from service.training.features import fit_group_priors
-from service.training.held_out import new_question_split
-from service.training.matching import fit_matcher, with_question_vectors
-from service.training.splits import answered_sets, make_split, scorable_question_ids
-from service.training.text_prior import fit_text_priors, prior_targets
+from service.training.matching import with_question_vectors
+from service.training.text_prior import prior_targets
 
 GRIDS = {"learned": [0.0, 0.25, 0.5, 1.0, 2.0, 4.0], "agree": [0.0, 0.05, 0.1, 0.2, 0.4]}
 LAMS = {"learned": [1.0, 10.0, 100.0], "agree": [0.0]}
@@ -56,15 +53,8 @@ def fold_metric(v: np.ndarray, s: np.ndarray, fold: np.ndarray, lam: float) -> n
 
 
 def run(table, ds, seed: int, variant: str) -> dict:
-    split = make_split(ds.groups, scorable_question_ids(ds), 0.6, seed, 20, answered_sets(ds))
-    known, split = new_question_split(ds, split, EvalConfig().new_question_share, seed, 20)
-    known_q = np.zeros(len(table.questions), dtype=bool)
-    known_q[table.qindex(known)] = True
-    priors = fit_group_priors(table, ds, list(split.train_groups), known_q, 8)
-    texts = fit_text_priors(table, priors, list(split.train_groups), known_q, seed)
-    bank = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend="all")
+    priors, texts, bank, qs = fit_training_side(table, ds, seed)
     rule = bank.blend
-    qs = [q for q in range(len(table.questions)) if priors.known[table.rows([q])].all()]
     own = [prior_targets(table, priors.full, table.rows([q]))[:, 1:] for q in qs]
     sig = np.array([signature(L) for L in own])
     results = {}

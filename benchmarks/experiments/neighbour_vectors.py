@@ -19,6 +19,7 @@ import json
 import logging
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from embedders import E5_PYTHON, E5_SCRIPT  # the sibling script (run from the checkout's root, as documented)
@@ -50,15 +51,31 @@ class Both:
         return np.concatenate([self.a.embed(texts), self.b.embed(texts)], axis=1) / np.sqrt(2.0)
 
 
-def score(table, ds, seed: int) -> dict:
+class TrainingSide(NamedTuple):
+    """Seed `seed`'s new-questions split, its training side only (no held-out answer reaches it): the training groups'
+    prior, the text prior (out-of-fold estimates of the known questions), the matcher fitted as served, and the known
+    training questions in bank order."""
+
+    priors: object
+    texts: object
+    bank: object
+    qs: list[int]
+
+
+def fit_training_side(table, ds, seed: int, blend: str = "all") -> TrainingSide:
     split = make_split(ds.groups, scorable_question_ids(ds), 0.6, seed, 20, answered_sets(ds))
     known, split = new_question_split(ds, split, EvalConfig().new_question_share, seed, 20)
     known_q = np.zeros(len(table.questions), dtype=bool)
     known_q[table.qindex(known)] = True
     priors = fit_group_priors(table, ds, list(split.train_groups), known_q, 8)
     texts = fit_text_priors(table, priors, list(split.train_groups), known_q, seed)
-    bank = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend="all")
+    bank = fit_matcher(table, table.qvec, priors.full, priors.known, texts.oof_full, blend=blend)
     qs = [q for q in range(len(table.questions)) if priors.known[table.rows([q])].all()]
+    return TrainingSide(priors, texts, bank, qs)
+
+
+def score(table, ds, seed: int) -> dict:
+    priors, texts, bank, qs = fit_training_side(table, ds, seed)
     est, own, near5 = [], [], []
     for j, q in enumerate(qs):
         rows = table.rows([q])
