@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from neighbour_vectors import fit_training_side  # the sibling script (run from the checkout's root, as documented)
+from neighbour_vectors import (  # the sibling script (run from the checkout's root, as documented)
+    as_new_questions,
+    fit_training_side,
+)
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
@@ -50,17 +53,12 @@ def training_cases(ds, table, seed: int) -> tuple[list[tuple[int, np.ndarray, np
     """The training side of seed `seed`'s new-questions split (no held-out answer): for each known training question,
     (its bin, its own prior targets [n, 1 + k], its out-of-fold text estimate, its nearest other training questions'
     targets (nearest first, as many as the fitted rule's k), their similarities), and the rule fitted as served."""
-    priors, texts, bank, qs = fit_training_side(table, ds, seed)
+    side = fit_training_side(table, ds, seed)
+    priors, bank = side.priors, side.bank
     rule = bank.blend
     assert rule is not None, "soft borrowing chose no blending"
     cases = []
-    for j, q in enumerate(qs):
-        rows = table.rows([q])
-        text = texts.oof_full[rows]
-        others = np.flatnonzero((bank.n_options == table.q_len[q]) & (np.arange(len(qs)) != j))
-        if not np.isfinite(text).all() or len(others) == 0:
-            continue
-        sims = bank.vectors[others] @ table.qvec[q]
+    for _, _, rows, text, others, sims in as_new_questions(table, side):
         order = np.argsort(-sims, kind="stable")[: rule.k]
         lent = [prior_targets(table, priors.full, bank.rows(int(others[o]), table.ovec[rows])) for o in order]
         top = sims[order].astype(np.float64)

@@ -20,7 +20,10 @@ estimate still follows the nearest cosine, as served.
 import argparse
 
 import numpy as np
-from neighbour_vectors import fit_training_side  # the sibling script (run from the checkout's root, as documented)
+from neighbour_vectors import (  # the sibling script (run from the checkout's root, as documented)
+    as_new_questions,
+    fit_training_side,
+)
 
 from service.cli.runtime import embed_group_dataset, load_group_dataset
 from service.embedder.sentence import SentenceEncoder
@@ -53,7 +56,8 @@ def fold_metric(v: np.ndarray, s: np.ndarray, fold: np.ndarray, lam: float) -> n
 
 
 def run(table, ds, seed: int, variant: str) -> dict:
-    priors, texts, bank, qs = fit_training_side(table, ds, seed)
+    side = fit_training_side(table, ds, seed)
+    priors, texts, bank, qs = side
     rule = bank.blend
     own = [prior_targets(table, priors.full, table.rows([q]))[:, 1:] for q in qs]
     sig = np.array([signature(L) for L in own])
@@ -68,13 +72,7 @@ def run(table, ds, seed: int, variant: str) -> dict:
             rel -= rel.mean()
         for gamma in GRIDS[variant]:
             est, tru = [], []
-            for j, q in enumerate(qs):
-                rows = table.rows([q])
-                text = texts.oof_full[rows]
-                others = np.flatnonzero((bank.n_options == table.q_len[q]) & (np.arange(len(qs)) != j))
-                if not np.isfinite(text).all() or len(others) == 0:
-                    continue
-                cos = bank.vectors[others] @ table.qvec[q]
+            for j, _, rows, text, others, cos in as_new_questions(table, side):
                 score = cos + gamma * rel[j, others]
                 order = np.argsort(-score, kind="stable")[: rule.k]
                 lent = [prior_targets(table, priors.full, bank.rows(int(others[o]), table.ovec[rows])) for o in order]

@@ -74,16 +74,23 @@ def fit_training_side(table, ds, seed: int, blend: str = "all") -> TrainingSide:
     return TrainingSide(priors, texts, bank, qs)
 
 
-def score(table, ds, seed: int) -> dict:
-    priors, texts, bank, qs = fit_training_side(table, ds, seed)
-    est, own, near5 = [], [], []
-    for j, q in enumerate(qs):
+def as_new_questions(table, side: TrainingSide):
+    """Each known training question as a new question meets the bank: (its index in side.qs, its question index, its
+    prior rows, its out-of-fold text estimate [n, 1 + k], the bank indices of the other questions with as many
+    options, their cosine similarities to it). Questions without a text estimate or candidates are skipped."""
+    for j, q in enumerate(side.qs):
         rows = table.rows([q])
-        text = texts.oof_full[rows]
-        others = np.flatnonzero((bank.n_options == table.q_len[q]) & (np.arange(len(qs)) != j))
-        if not np.isfinite(text).all() or len(others) == 0:
-            continue
-        sims = bank.vectors[others] @ table.qvec[q]
+        text = side.texts.oof_full[rows]
+        others = np.flatnonzero((side.bank.n_options == table.q_len[q]) & (np.arange(len(side.qs)) != j))
+        if np.isfinite(text).all() and len(others):
+            yield j, q, rows, text, others, side.bank.vectors[others] @ table.qvec[q]
+
+
+def score(table, ds, seed: int) -> dict:
+    side = fit_training_side(table, ds, seed)
+    priors, bank = side.priors, side.bank
+    est, own, near5 = [], [], []
+    for _, _, rows, text, others, sims in as_new_questions(table, side):
         order = np.argsort(-sims, kind="stable")[: max(BLEND_GRID["k"])]
         ovec = table.ovec[rows]
         lent = [prior_targets(table, priors.full, bank.rows(int(others[o]), ovec)) for o in order]
