@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from service.cache import (
     encode_vector,
 )
 from service.config import Settings
+from tests.ports import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CLOSED_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
@@ -279,12 +279,6 @@ def test_redis_down_is_skipped_until_retry_time() -> None:
     assert cache.stats["errors"] == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_redis(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
@@ -302,7 +296,7 @@ def _start_redis(port: int) -> subprocess.Popen[bytes]:
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_redis_recovers_without_restart() -> None:
-    port = _free_port()
+    port = free_port()
     proc = _start_redis(port)
     cache = RedisVectorCache(f"redis://127.0.0.1:{port}/0", "r:", retry_after_s=0.0)
     try:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from service.deadline import LoopLag, RequestDeadline, seconds_left
+from tests.ports import free_port
 
 
 def scope(method: str = "POST", body: bool = True) -> dict:
@@ -187,9 +188,7 @@ def test_a_real_server_cancels_the_work_of_a_client_that_hung_up():
             raise
 
     app = RequestDeadline(slow, 60, retry_after_s=7, on_disconnect=lambda: gone.append(True))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from service.db.migrate import upgrade_database
 from service.db.session import make_engine, make_sessionmaker
 from service.training.datasets import PreferenceDataset, Question
 from service.training.jsonl import write_jsonl
+from tests.ports import free_port
 
 CHECKPOINT = "api-tiny"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -142,13 +142,6 @@ def mismatched_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory
     config["embedder"]["key_prefix"] = "other-lm@rev1|mean|gpo-mc-v1"
     config_path.write_text(json.dumps(config))
     return store
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _redis_answers(url: str) -> bool:

@@ -146,7 +146,9 @@ def test_two_replica_processes_on_two_ports(
 
     import httpx
 
-    from .conftest import CHECKPOINT, api_key, bearer, free_port
+    from tests.ports import free_ports
+
+    from .conftest import CHECKPOINT, api_key, bearer
 
     env = {
         **os.environ,
@@ -160,22 +162,19 @@ def test_two_replica_processes_on_two_ports(
         "GPO_REDIS_PREFIX": redis_prefix,
         "GPO_TORCH_THREADS": "1",
     }
-    ports = [free_port(), free_port()]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(p)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for p in ports
-    ]
+    ports = free_ports(2)
+    logs = [tmp_path / f"replica-{i}.log" for i in range(2)]
+    procs = []
+    for port, log in zip(ports, logs, strict=True):
+        with log.open("wb") as err:  # what a replica says is kept: the assertion shows it if one exits
+            cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err))
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
         deadline = time.monotonic() + 120
-        for url, proc in zip(urls, procs, strict=True):
+        for url, proc, log in zip(urls, procs, logs, strict=True):
             while True:
-                assert proc.poll() is None, "a replica exited"
+                assert proc.poll() is None, f"a replica exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "replicas not ready in 120 s"
                 try:
                     if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:

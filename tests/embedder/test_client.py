@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from service.embedder.loading import BaseLM, BaseLMNotFoundError, LMIdentity
 from service.embedder.prompts import RESPONSE_TEMPLATE_VERSION, format_items
 from service.embedder.protocol import SamplingParams
 from service.embedder.worker import create_worker_app
+from tests.ports import free_port
 
 TEXTS = [
     *format_items("Do you trust the news?", ["A great deal", "Some", "Not at all"]),
@@ -47,16 +47,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server_url(tiny_lm: BaseLM) -> Iterator[str]:
     """A real uvicorn worker on a free loopback port, serving the tiny LM from a thread."""
-    port = _free_port()
+    port = free_port()
     app = create_worker_app(WorkerEngine.from_lm(tiny_lm))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="test-worker", daemon=True)
